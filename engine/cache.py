@@ -1,0 +1,86 @@
+"""The content-addressed result cache: diskcache with JSON serialisation, never pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sqlite3
+import time
+import zlib
+from typing import Any
+
+import diskcache
+
+from stepchain.settings import LOGGER_NAME, Settings
+
+CACHE_FORMAT = 1  # bump when what goes into a key or an entry changes meaning
+log = logging.getLogger(LOGGER_NAME)
+_BROKEN = (sqlite3.DatabaseError, OSError, ValueError, zlib.error, KeyError, TypeError)
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def cache_key(kind: str, request: Any) -> str:
+    """SHA-256 of canonical JSON of everything that determines a step's result."""
+    payload = canonical_json({"format": CACHE_FORMAT, "kind": kind, "request": request})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class ResultCache:
+    """Step results by cache key. A damaged cache degrades to misses, never to wrong results."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = settings.ensure_home() / "cache"
+        self._cache: diskcache.Cache | None = None
+
+    def _open(self) -> diskcache.Cache | None:
+        if self._cache is None:
+            try:
+                self._cache = self._connect()
+            except _BROKEN as exc:
+                aside = self.path.with_name(f"cache.damaged-{int(time.time())}")
+                log.warning("cache at %s is damaged (%s); moved it to %s", self.path, exc, aside)
+                shutil.move(str(self.path), aside)
+                self._cache = self._connect()
+        return self._cache
+
+    def _connect(self) -> diskcache.Cache:
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path.chmod(0o700)
+        return diskcache.Cache(str(self.path), disk=diskcache.JSONDisk, disk_compress_level=1)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            entry = self._open().get(key)
+        except _BROKEN as exc:
+            log.warning("cache entry %s unreadable (%s); recomputing", key[:12], exc)
+            return None
+        if not isinstance(entry, dict) or "output" not in entry:
+            return None
+        return entry
+
+    def set(self, key: str, output: Any, usage: dict[str, int] | None, ttl: float | None) -> None:
+        entry = {"output": output, "usage": usage or {}, "created_at": time.time()}
+        try:
+            self._open().set(key, entry, expire=ttl)
+        except _BROKEN as exc:
+            log.warning("could not write cache entry %s (%s)", key[:12], exc)
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def info(self) -> dict[str, Any]:
+        cache = self._open()
+        return {"path": str(self.path), "entries": len(cache), "bytes": cache.volume()}
+
+    def clear(self) -> int:
+        return self._open().clear()
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None

@@ -1,0 +1,297 @@
+"""The scheduler: starts each step the moment its dependencies finish, bounded by a semaphore.
+
+Each finished step's record is committed before any of its dependents starts, so a killed run
+loses at most the steps that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from stepchain.cache import ResultCache, cache_key
+from stepchain.errors import RetryableStepError, StepChainError, StepError, StepTimeout
+from stepchain.model import Step
+from stepchain.records import Storage
+from stepchain.render import evaluate, render_value
+from stepchain.results import RunResult, StepResult, add_usage, now
+from stepchain.runtime import Runtime
+from stepchain.settings import LOGGER_NAME
+from stepchain.steps import Outcome, kind_module
+
+log = logging.getLogger(LOGGER_NAME)
+Observer = Callable[[str, str, StepResult | None], None]  # (event, step_id, result)
+
+
+class _Failed(Exception):
+    """A step failure carrying how many attempts were made."""
+
+    def __init__(self, error: BaseException, attempts: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempts = attempts
+
+
+class Scheduler:
+    """Runs one pipeline once (or resumes it), recording as it goes."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        storage: Storage,
+        cache: ResultCache,
+        previous: dict[str, StepResult],
+        observer: Observer | None = None,
+    ) -> None:
+        self.rt = runtime
+        self.pipeline = runtime.pipeline
+        self.options = runtime.options
+        self.storage = storage
+        self.cache = cache
+        self.previous = previous
+        self.observe = observer or (lambda *_: None)
+        self.results: dict[str, StepResult] = {}
+        self.slots = asyncio.Semaphore(max(1, self.options.max_concurrent))
+        self.running: dict[asyncio.Task, str] = {}
+        self.stop_reason: str | None = None  # set by --fail-fast or an interrupt
+        self.interrupted = False
+        self.spent: dict[str, int] = {}  # tokens spent by this run (cache hits cost nothing)
+
+    # -- the loop -------------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        waiting = {s.id: set(s.needs) for s in self.pipeline.steps}
+        dependents: dict[str, list[str]] = {s.id: [] for s in self.pipeline.steps}
+        for step in self.pipeline.steps:
+            for need in step.needs:
+                dependents[need].append(step.id)
+        ready = [s.id for s in self.pipeline.steps if not waiting[s.id]]
+        while ready or self.running:
+            for sid in ready:
+                self._start(sid)
+            ready = []
+            if not self.running:
+                break
+            done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                sid = self.running.pop(task)
+                self._finish(task.result())
+                for dep in dependents[sid]:
+                    waiting[dep].discard(sid)
+                    if not waiting[dep]:
+                        ready.append(dep)
+            self.storage.commit()  # durable before any dependent starts
+        self._mark_not_started()
+        self.storage.commit()
+        return self._result()
+
+    def _start(self, sid: str) -> None:
+        step = self.pipeline.step(sid)
+        blocker = self._blocker(step)
+        if blocker or self.stop_reason:
+            reason = blocker or self.stop_reason
+            self._finish(StepResult(sid, "skipped", reason=reason))
+            # finished at once; a trivial task releases its dependents through the same loop
+            self.running[asyncio.ensure_future(_done(self.results[sid]))] = sid
+            return
+        self.observe("start", sid, None)
+        self.running[asyncio.create_task(self._run_step(step), name=f"step:{sid}")] = sid
+
+    def _blocker(self, step: Step) -> str | None:
+        for need in sorted(step.needs, key=lambda n: self.pipeline.step(n).index):
+            result = self.results[need]
+            upstream = self.pipeline.step(need)
+            if result.status == "failed" and not upstream.continue_on_error:
+                return f"steps.{need} failed"
+            if result.status == "interrupted":
+                return f"steps.{need} was interrupted"
+            if result.status == "skipped" and result.reason and not result.reason.startswith("when"):
+                return f"steps.{need} was skipped ({result.reason})"
+        return None
+
+    def _finish(self, result: StepResult) -> None:
+        if result.step_id in self.results:
+            return  # a skipped step recorded by _start
+        self.results[result.step_id] = result
+        step = self.pipeline.step(result.step_id)
+        self.storage.save_step(self.rt.run_id, step.index, result)
+        if result.status == "failed" and not step.continue_on_error and self.options.fail_fast:
+            self.stop_reason = self.stop_reason or f"not started: --fail-fast after steps.{step.id} failed"
+        self.observe("finish", result.step_id, result)
+
+    def _mark_not_started(self) -> None:
+        reason = self.stop_reason or "not started"
+        for step in self.pipeline.steps:
+            if step.id not in self.results:
+                self._finish(StepResult(step.id, "skipped", reason=reason))
+
+    def interrupt(self) -> None:
+        """SIGINT/SIGTERM: start nothing new, cancel what is in flight (recorded as interrupted)."""
+        if self.interrupted:
+            return
+        self.interrupted = True
+        self.stop_reason = "not started: run interrupted"
+        for task in self.running:
+            task.cancel()
+
+    # -- one step -------------------------------------------------------------------------
+    async def _run_step(self, step: Step) -> StepResult:
+        result = StepResult(step.id, "completed", started_at=now())
+        try:
+            context = self._context(step)
+            if step.when is not None and not evaluate(
+                step.when, context, self.rt.path_of(step, "when"), self.rt.locate
+            ):
+                result.status, result.reason = "skipped", f"when: {step.when} is false"
+            elif step.foreach is not None:
+                await self._run_foreach(step, context, result)
+            else:
+                await self._run_single(step, context, result)
+        except asyncio.CancelledError:
+            result.status, result.reason = "interrupted", "run interrupted while the step was running"
+            result.error = "interrupted"
+        except _Failed as failed:
+            result.status, result.attempts = "failed", failed.attempts
+            result.error = self.rt.describe_error(failed.error)
+        except StepChainError as exc:
+            result.status, result.error = "failed", self.rt.describe_error(exc)
+        except Exception as exc:  # a bug in StepChain or a tool: record it, and log the traceback
+            log.exception("unexpected error in step %s", step.id)
+            result.status, result.error = "failed", self.rt.describe_error(exc)
+        result.completed_at = now()
+        result.output = self.rt.mask(result.output)
+        return result
+
+    def _context(self, step: Step) -> dict[str, Any]:
+        context = self.rt.base_context()
+        context["steps"] = {
+            sid: {"output": r.output, "status": r.status} for sid, r in self.results.items()
+        }
+        return context
+
+    def _prepare(self, step: Step, context: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        request = kind_module(step.kind).render_request(step, context, self.rt)
+        return request, cache_key(step.kind, request)
+
+    async def _run_single(self, step: Step, context: dict[str, Any], result: StepResult) -> None:
+        request, key = self._prepare(step, context)
+        result.cache_key = key
+        reused = self._reusable(step, key)
+        if reused is not None:
+            result.output, result.usage, result.cached = reused.output, reused.usage, True
+            return
+        outcome, result.attempts, result.cached = await self._cached_or_executed(step, request, key)
+        result.output, result.usage = outcome.output, outcome.usage
+
+    async def _run_foreach(self, step: Step, context: dict[str, Any], result: StepResult) -> None:
+        items = evaluate(step.foreach, context, self.rt.path_of(step, "foreach"), self.rt.locate)
+        if isinstance(items, dict):
+            items = list(items.items())
+        if not isinstance(items, (list, tuple)):
+            raise StepError(
+                f"{self.rt.locate(self.rt.path_of(step, 'foreach'))}: foreach must give a list, "
+                f"got {type(items).__name__}"
+            )
+        prepared = []
+        for index, item in enumerate(items):
+            prepared.append(self._prepare(step, {**context, "item": item, "index": index}))
+        result.cache_key = cache_key("foreach", [key for _, key in prepared])
+        reused = self._reusable(step, result.cache_key)
+        if reused is not None:
+            result.output, result.usage, result.cached = reused.output, reused.usage, True
+            return
+        runs = [self._cached_or_executed(step, req, key) for req, key in prepared]
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+        failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
+        for _, error in failures:
+            if isinstance(error, asyncio.CancelledError):
+                raise error
+        done = [o for o in outcomes if not isinstance(o, BaseException)]
+        result.attempts = max([a for _, a, _ in done] + [getattr(e, "attempts", 1) for _, e in failures], default=0)
+        for outcome, _, _ in done:
+            add_usage(result.usage, outcome.usage)
+        if failures:
+            index, error = failures[0]
+            inner = error.error if isinstance(error, _Failed) else error
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise _Failed(StepError(f"item {index}: {self.rt.describe_error(inner)}{more}"), result.attempts)
+        result.output = [outcome.output for outcome, _, _ in done]
+        result.cached = all(cached for _, _, cached in done)
+
+    def _reusable(self, step: Step, key: str) -> StepResult | None:
+        """On resume: the completed result of the same request, whatever the cache holds."""
+        previous = self.previous.get(step.id)
+        if previous and previous.cache_key == key and step.id not in self.options.refresh:
+            return previous
+        return None
+
+    async def _cached_or_executed(self, step: Step, request: dict, key: str) -> tuple[Outcome, int, bool]:
+        use_cache = step.cache and not self.options.no_cache and step.id not in self.options.refresh
+        if use_cache:
+            entry = self.cache.get(key)
+            if entry is not None:
+                return Outcome(entry["output"], entry.get("usage") or {}), 0, True
+        outcome, attempts = await self._attempts(step, request)
+        add_usage(self.spent, outcome.usage)
+        if step.cache:
+            self.cache.set(key, self.rt.mask(outcome.output), outcome.usage, step.cache_ttl)
+        return outcome, attempts, False
+
+    async def _attempts(self, step: Step, request: dict) -> tuple[Outcome, int]:
+        module = kind_module(step.kind)
+        feedback: str | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.slots:
+                    self.observe("attempt", step.id, None)
+                    coro = module.execute(step, request, self.rt, feedback)
+                    return await asyncio.wait_for(coro, step.timeout), attempt
+            except TimeoutError:
+                error: BaseException = StepTimeout(f"timed out after {step.timeout:g}s")
+            except RetryableStepError as exc:
+                error = exc
+            except StepError as exc:
+                raise _Failed(exc, attempt) from None
+            if attempt > step.retries:
+                suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+                raise _Failed(StepError(f"{error}{suffix}"), attempt)
+            feedback = getattr(error, "feedback", None)
+            delay = error.retry_after if getattr(error, "retry_after", None) is not None else (
+                step.backoff.delay(attempt) * random.uniform(0.5, 1.0)
+            )
+            log.info("step %s attempt %d failed (%s); retrying in %.2fs", step.id, attempt, error, delay)
+            await asyncio.sleep(delay)
+
+    # -- the end --------------------------------------------------------------------------
+    def _result(self) -> RunResult:
+        ordered = {s.id: self.results[s.id] for s in self.pipeline.steps}
+        if self.interrupted:
+            status = "interrupted"
+        elif any(
+            r.status in ("failed", "interrupted") and not self.pipeline.step(sid).continue_on_error
+            for sid, r in ordered.items()
+        ):
+            status = "failed"
+        else:
+            status = "completed"
+        return RunResult(self.rt.run_id, status, ordered, self._outputs(ordered), dict(self.spent))
+
+    def _outputs(self, results: dict[str, StepResult]) -> dict[str, Any]:
+        context = self.rt.base_context()
+        context["steps"] = {sid: {"output": r.output, "status": r.status} for sid, r in results.items()}
+        outputs = {}
+        for name, template in self.pipeline.outputs.items():
+            try:
+                outputs[name] = render_value(template, context, ("outputs", name), self.rt.locate)
+            except StepChainError as exc:
+                log.warning("output %s not rendered: %s", name, exc)
+                outputs[name] = None
+        return self.rt.mask(outputs)
+
+
+async def _done(result: StepResult) -> StepResult:
+    return result

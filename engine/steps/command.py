@@ -1,0 +1,67 @@
+"""`run` steps: a command (argv list, or a string for the shell); stdout is the output."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+from stepchain.errors import StepError
+from stepchain.model import Step
+from stepchain.render import render_text, render_value
+from stepchain.steps import Outcome
+
+STDERR_TAIL = 2000
+
+
+def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[str, Any]:
+    run = step.get("run")
+    path = runtime.path_of(step, "run")
+    if isinstance(run, str):
+        return {"shell": render_text(run, context, path, runtime.locate)}
+    argv = render_value(run, context, path, runtime.locate)
+    return {"argv": [a if isinstance(a, str) else _json(a) for a in argv]}
+
+
+async def execute(step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None) -> Outcome:
+    kwargs: dict[str, Any] = {
+        "stdout": asyncio.subprocess.PIPE,
+        "stderr": asyncio.subprocess.PIPE,
+        "stdin": asyncio.subprocess.DEVNULL,
+        "cwd": str(runtime.pipeline.base_dir),
+        "start_new_session": True,  # its own process group, so a timeout kills the whole tree
+    }
+    try:
+        if "shell" in request:
+            proc = await asyncio.create_subprocess_shell(request["shell"], **kwargs)
+        else:
+            proc = await asyncio.create_subprocess_exec(*request["argv"], **kwargs)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise StepError(f"cannot start command: {exc}", "check the program name and PATH") from None
+    try:
+        stdout, stderr = await proc.communicate()
+    except BaseException:
+        _kill_group(proc.pid)
+        await proc.wait()
+        raise
+    text = stdout.decode("utf-8", errors="replace")
+    if proc.returncode != 0:
+        tail = stderr.decode("utf-8", errors="replace")[-STDERR_TAIL:].strip()
+        raise StepError(
+            f"command exited with status {proc.returncode}" + (f": {tail}" if tail else ""),
+        )
+    return Outcome(text)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False)

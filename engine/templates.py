@@ -1,0 +1,174 @@
+"""Jinja templates: a strict immutable sandbox, native rendering, and reference discovery.
+
+A string that is exactly one `{{ expr }}` renders to the expression's native value (a list stays a
+list); anything else renders to text. References to `steps`, `inputs`, `env`, `secrets`, `item`
+and `index` are found by walking the Jinja AST, which is how dependencies are inferred.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+ROOTS = ("steps", "inputs", "env", "secrets", "item", "index", "run")
+_SINGLE_EXPR = re.compile(r"^\s*\{\{-?(.*?)-?\}\}\s*$", re.DOTALL)
+
+
+def _tojson(value: Any, indent: int | None = None) -> str:
+    # Jinja's own tojson escapes <, > and & for HTML; prompts want the JSON a person would write.
+    return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
+
+
+@lru_cache(maxsize=1)
+def environment() -> ImmutableSandboxedEnvironment:
+    """The one Jinja environment: sandboxed, immutable, undefined names are errors."""
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
+    env.filters["tojson"] = _tojson
+    env.filters["fromjson"] = json.loads
+    return env
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One use of a context root in a template, e.g. steps.orders.output at template line 3."""
+
+    root: str
+    key: str | None  # step id, input name, variable name; None when not a literal
+    attr: str | None  # for steps: output or status
+    lineno: int
+    dynamic: bool = False
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A template compiled once: either a native expression or a text template."""
+
+    source: str
+    native: Any = None  # compiled expression when the string is exactly one {{ expr }}
+    text: Any = None  # jinja2.Template otherwise
+    literal: bool = False  # no template syntax at all
+
+    def render(self, context: dict[str, Any]) -> Any:
+        if self.literal:
+            return self.source
+        if self.native is not None:
+            return self.native(**context)
+        return self.text.render(**context)
+
+
+@lru_cache(maxsize=65536)
+def compile_template(source: str) -> Compiled:
+    """Compile a template string; raises jinja2.TemplateSyntaxError."""
+    if "{{" not in source and "{%" not in source and "{#" not in source:
+        return Compiled(source, literal=True)
+    env = environment()
+    match = _SINGLE_EXPR.match(source)
+    if match and _is_single_output(source):
+        return Compiled(source, native=env.compile_expression(match.group(1), undefined_to_none=False))
+    return Compiled(source, text=env.from_string(source))
+
+
+@lru_cache(maxsize=65536)
+def compile_expression(expr: str) -> Any:
+    """Compile a `when`/`foreach` expression (no braces)."""
+    return environment().compile_expression(expr, undefined_to_none=False)
+
+
+def _is_single_output(source: str) -> bool:
+    body = environment().parse(source).body
+    exprs = [n for n in body if not (isinstance(n, nodes.Output) and _is_blank(n))]
+    return (
+        len(exprs) == 1
+        and isinstance(exprs[0], nodes.Output)
+        and len([n for n in exprs[0].nodes if not _is_blank_data(n)]) == 1
+    )
+
+
+def _is_blank(node: nodes.Output) -> bool:
+    return all(_is_blank_data(n) for n in node.nodes)
+
+
+def _is_blank_data(node: nodes.Node) -> bool:
+    return isinstance(node, nodes.TemplateData) and not node.data.strip()
+
+
+def references(source: str, *, expression: bool = False) -> list[Reference]:
+    """Every use of a context root in `source`; raises jinja2.TemplateSyntaxError."""
+    if not expression and "{{" not in source and "{%" not in source:
+        return []
+    text = "{{ " + source + " }}" if expression else source
+    return _references(text)
+
+
+@lru_cache(maxsize=65536)
+def _references(text: str) -> list[Reference]:
+    tree = environment().parse(text)
+    found: list[Reference] = []
+    _walk(tree, found, set())
+    return found
+
+
+def _walk(node: nodes.Node, found: list[Reference], locals_: set[str]) -> None:
+    if isinstance(node, (nodes.Getattr, nodes.Getitem)):
+        chain, base = _flatten(node)
+        if isinstance(base, nodes.Name) and base.name in ROOTS and base.name not in locals_:
+            found.append(_reference(base, chain))
+            for key_node in _dynamic_keys(node):
+                _walk(key_node, found, locals_)
+            return
+    if isinstance(node, nodes.Name) and node.ctx == "load":
+        if node.name in ROOTS and node.name not in locals_:
+            found.append(Reference(node.name, None, None, node.lineno))
+        return
+    if isinstance(node, (nodes.For, nodes.Macro)):
+        # names bound by a loop or macro shadow context roots inside it
+        _walk(node.iter, found, locals_) if isinstance(node, nodes.For) else None
+        bound = {n.name for n in node.find_all(nodes.Name) if n.ctx in ("store", "param")}
+        inner = locals_ | bound
+        for child in node.iter_child_nodes(exclude=("iter",) if isinstance(node, nodes.For) else ()):
+            _walk(child, found, inner)
+        return
+    for child in node.iter_child_nodes():
+        _walk(child, found, locals_)
+
+
+def _flatten(node: nodes.Node) -> tuple[list[tuple[str | None, nodes.Node]], nodes.Node]:
+    chain: list[tuple[str | None, nodes.Node]] = []
+    while isinstance(node, (nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getattr):
+            chain.append((node.attr, node))
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, (str, int)):
+            chain.append((str(node.arg.value), node))
+        else:
+            chain.append((None, node))
+        node = node.node
+    chain.reverse()
+    return chain, node
+
+
+def _dynamic_keys(node: nodes.Node) -> list[nodes.Node]:
+    keys = []
+    while isinstance(node, (nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getitem) and not isinstance(node.arg, nodes.Const):
+            keys.append(node.arg)
+        node = node.node
+    return keys
+
+
+def _reference(base: nodes.Name, chain: list[tuple[str | None, nodes.Node]]) -> Reference:
+    key = chain[0][0] if chain else None
+    attr = chain[1][0] if len(chain) > 1 else None
+    return Reference(base.name, key, attr, base.lineno, dynamic=bool(chain) and key is None)
+
+
+def syntax_error_line(exc: TemplateSyntaxError) -> int:
+    """Template-relative line (1-based) of a Jinja syntax error."""
+    return exc.lineno or 1
