@@ -1,0 +1,277 @@
+"""The `stepchain` command: flags in, one engine function called, result out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stepchain import __version__
+from stepchain.errors import PipelineInvalid, StepChainError, UsageError
+
+RUN_FLAGS = [
+    click.option("--run-id", help="Name the run (default: <name>-<UTC time>-<4 hex>)."),
+    click.option("--max-concurrent", type=click.IntRange(min=1), default=8, show_default=True),
+    click.option("--fail-fast", is_flag=True, help="Start nothing new after the first failure."),
+    click.option("--no-cache", is_flag=True, help="Ignore cache hits (results are still stored)."),
+    click.option("--refresh", multiple=True, metavar="STEP", help="Recompute this step."),
+    click.option("--allow-run", is_flag=True, default=None, help="Allow `run` steps to run commands."),
+    click.option("--approve", is_flag=True, help="Approve MCP tools with require_approval: always."),
+    click.option("--json", "as_json", is_flag=True, help="Print the run as one JSON document."),
+    click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True),
+    click.option("--scheduler", envvar="STEPCHAIN_DASK_SCHEDULER", help="Dask scheduler address."),
+]
+
+
+def run_flags(func: Any) -> Any:
+    for option in reversed(RUN_FLAGS):
+        func = option(func)
+    return func
+
+
+def input_flags(func: Any) -> Any:
+    func = click.option("--inputs-file", type=click.Path(dir_okay=False), help="YAML/JSON inputs.")(func)
+    return click.option("-i", "--input", "assignments", multiple=True, metavar="K=V", help="An input.")(func)
+
+
+class StepChainGroup(click.Group):
+    """Shows StepChain errors as a message and a hint, with each error's own exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PipelineInvalid as exc:
+            click.echo("\n".join(p.format() for p in exc.problems), err=True)
+            click.echo(f"{len(exc.problems)} problem(s); nothing was run", err=True)
+            sys.exit(exc.exit_code)
+        except StepChainError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"  hint: {exc.hint}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=StepChainGroup)
+@click.version_option(__version__, prog_name="stepchain")
+def main() -> None:
+    """StepChain: declarative YAML pipelines for LLM and tool workflows."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text")
+def validate(files: tuple[str, ...], fmt: str) -> None:
+    """Check pipeline files; print every problem as FILE:LINE:COL: PATH: MESSAGE."""
+    from stepchain.loader import check_file
+    from stepchain.reporting import format_problems
+
+    problems = sorted(p for f in files for p in check_file(f))
+    if problems or fmt == "json":
+        click.echo(format_problems(problems, fmt))
+    if not problems and fmt == "text":
+        click.echo(f"{len(files)} file(s) valid", err=True)
+    sys.exit(1 if problems else 0)
+
+
+@main.command()
+def schema() -> None:
+    """Print the pipeline JSON Schema (Draft 2020-12)."""
+    from stepchain.schema import schema_text
+
+    click.echo(schema_text(), nl=False)
+
+
+@main.command()
+@click.argument("file", type=click.Path())
+@input_flags
+@click.option("--json", "as_json", is_flag=True)
+def plan(file: str, assignments: tuple[str, ...], inputs_file: str | None, as_json: bool) -> None:
+    """Show layers, the critical path, and what will replay from cache or run."""
+    from stepchain.loader import load_pipeline
+    from stepchain.planning import plan_pipeline
+    from stepchain.reporting import format_plan
+
+    pipeline = load_pipeline(file)
+    result = plan_pipeline(pipeline, _inputs(pipeline, assignments, inputs_file))
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_plan(result))
+
+
+@main.command()
+@click.argument("file", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "json"]), default="mermaid")
+def graph(file: str, fmt: str) -> None:
+    """Draw the dependency graph (mermaid renders in GitHub pull requests)."""
+    from stepchain import graph as graphs
+    from stepchain.loader import load_pipeline
+
+    pipeline = load_pipeline(file)
+    g = graphs.build_graph({s.id: s.needs for s in pipeline.steps})
+    order = [s.id for s in pipeline.steps]
+    if fmt == "mermaid":
+        click.echo(graphs.to_mermaid(g, order), nl=False)
+    elif fmt == "dot":
+        click.echo(graphs.to_dot(g, order, pipeline.name), nl=False)
+    else:
+        click.echo(graphs.to_json(g, order), nl=False)
+
+
+@main.command()
+@click.argument("file", type=click.Path())
+@input_flags
+@run_flags
+@click.option("--resume", is_flag=True, help="Reuse the completed steps of --run-id.")
+def run(file: str, assignments: tuple[str, ...], inputs_file: str | None, resume: bool, **flags: Any) -> None:
+    """Run a pipeline."""
+    from stepchain.loader import load_pipeline
+
+    if resume and not flags["run_id"]:
+        raise UsageError("--resume needs --run-id", "or use `stepchain resume RUN_ID`")
+    pipeline = load_pipeline(file)
+    _run(pipeline, _inputs(pipeline, assignments, inputs_file), resume, **flags)
+
+
+@main.command()
+@click.argument("run_id")
+@run_flags
+def resume(run_id: str, **flags: Any) -> None:
+    """Resume a run: reuse its completed steps and run the rest."""
+    from stepchain.loader import load_pipeline, load_pipeline_text
+    from stepchain.records import Storage
+
+    storage = Storage()
+    state = storage.load_run_state(run_id)
+    storage.close()
+    path = Path(state.pipeline_path) if state.pipeline_path else None
+    if path and path.exists():
+        pipeline = load_pipeline(path)
+    else:
+        pipeline = load_pipeline_text(state.pipeline_text, path.name if path else "<recorded>", path and path.parent)
+    flags["run_id"] = run_id
+    _run(pipeline, {}, True, **flags)
+
+
+def _run(pipeline: Any, inputs: dict[str, Any], resume: bool, *, as_json: bool, **flags: Any) -> None:
+    from stepchain.executor import Executor
+    from stepchain.progress import LiveTable
+
+    unknown = [s for s in flags["refresh"] if s not in pipeline.by_id]
+    if unknown:
+        raise UsageError(f"--refresh {unknown[0]}: no such step in {pipeline.name}")
+    executor = Executor(flags.pop("max_concurrent"), executor=flags.pop("executor"), scheduler=flags.pop("scheduler"))
+    run_id = flags.pop("run_id")
+    flags["refresh"] = frozenset(flags["refresh"])
+    with LiveTable(pipeline) as table:
+        result = executor.run(
+            pipeline, run_id=run_id, inputs=inputs, resume=resume, observer=table, handle_signals=True, **flags
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        for name, value in result.outputs.items():
+            click.echo(f"{name}: {value if isinstance(value, str) else json.dumps(value)}")
+    failed = [r for r in result.results if r.status == "failed"]
+    for r in failed:
+        click.echo(f"step {r.step_id} failed: {r.error}", err=True)
+    click.echo(f"run {result.run_id} {result.status}", err=True)
+    if result.status != "completed":
+        click.echo(f"  resume with: stepchain resume {result.run_id}", err=True)
+    sys.exit(result.exit_code)
+
+
+def _inputs(pipeline: Any, assignments: tuple[str, ...], inputs_file: str | None) -> dict[str, Any]:
+    from stepchain.inputs import parse_assignments, read_inputs_file
+
+    values = read_inputs_file(inputs_file) if inputs_file else {}
+    values.update(parse_assignments(list(assignments), pipeline))
+    return values
+
+
+@main.group()
+def runs() -> None:
+    """Recorded runs."""
+
+
+@runs.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def runs_list(as_json: bool, limit: int) -> None:
+    """List recent runs."""
+    from stepchain.records import Storage
+    from stepchain.reporting import format_runs
+
+    storage = Storage()
+    rows = storage.list_runs(limit)
+    storage.close()
+    click.echo(json.dumps(rows, indent=2) if as_json else format_runs(rows))
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+def runs_show(run_id: str, as_json: bool) -> None:
+    """Show one run: inputs, every step's status, output, error, attempts, timings, tokens."""
+    from stepchain.records import Storage
+    from stepchain.reporting import format_run
+
+    storage = Storage()
+    state = storage.load_run_state(run_id)
+    storage.close()
+    click.echo(json.dumps(state.to_dict(), indent=2, default=str) if as_json else format_run(state))
+
+
+@main.group()
+def cache() -> None:
+    """The result cache."""
+
+
+@cache.command("info")
+@click.option("--json", "as_json", is_flag=True)
+def cache_info(as_json: bool) -> None:
+    """Where the cache is, how many entries, how many bytes."""
+    from stepchain.cache import ResultCache
+    from stepchain.settings import current_settings
+
+    store = ResultCache(current_settings())
+    info = store.info()
+    store.close()
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        click.echo(f"cache    {info['path']}\nentries  {info['entries']}\nbytes    {info['bytes']}")
+
+
+@cache.command("clear")
+def cache_clear() -> None:
+    """Delete every cached result (run records are kept)."""
+    from stepchain.cache import ResultCache
+    from stepchain.settings import current_settings
+
+    store = ResultCache(current_settings())
+    removed = store.clear()
+    store.close()
+    click.echo(f"removed {removed} cache entries")
+
+
+@main.command()
+@click.argument("task")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the YAML here.")
+@click.option("--tools", "tools_file", type=click.Path(dir_okay=False), help="YAML/JSON of named tools.")
+@click.option("--max-steps", type=click.IntRange(1, 50), default=10, show_default=True)
+@click.option("--model", help="Model for the decomposer.")
+def decompose(task: str, output: str | None, tools_file: str | None, max_steps: int, model: str | None) -> None:
+    """Write a pipeline for TASK (YAML only, for review; nothing is run)."""
+    from stepchain.decomposer import decompose_to_yaml
+
+    text = decompose_to_yaml(task, tools=tools_file, max_steps=max_steps, model=model)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}; review it, then: stepchain validate {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+if __name__ == "__main__":
+    main()

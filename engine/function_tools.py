@@ -9,7 +9,7 @@ import inspect
 import json
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from stepchain.errors import RetryableStepError, StepChainError, StepError
 from stepchain.model import ToolSpec
 
+Offload = Callable[..., Awaitable[Any]]
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
 
 
@@ -31,7 +32,8 @@ class FunctionTool:
     parameters: dict[str, Any]
     fingerprint: str
 
-    async def call(self, arguments: dict[str, Any]) -> Any:
+    async def call(self, arguments: dict[str, Any], offload: Offload | None = None) -> Any:
+        """Call the function; a sync one runs via `offload` (a thread, or a Dask worker)."""
         try:
             inspect.signature(self.func).bind(**arguments)
         except TypeError as exc:
@@ -43,7 +45,7 @@ class FunctionTool:
             if inspect.iscoroutinefunction(self.func):
                 result = await self.func(**arguments)
             else:
-                result = await asyncio.to_thread(self.func, **arguments)
+                result = await (offload or _in_thread)(self.func, **arguments)
         except Exception as exc:
             raise _wrap(self.name, exc) from None
         try:
@@ -63,6 +65,10 @@ class FunctionTool:
             "description": self.description,
             "parameters": self.parameters,
         }
+
+
+async def _in_thread(func: Callable[..., Any], /, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(func, **kwargs)
 
 
 def load_function_tool(spec: ToolSpec, base_dir: Path) -> FunctionTool:

@@ -134,3 +134,8 @@ def _build_tool(name: str, raw: dict[str, Any]) -> ToolSpec:
         fields["allowed_tools"] = tuple(fields["allowed_tools"])
     extra = {k: v for k, v in raw.items() if k not in known}
     return ToolSpec(name=name, extra=extra, **fields)
+
+
+def check_file(path: str | Path) -> list[Problem]:
+    """Every problem of one pipeline file (what `stepchain validate` prints)."""
+    return check_text(str(path), read_text(path))[0]

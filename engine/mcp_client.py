@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
 import anyio
+import httpx2
 import jsonschema
 import mcp_types
 from jsonschema.exceptions import best_match
@@ -63,6 +64,7 @@ class _Link:
         self.spec = spec
         self.client: Client | None = None
         self.failure: str | None = None  # why this link must not be used again
+        self.transient = False  # whether it failed the way a network hiccup does
         self.inflight = 0
         self.retired = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -109,8 +111,12 @@ class _Link:
                         self.ready.set_result(None)
                     await self._stop.wait()
         except Exception as exc:
+            leaf = _leaf(exc)
+            self.transient = isinstance(leaf, _NETWORK_ERRORS)
             if self.failure is None:
-                self.failure = _describe(exc)
+                self.failure = _describe(leaf)
+                if _is_closed(leaf) and not self.ready.done():
+                    self.failure = "it closed the connection before answering (did it exit?)"
             log.debug("MCP server %r session ended: %s", self.spec.name, self.failure)
         finally:
             self.client = None
@@ -125,7 +131,7 @@ class _Link:
 
     async def _on_message(self, message: object) -> None:
         if isinstance(message, Exception):  # the transport could not parse what the server sent
-            self.failure = f"sent something that is not MCP: {_describe(message)}"
+            self.failure = f"sent something that is not JSON-RPC: {_describe(message)}"
             self.stop(force=True)
 
     def stop(self, *, force: bool = False) -> None:
@@ -256,7 +262,8 @@ class McpConnection:
                     link.failure = f"no answer to the handshake within {self.start_timeout:g}s"
                 elif not isinstance(exc, StepError):
                     raise
-                raise StepError(
+                error = RetryableStepError if link.transient else StepError
+                raise error(
                     f"MCP server {self.spec.name!r} failed to start: {link.failure}"
                     + self._stderr_note(link),
                     f"check `command`/`url` of tools.{self.spec.name} and run it by hand",
@@ -294,9 +301,9 @@ class McpConnection:
             error = RetryableStepError if exc.code == mcp_types.INTERNAL_ERROR else StepError
             raise error(f"MCP server {name!r} rejected {what}: {self._mask(str(exc))}") from None
         except (ValidationError, RuntimeError) as exc:  # a reply that is not a valid result
-            link.failure = f"sent an invalid reply to {what}: {_describe(exc)}"
+            link.failure = f"sent an invalid reply ({_describe(exc)})"
             raise self._lost(link, what) from None
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+        except (*_NETWORK_ERRORS, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             link.failure = link.failure or f"lost the connection ({_describe(exc)})"
             raise self._lost(link, what) from None
         finally:
@@ -396,13 +403,27 @@ class McpPool:
         await self.close_all()
 
 
-def _describe(exc: BaseException) -> str:
-    """A one-line reason from an exception, looking inside exception groups."""
+_NETWORK_ERRORS = (OSError, httpx2.TransportError)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups: the one that says what happened."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
-    if isinstance(exc, ValidationError):
-        errors = exc.errors()
-        bad = errors[0].get("input") if errors else None
-        if isinstance(bad, str | bytes):
-            return f"{bad[:200]!r}"
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason from an exception."""
+    exc = _leaf(exc)
+    if isinstance(exc, ValidationError) and exc.errors():
+        error = exc.errors()[0]
+        if error["type"] == "json_invalid":  # quote the offending line itself
+            return repr(str(error["input"])[:200])
+        where = ".".join(str(part) for part in error["loc"])
+        return f"{where}: {error['msg']}" if where else error["msg"]
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _is_closed(exc: BaseException) -> bool:
+    return isinstance(exc, MCPError) and exc.code == mcp_types.CONNECTION_CLOSED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class Runtime:
         self._function_tools: dict[str, FunctionTool] = {}
         self._mcp_pool: Any = None
         self._llm: Any = None
+        self.backend: Any = None  # a DaskBackend with --executor dask, else None (local)
 
     # -- checks before anything runs ------------------------------------------------------
     def preflight(self) -> None:
@@ -122,6 +124,12 @@ class Runtime:
         from stepchain.mcp_bridge import call_tool
 
         return await call_tool(self, server, tool, arguments, timeout)
+
+    async def offload(self, func: Any, /, **kwargs: Any) -> Any:
+        """Run blocking work: in a thread locally, or on a Dask worker with --executor dask."""
+        if self.backend is None:
+            return await asyncio.to_thread(func, **kwargs)
+        return await self.backend.run(func, **kwargs)
 
     @property
     def llm(self) -> Any:

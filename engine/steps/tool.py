@@ -21,6 +21,7 @@ def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[st
 
 async def execute(step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None) -> Outcome:
     if "function" in request:
-        return Outcome(await runtime.function_tool(request["tool"]).call(request["arguments"]))
+        tool = runtime.function_tool(request["tool"])
+        return Outcome(await tool.call(request["arguments"], offload=runtime.offload))
     output = await runtime.call_mcp(request["tool"], request["remote"], request["arguments"], step.timeout)
     return Outcome(output)

@@ -1,0 +1,114 @@
+"""`stepchain plan`: layers, critical path, and which steps replay from cache or must run.
+
+Like a terraform plan, each step's request is rendered from the cached outputs of its upstream
+steps and looked up in the cache; a step is `unknown` only where an upstream step must run first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from stepchain.cache import ResultCache, cache_key
+from stepchain.errors import StepChainError
+from stepchain.graph import build_graph, critical_path, layers
+from stepchain.inputs import resolve_inputs
+from stepchain.model import Pipeline, Step
+from stepchain.render import evaluate
+from stepchain.runtime import RunOptions, Runtime
+from stepchain.settings import Settings, current_settings
+from stepchain.steps import kind_module
+
+Action = Literal["replay", "run", "unknown", "skip", "error"]
+
+
+@dataclass
+class StepPlan:
+    step_id: str
+    kind: str
+    action: Action
+    layer: int
+    needs: list[str]
+    detail: str | None = None
+
+
+@dataclass
+class Plan:
+    pipeline: str
+    layers: list[list[str]]
+    critical_path: list[str]
+    steps: list[StepPlan] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "layers": self.layers,
+            "critical_path": self.critical_path,
+            "steps": {s.step_id: {k: v for k, v in vars(s).items() if k != "step_id"} for s in self.steps},
+        }
+
+
+def plan_pipeline(
+    pipeline: Pipeline, inputs: dict[str, Any] | None = None, settings: Settings | None = None
+) -> Plan:
+    """Compute the plan; never executes a step or calls a model."""
+    graph = build_graph({s.id: s.needs for s in pipeline.steps})
+    generations = layers(graph)
+    layer_of = {sid: i for i, layer in enumerate(generations) for sid in layer}
+    resolved = resolve_inputs(pipeline, inputs or {})
+    runtime = Runtime(pipeline, current_settings(settings), RunOptions(), "plan", resolved)
+    cache = ResultCache(runtime.settings)
+    known: dict[str, dict[str, Any]] = {}  # step id -> {"output", "status"} once predictable
+    plan = Plan(pipeline.name, generations, critical_path(graph))
+    try:
+        for sid in _topological(pipeline, generations):
+            step = pipeline.step(sid)
+            action, detail = _plan_step(step, runtime, cache, known)
+            plan.steps.append(
+                StepPlan(sid, step.kind, action, layer_of[sid], sorted(step.needs), detail)
+            )
+    finally:
+        cache.close()
+    plan.steps.sort(key=lambda s: pipeline.step(s.step_id).index)
+    return plan
+
+
+def _topological(pipeline: Pipeline, generations: list[list[str]]) -> list[str]:
+    return [sid for layer in generations for sid in sorted(layer, key=lambda s: pipeline.step(s).index)]
+
+
+def _plan_step(
+    step: Step, runtime: Runtime, cache: ResultCache, known: dict[str, dict[str, Any]]
+) -> tuple[Action, str | None]:
+    missing = sorted(n for n in step.needs if n not in known)
+    if missing:
+        return "unknown", f"waits for {', '.join(missing)}"
+    context = runtime.base_context()
+    context["steps"] = dict(known)
+    try:
+        when = step.when
+        if when is not None and not evaluate(when, context, runtime.path_of(step, "when"), runtime.locate):
+            known[step.id] = {"output": None, "status": "skipped"}
+            return "skip", f"when: {step.when} is false"
+        module = kind_module(step.kind)
+        if step.foreach is not None:
+            items = evaluate(step.foreach, context, runtime.path_of(step, "foreach"), runtime.locate)
+            items = list(items.items()) if isinstance(items, dict) else list(items)
+            requests = [
+                module.render_request(step, {**context, "item": it, "index": i}, runtime)
+                for i, it in enumerate(items)
+            ]
+        else:
+            requests = [module.render_request(step, context, runtime)]
+    except StepChainError as exc:
+        return "error", exc.message
+    entries = [cache.get(cache_key(step.kind, request)) for request in requests] if step.cache else [None]
+    if any(entry is None for entry in entries):
+        if step.kind == "template":  # pure: its output is known without running anything
+            outputs = [r["output"] for r in requests]
+            output = outputs if step.foreach is not None else outputs[0]
+            known[step.id] = {"output": output, "status": "completed"}
+        return "run", None if step.cache else "cache: false"
+    output = [e["output"] for e in entries] if step.foreach is not None else entries[0]["output"]
+    known[step.id] = {"output": output, "status": "completed"}
+    return "replay", None
