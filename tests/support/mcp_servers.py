@@ -1,9 +1,8 @@
-"""Misbehaving MCP servers for tests, run over stdio.
+"""A misbehaving MCP server for tests: `python mcp_servers.py` serves it over stdio.
 
-`python mcp_servers.py` serves `flaky`, whose tools crash the process or hang the whole server.
-`python mcp_servers.py --raw` serves a hand-written JSON-RPC server that completes the
-handshake and then answers tool calls with garbage (the SDK's own server guards stdout too
-well to misbehave that way).
+It is hand-written JSON-RPC (the SDK's own server guards stdout too well to misbehave), speaks
+the initialize handshake of a pre-2026 server, and imports nothing from mcp, so it starts in
+milliseconds. Its tools answer, crash the process, never answer, or answer with garbage.
 """
 
 from __future__ import annotations
@@ -11,80 +10,57 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
-
-from mcp.server.mcpserver import MCPServer
+from typing import Any
 
 SCRIPT = Path(__file__)
 
-mcp = MCPServer("flaky", log_level="WARNING")
+TOOLS = {
+    "pid": "Answers with the server's process id, as structured content.",
+    "crash": "Writes to stderr and dies mid-call.",
+    "hang": "Never answers (the server keeps serving other requests).",
+    "garbage": "Answers with a line that is not JSON.",
+    "bad_result": "Answers with a result that is not a valid tool result.",
+}
 
 
-@mcp.tool()
-def echo(text: str) -> str:
-    """Return the text."""
-    return text
-
-
-@mcp.tool()
-def pid() -> int:
-    """The server's process id."""
-    return os.getpid()
-
-
-@mcp.tool()
-def crash() -> str:
-    """Die mid-call, as a server with a fatal bug would."""
-    print("fatal: the flaky server crashed on purpose", file=sys.stderr, flush=True)
-    os._exit(1)
-
-
-@mcp.tool()
-async def hang(seconds: float = 60) -> str:
-    """Block the server's event loop: it answers nothing, not even cancellation."""
-    time.sleep(seconds)
-    return "woke up"
-
-
-RAW_TOOLS = [
-    {"name": "garbage", "description": "Answers with a line that is not JSON.", "inputSchema": {"type": "object"}},
-    {"name": "bad_result", "description": "Answers with a malformed result.", "inputSchema": {"type": "object"}},
-]
-
-
-def _raw_answer(request: dict) -> dict | str | None:
-    """The reply to one request: a JSON-RPC message, a garbage line, or None for notifications."""
+def answer(request: dict[str, Any]) -> dict[str, Any] | str | None:
+    """The reply to one message: JSON-RPC, a garbage line, or None for no reply."""
     method, params = request.get("method"), request.get("params") or {}
-    if "id" not in request:
+    tool = params.get("name")
+    if "id" not in request or (method == "tools/call" and tool == "hang"):
         return None
     if method == "initialize":
-        result = {
+        result: dict[str, Any] = {
             "protocolVersion": params["protocolVersion"],
             "capabilities": {"tools": {}},
-            "serverInfo": {"name": "raw", "version": "0"},
+            "serverInfo": {"name": "flaky", "version": "0"},
         }
     elif method == "tools/list":
-        result = {"tools": RAW_TOOLS}
-    elif method == "tools/call" and params.get("name") == "garbage":
+        schema = {"type": "object"}
+        result = {"tools": [{"name": n, "description": d, "inputSchema": schema} for n, d in TOOLS.items()]}
+    elif method == "tools/call" and tool == "pid":
+        pid = os.getpid()
+        result = {"content": [{"type": "text", "text": str(pid)}], "structuredContent": {"pid": pid}}
+    elif method == "tools/call" and tool == "crash":
+        print("fatal: the flaky server crashed on purpose", file=sys.stderr, flush=True)
+        os._exit(1)
+    elif method == "tools/call" and tool == "garbage":
         return "this is not JSON-RPC"
     elif method == "tools/call":
         result = {"content": "not a list of content blocks"}
-    else:
+    else:  # e.g. server/discover: unknown to a pre-2026 server, so the client falls back
         error = {"code": -32601, "message": f"Method not found: {method}"}
         return {"jsonrpc": "2.0", "id": request["id"], "error": error}
     return {"jsonrpc": "2.0", "id": request["id"], "result": result}
 
 
-def serve_raw() -> None:
+def serve() -> None:
     for line in sys.stdin:
-        answer = _raw_answer(json.loads(line))
-        if answer is not None:
-            print(answer if isinstance(answer, str) else json.dumps(answer), flush=True)
+        reply = answer(json.loads(line))
+        if reply is not None:
+            print(reply if isinstance(reply, str) else json.dumps(reply), flush=True)
 
 
 if __name__ == "__main__":
-    if "--raw" in sys.argv:
-        serve_raw()
-    else:
-        mcp.run()
+    serve()

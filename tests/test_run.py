@@ -1,0 +1,319 @@
+"""Running pipelines: scheduling, foreach, when, failures, retries, timeouts, output."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from conftest import calls
+
+from stepchain import Executor, load_pipeline
+
+TOOLS = """
+tools:
+  echo: {type: function, function: "tools:echo"}
+  nap: {type: function, function: "tools:nap"}
+  anap: {type: function, function: "tools:anap"}
+  boom: {type: function, function: "tools:boom"}
+  flaky: {type: function, function: "tools:flaky"}
+  add: {type: function, function: "tools:add"}
+"""
+
+
+def pipeline(write, body: str, name: str = "p.yaml"):
+    return write(name, "version: 1\nname: t\n" + TOOLS + textwrap.dedent(body))
+
+
+def test_main_job_runs_and_second_run_replays_everything(cli, isolated_home):
+    first = cli.json("run", "pipelines/sales-report.yaml".replace("pipelines", str(_repo() / "pipelines")))
+    assert first["status"] == "completed"
+    assert "Total revenue" in first["outputs"]["report"]
+    assert first["steps"]["chart"]["status"] == "completed"
+    assert len(first["steps"]["outlooks"]["output"]) == 7
+    second = cli.json("run", str(_repo() / "pipelines" / "sales-report.yaml"))
+    assert second["outputs"] == first["outputs"]
+    assert all(s["cached"] for s in second["steps"].values())
+    assert all(s["attempts"] == 0 for s in second["steps"].values())
+
+
+def test_step_starts_when_its_own_dependencies_finish_not_layer_by_layer(write, calls_log):
+    path = pipeline(
+        write,
+        """
+        steps:
+          - {id: quick, tool: anap, with: {name: quick, seconds: 0.05}}
+          - {id: slow, tool: anap, with: {name: slow, seconds: 0.6}}
+          - {id: after_quick, tool: anap, with: {name: "after-{{ steps.quick.output }}", seconds: 0.05}}
+          - {id: join, template: "{{ steps.slow.output }} {{ steps.after_quick.output }}"}
+        """,
+    )
+    result = Executor().run(path)
+    assert result.status == "completed"
+    log = calls(calls_log)
+    assert log.index("end after-quick") < log.index("end slow")
+    assert result.steps["after_quick"].completed_at < result.steps["slow"].completed_at
+    assert result.steps["join"].output == "slow after-quick"
+
+
+def test_max_concurrent_bounds_steps_and_foreach_items(write, calls_log):
+    path = pipeline(
+        write,
+        """
+        steps:
+          - id: fan
+            foreach: "range(6) | list"
+            tool: anap
+            with: {name: "n{{ item }}", seconds: 0.1}
+          - {id: other, tool: anap, with: {name: other, seconds: 0.1}}
+        """,
+    )
+    Executor(max_concurrent=2).run(path)
+    running = peak = 0
+    for line in calls(calls_log):
+        running += 1 if line.startswith("start") else -1
+        peak = max(peak, running)
+    assert peak == 2
+
+
+def test_foreach_keeps_outputs_in_item_order(write, calls_log):
+    path = pipeline(
+        write,
+        """
+        steps:
+          - id: fan
+            foreach: "[0.3, 0.01, 0.15]"
+            tool: anap
+            with: {name: "item{{ index }}", seconds: "{{ item }}"}
+        """,
+    )
+    result = Executor().run(path)
+    assert result.steps["fan"].output == ["item0", "item1", "item2"]
+    assert calls(calls_log)[-1] == "end item0"
+
+
+def test_when_false_skips_the_step_and_dependents_still_run(write, calls_log):
+    path = pipeline(
+        write,
+        """
+        inputs: {n: {type: integer, default: 1}}
+        steps:
+          - {id: big, when: inputs.n > 5, tool: echo, with: {value: big}}
+          - {id: after, template: "big was {{ steps.big.status }}, output {{ steps.big.output }}"}
+        """,
+    )
+    result = Executor().run(path)
+    assert result.status == "completed"
+    assert result.steps["big"].status == "skipped"
+    assert result.steps["big"].reason == "when: inputs.n > 5 is false"
+    assert result.steps["after"].output == "big was skipped, output None"
+    assert calls(calls_log) == []
+
+
+def test_failure_skips_only_dependents_and_run_fails(cli, write, calls_log):
+    path = pipeline(
+        write,
+        """
+        steps:
+          - {id: bad, tool: boom, with: {message: disk on fire}}
+          - {id: child, tool: echo, with: {value: "{{ steps.bad.output }}"}}
+          - {id: grandchild, template: "{{ steps.child.output }}"}
+          - {id: independent, tool: echo, with: {value: fine}}
+        """,
+    )
+    result = cli("run", path, "--json")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "failed"
+    assert doc["steps"]["bad"]["status"] == "failed"
+    assert doc["steps"]["bad"]["error"] == "tool 'boom' raised ValueError: disk on fire"
+    assert doc["steps"]["bad"]["attempts"] == 1  # a ValueError is not worth retrying
+    assert doc["steps"]["child"] == {**doc["steps"]["child"], "status": "skipped", "reason": "steps.bad failed"}
+    assert doc["steps"]["grandchild"]["status"] == "skipped"
+    assert doc["steps"]["independent"]["output"] == "fine"
+    assert "step bad failed: tool 'boom' raised ValueError: disk on fire" in result.stderr
+    assert "stepchain resume" in result.stderr
+
+
+def test_continue_on_error_lets_dependents_run_with_null_output(write, calls_log):
+    path = pipeline(
+        write,
+        """
+        steps:
+          - {id: bad, tool: boom, continue_on_error: true}
+          - {id: child, template: "got {{ steps.bad.output }} ({{ steps.bad.status }})"}
+        """,
+    )
+    result = Executor().run(path)
+    assert result.steps["bad"].status == "failed"
+    assert result.steps["child"].output == "got None (failed)"
+    assert result.status == "completed"
+
+
+def test_fail_fast_starts_nothing_new_after_a_failure(cli, write, calls_log):
+    path = pipeline(
+        write,
+        """
+        steps:
+          - {id: bad, tool: boom}
+          - {id: slow, tool: anap, with: {name: slow, seconds: 0.3}}
+          - {id: later, tool: echo, with: {value: "{{ steps.slow.output }}"}}
+        """,
+    )
+    doc = json.loads(cli("run", path, "--json", "--fail-fast").stdout)
+    assert doc["steps"]["slow"]["status"] == "completed"  # already in flight: finishes
+    assert doc["steps"]["later"]["status"] == "skipped"
+    assert doc["steps"]["later"]["reason"] == "not started: --fail-fast after steps.bad failed"
+    assert "echo slow" not in calls(calls_log)
+
+
+def test_retryable_errors_are_retried_with_backoff(write, calls_log):
+    path = pipeline(
+        write,
+        """
+        steps:
+          - {id: shaky, tool: flaky, with: {name: s, failures: 2}, retries: 2, backoff: {initial: 0.01}}
+        """,
+    )
+    result = Executor().run(path)
+    assert result.steps["shaky"].status == "completed"
+    assert result.steps["shaky"].attempts == 3
+    assert result.steps["shaky"].output == "s ok"
+
+
+def test_retries_exhausted_reports_attempts_and_last_error(write, calls_log):
+    path = pipeline(
+        write,
+        """
+        steps:
+          - {id: shaky, tool: flaky, with: {name: s, failures: 5}, retries: 1, backoff: {initial: 0.01}}
+        """,
+    )
+    result = Executor().run(path)
+    step = result.steps["shaky"]
+    assert (step.status, step.attempts) == ("failed", 2)
+    assert step.error == "tool 'flaky' raised ConnectionError: connection reset (call 2) (after 2 attempts)"
+
+
+def test_timeout_fails_the_step_with_the_limit_in_the_message(write, calls_log):
+    path = pipeline(
+        write,
+        """
+        steps:
+          - {id: sleepy, tool: anap, with: {name: z, seconds: 5}, timeout: 0.2, retries: 0}
+        """,
+    )
+    result = Executor().run(path)
+    assert result.steps["sleepy"].status == "failed"
+    assert result.steps["sleepy"].error == "timed out after 0.2s"
+
+
+def test_template_error_at_render_time_names_step_and_position(cli, write):
+    path = write(
+        "p.yaml",
+        """
+        version: 1
+        name: t
+        steps:
+          - id: data
+            template: "{{ {'a': 1} }}"
+          - id: use
+            template: |
+              value: {{ steps.data.output.missing.deeper }}
+        """,
+    )
+    doc = json.loads(cli("run", path, "--json").stdout)
+    error = doc["steps"]["use"]["error"]
+    assert error.startswith(f"{path}:7:15: steps[1].template: template error: ")
+    assert "'dict object' has no attribute 'missing'" in error
+    assert doc["steps"]["use"]["attempts"] == 0
+
+
+def test_tool_returning_non_json_fails_clearly(write, calls_log):
+    path = write(
+        "p.yaml",
+        """
+        version: 1
+        name: t
+        tools: {odd: {type: function, function: "tools:not_json"}}
+        steps: [{id: odd, tool: odd}]
+        """,
+    )
+    result = Executor().run(path)
+    assert result.steps["odd"].error.startswith("tool 'odd' returned a object, which is not JSON-serialisable")
+
+
+def test_tool_called_with_wrong_arguments_fails_before_running(write, calls_log):
+    path = pipeline(write, "steps: [{id: s, tool: add, with: {a: 1, c: 2}}]\n")
+    result = Executor().run(path)
+    assert "tool 'add' called with wrong arguments" in result.steps["s"].error
+    assert calls(calls_log) == []
+
+
+def test_json_output_has_the_documented_shape(cli, write, calls_log):
+    path = pipeline(write, "steps: [{id: a, tool: echo, with: {value: [1, 2]}}]\noutputs: {x: '{{ steps.a.output }}'}\n")
+    doc = cli.json("run", path, "--run-id", "shape-1")
+    assert set(doc) == {"run_id", "status", "outputs", "steps", "usage"}
+    assert doc["run_id"] == "shape-1"
+    assert doc["outputs"] == {"x": [1, 2]}
+    assert set(doc["steps"]["a"]) == {
+        "status", "cached", "attempts", "output", "error", "started_at", "finished_at", "duration_s", "usage",
+    }
+
+
+def test_inputs_from_flags_and_file_are_validated(cli, write):
+    path = write(
+        "p.yaml",
+        """
+        version: 1
+        name: t
+        inputs:
+          quarter: {type: string}
+          top_n: {type: integer, default: 3, minimum: 1}
+        steps: [{id: a, template: "{{ inputs.quarter }}/{{ inputs.top_n }}"}]
+        outputs: {a: "{{ steps.a.output }}"}
+        """,
+    )
+    missing = cli("run", path)
+    assert missing.exit_code == 2
+    assert "error: input 'quarter' is required" in missing.stderr
+    assert "hint: pass it with -i quarter=VALUE" in missing.stderr
+    bad = cli("run", path, "-i", "quarter=Q1", "-i", "top_n=0")
+    assert bad.exit_code == 2 and "input 'top_n': 0 is less than the minimum of 1" in bad.stderr
+    unknown = cli("run", path, "-i", "quartr=Q1")
+    assert unknown.exit_code == 2 and "unknown input 'quartr' (did you mean 'quarter'?)" in unknown.stderr
+    write("in.yaml", "quarter: Q2 2024\ntop_n: 7\n")
+    ok = cli.json("run", path, "--inputs-file", "in.yaml", "-i", "top_n=9")
+    assert ok["outputs"]["a"] == "Q2 2024/9"
+
+
+def test_invalid_pipeline_runs_nothing_and_prints_positions(cli, write):
+    path = write("p.yaml", "version: 1\nname: t\nsteps:\n  - id: a\n    retries: -1\n    template: x\n")
+    result = cli("run", path)
+    assert result.exit_code == 1
+    assert f"{path}:5:14: steps[0].retries: -1 is less than the minimum of 0" in result.stderr
+    assert "nothing was run" in result.stderr
+
+
+def test_existing_run_id_without_resume_is_refused(cli, write):
+    path = write("p.yaml", "version: 1\nname: t\nsteps: [{id: a, template: x}]\n")
+    assert cli("run", path, "--run-id", "r1").exit_code == 0
+    again = cli("run", path, "--run-id", "r1")
+    assert again.exit_code == 1
+    assert "error: run 'r1' already exists" in again.stderr
+    assert "stepchain resume r1" in again.stderr
+
+
+def test_undeclared_environment_fails_before_running(cli, write, monkeypatch):
+    monkeypatch.delenv("REGION", raising=False)
+    path = write("p.yaml", "version: 1\nname: t\nenv: [REGION]\nsteps: [{id: a, template: '{{ env.REGION }}'}]\n")
+    result = cli("run", path)
+    assert result.exit_code == 1
+    assert "environment variable(s) not set: REGION" in result.stderr
+    monkeypatch.setenv("REGION", "eu")
+    assert cli.json("run", path)["steps"]["a"]["output"] == "eu"
+
+
+def _repo():
+    from conftest import REPO
+
+    return REPO
