@@ -14,7 +14,8 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
@@ -84,6 +85,16 @@ class _Link:
     def usable(self) -> bool:
         return self.failure is None and self.client is not None and not self.task.done()
 
+    @asynccontextmanager
+    async def _watched_transport(self) -> AsyncIterator[tuple[Any, Any]]:
+        async with self._transport() as (read_stream, write_stream):
+            yield _EndWatch(read_stream, self._on_end), write_stream
+
+    def _on_end(self) -> None:
+        # The server went away (it exited, or the HTTP stream dropped), perhaps between calls:
+        # flag it now so the next call starts a fresh server instead of failing on a dead one.
+        self.failure = self.failure or "closed the connection"
+
     def _transport(self) -> Any:
         spec = self.spec
         if spec.url is not None:
@@ -101,7 +112,7 @@ class _Link:
         try:
             with self._scope:
                 client = Client(
-                    self._transport(),
+                    self._watched_transport(),
                     message_handler=self._on_message,
                     client_info=mcp_types.Implementation(name="stepchain", version=__version__),
                 )
@@ -112,7 +123,7 @@ class _Link:
                     await self._stop.wait()
         except Exception as exc:
             leaf = _leaf(exc)
-            self.transient = isinstance(leaf, _NETWORK_ERRORS)
+            self.transient = self.spec.url is not None and isinstance(leaf, _NETWORK_ERRORS)
             if self.failure is None:
                 self.failure = _describe(leaf)
                 if _is_closed(leaf) and not self.ready.done():
@@ -154,6 +165,45 @@ class _Link:
         size = os.fstat(self._stderr.fileno()).st_size
         data = os.pread(self._stderr.fileno(), _STDERR_TAIL, max(0, size - _STDERR_TAIL))
         return data.decode("utf-8", "replace").strip()
+
+
+class _EndWatch:
+    """A transport's read stream (the SDK's `ReadStream` protocol) that reports its end."""
+
+    def __init__(self, stream: Any, on_end: Callable[[], None]) -> None:
+        self._stream = stream
+        self._on_end = on_end
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._stream, "last_context", None)
+
+    async def receive(self) -> Any:
+        try:
+            return await self._stream.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._on_end()
+            raise
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    def __aiter__(self) -> _EndWatch:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._stream.__anext__()
+        except (StopAsyncIteration, anyio.ClosedResourceError):
+            self._on_end()
+            raise
+
+    async def __aenter__(self) -> _EndWatch:
+        await self._stream.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._stream.__aexit__(*exc_info)
 
 
 class McpConnection:

@@ -247,12 +247,20 @@ def test_streamable_http_lists_calls_and_reports_errors(run: Run, sales_url: str
 
 
 def test_server_that_fails_to_start_names_it_and_quotes_its_stderr(run: Run) -> None:
-    exits = "import sys; print('boom: no config found', file=sys.stderr); sys.exit(3)"
-    connection = McpConnection(stdio_spec("broken", [sys.executable, "-c", exits]))
+    exits = "import os, sys; print('boom: bad token', os.environ['TOKEN'], file=sys.stderr); sys.exit(3)"
+    spec = stdio_spec("broken", [sys.executable, "-c", exits], env={"TOKEN": "hunter22"})
     with pytest.raises(StepError) as failed:
+        run(McpConnection(spec).start())
+    message = str(failed.value)
+    assert message.startswith("MCP server 'broken' failed to start:")
+    assert "boom: bad token ***" in message and "hunter22" not in message
+    assert not failed.value.retryable
+
+
+def test_missing_server_command_fails_to_start_for_good(run: Run) -> None:
+    connection = McpConnection(stdio_spec("gone", ["/nonexistent/mcp-server"]))
+    with pytest.raises(StepError, match="'gone' failed to start: .*No such file") as failed:
         run(connection.start())
-    assert str(failed.value).startswith("MCP server 'broken' failed to start:")
-    assert "boom: no config found" in str(failed.value)
     assert not failed.value.retryable
 
 
@@ -277,6 +285,19 @@ def test_crash_mid_call_is_retryable_and_the_next_call_restarts_the_server(run: 
             run(connection.call_tool("crash", {}, timeout=10))
         assert "MCP server 'flaky' closed the connection (during tool 'crash')" in str(crashed.value)
         assert "fatal: the flaky server crashed on purpose" in str(crashed.value)
+        second = run(connection.call_tool("pid", {}, timeout=10))["pid"]
+    finally:
+        run(connection.close())
+    assert second != first
+    assert not running(first) and not running(second)
+
+
+def test_server_that_died_between_calls_is_restarted_without_an_error(run: Run) -> None:
+    connection = McpConnection(flaky_spec())
+    try:
+        first = run(connection.call_tool("pid", {}, timeout=10))["pid"]
+        assert run(connection.call_tool("quit", {}, timeout=10)) == "bye"
+        run(asyncio.sleep(0.5))  # the server exits right after answering
         second = run(connection.call_tool("pid", {}, timeout=10))["pid"]
     finally:
         run(connection.close())

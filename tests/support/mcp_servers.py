@@ -17,6 +17,7 @@ SCRIPT = Path(__file__)
 
 TOOLS = {
     "pid": "Answers with the server's process id, as structured content.",
+    "quit": "Answers, then exits: the server dies between calls.",
     "crash": "Writes to stderr and dies mid-call.",
     "hang": "Never answers (the server keeps serving other requests).",
     "garbage": "Answers with a line that is not JSON.",
@@ -39,6 +40,8 @@ def answer(request: dict[str, Any]) -> dict[str, Any] | str | None:
     elif method == "tools/list":
         schema = {"type": "object"}
         result = {"tools": [{"name": n, "description": d, "inputSchema": schema} for n, d in TOOLS.items()]}
+    elif method == "tools/call" and tool == "quit":
+        result = {"content": [{"type": "text", "text": "bye"}]}
     elif method == "tools/call" and tool == "pid":
         pid = os.getpid()
         result = {"content": [{"type": "text", "text": str(pid)}], "structuredContent": {"pid": pid}}
@@ -57,9 +60,12 @@ def answer(request: dict[str, Any]) -> dict[str, Any] | str | None:
 
 def serve() -> None:
     for line in sys.stdin:
-        reply = answer(json.loads(line))
+        request = json.loads(line)
+        reply = answer(request)
         if reply is not None:
             print(reply if isinstance(reply, str) else json.dumps(reply), flush=True)
+        if request.get("params", {}).get("name") == "quit":
+            sys.exit(0)
 
 
 if __name__ == "__main__":

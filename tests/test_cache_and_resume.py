@@ -1,0 +1,344 @@
+"""The cache, run records, resume, kill -9, SIGINT, locking and secrets, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import stat
+import time
+from pathlib import Path
+
+import diskcache
+import pytest
+from conftest import calls
+
+from stepchain import Executor, Storage, execute, load_pipeline, setup_stepchain
+
+CHAIN = """
+version: 1
+name: chain
+defaults: {cache: false}
+tools:
+  nap: {type: function, function: "tools:nap"}
+steps:
+  - {id: s1, tool: nap, with: {name: s1, seconds: 0.4}}
+  - {id: s2, tool: nap, with: {name: "s2-{{ steps.s1.output }}", seconds: 0.4}}
+  - {id: s3, tool: nap, with: {name: "s3-{{ steps.s2.output }}", seconds: 0.4}}
+  - {id: s4, tool: nap, with: {name: "s4-{{ steps.s3.output }}", seconds: 0.4}}
+"""
+
+WORDS = """
+version: 1
+name: words
+inputs: {word: {type: string, default: abc}}
+tools: {echo: {type: function, function: "tools:echo"}}
+steps:
+  - {id: a, tool: echo, with: {value: "{{ inputs.word }}"}}
+  - {id: b, tool: echo, with: {value: "{{ steps.a.output | length }}"}}
+  - {id: c, tool: echo, with: {value: "{{ steps.b.output }}!"}}
+  - {id: d, tool: echo, with: {value: constant}}
+"""
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+# -- cache --------------------------------------------------------------------------------
+def test_second_identical_run_makes_no_tool_calls(cli, write, calls_log):
+    path = write("p.yaml", WORDS)
+    cli.json("run", path)
+    before = len(calls(calls_log))
+    doc = cli.json("run", path)
+    assert len(calls(calls_log)) == before == 4
+    assert {s["cached"] for s in doc["steps"].values()} == {True}
+
+
+def test_changed_upstream_output_reruns_exactly_the_changed_requests(cli, write, calls_log):
+    path = write("p.yaml", WORDS)
+    cli.json("run", path, "-i", "word=abc")
+    calls_log.unlink()
+    doc = cli.json("run", path, "-i", "word=xyz")  # same length: b's rendered request is unchanged
+    assert calls(calls_log) == ["echo xyz"]
+    assert {k: v["cached"] for k, v in doc["steps"].items()} == {"a": False, "b": True, "c": True, "d": True}
+    calls_log.unlink()
+    doc = cli.json("run", path, "-i", "word=longer")  # a's new output changes b's and c's requests
+    assert calls(calls_log) == ["echo longer", "echo 6", "echo 6!"]
+    assert {k: v["cached"] for k, v in doc["steps"].items()} == {"a": False, "b": False, "c": False, "d": True}
+
+
+def test_no_cache_ignores_hits_and_refresh_recomputes_one_step(cli, write, calls_log):
+    path = write("p.yaml", WORDS)
+    cli.json("run", path)
+    calls_log.unlink()
+    cli.json("run", path, "--refresh", "b")
+    assert calls(calls_log) == ["echo 3"]
+    calls_log.unlink()
+    cli.json("run", path, "--no-cache")
+    assert len(calls(calls_log)) == 4
+    bad = cli("run", path, "--refresh", "nope")
+    assert bad.exit_code == 2 and "--refresh nope: no such step in words" in bad.stderr
+
+
+def test_cache_ttl_expires(cli, write, calls_log):
+    path = write("p.yaml", WORDS.replace("{id: d, tool: echo", '{id: d, cache: "1s", tool: echo'))
+    cli.json("run", path)
+    time.sleep(1.2)
+    calls_log.unlink()
+    doc = cli.json("run", path)
+    assert calls(calls_log) == ["echo constant"]
+    assert doc["steps"]["d"]["cached"] is False
+
+
+def test_errors_are_never_cached(cli, write, calls_log):
+    path = write(
+        "p.yaml",
+        """
+        version: 1
+        name: t
+        tools: {flaky: {type: function, function: "tools:flaky"}}
+        steps: [{id: f, tool: flaky, with: {name: f, failures: 1}, retries: 0}]
+        """,
+    )
+    assert cli("run", path).exit_code == 1
+    doc = cli.json("run", path)
+    assert doc["steps"]["f"] == {**doc["steps"]["f"], "status": "completed", "cached": False, "output": "f ok"}
+
+
+def test_cache_is_private_json_not_pickle(cli, write, calls_log, isolated_home):
+    cli.json("run", write("p.yaml", WORDS))
+    folder = isolated_home / "cache"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(isolated_home.stat().st_mode) == 0o700
+    with sqlite3.connect(folder / "cache.db") as db:
+        modes = {row[0] for row in db.execute("SELECT mode FROM Cache")}
+    assert diskcache.core.MODE_PICKLE not in modes
+    with diskcache.Cache(str(folder), disk=diskcache.JSONDisk) as store:
+        outputs = sorted(json.dumps(store[k]["output"]) for k in store)
+    assert outputs == ['"3!"', '"abc"', '"constant"', "3"]  # a lone {{ expr }} keeps its type
+
+
+def test_corrupted_cache_degrades_to_rerunning(cli, write, calls_log, isolated_home):
+    path = write("p.yaml", WORDS)
+    first = cli.json("run", path)
+    (isolated_home / "cache" / "cache.db").write_bytes(b"this is not sqlite" * 100)
+    calls_log.unlink()
+    again = cli.json("run", path)
+    assert again["outputs"] == first["outputs"]
+    assert again["status"] == "completed"
+    assert len(calls(calls_log)) == 4
+    assert list(isolated_home.glob("cache.damaged-*"))
+
+
+def test_deleted_cache_degrades_to_rerunning(cli, write, calls_log, isolated_home):
+    path = write("p.yaml", WORDS)
+    cli.json("run", path)
+    cli("cache", "clear")
+    calls_log.unlink()
+    doc = cli.json("run", path)
+    assert len(calls(calls_log)) == 4 and doc["status"] == "completed"
+
+
+def test_cache_info_and_clear(cli, write, calls_log):
+    cli.json("run", write("p.yaml", WORDS))
+    info = json.loads(cli("cache", "info", "--json").stdout)
+    assert info["entries"] == 4
+    assert cli("cache", "clear").stdout.strip() == "removed 4 cache entries"
+    assert json.loads(cli("cache", "info", "--json").stdout)["entries"] == 0
+
+
+# -- run records --------------------------------------------------------------------------
+def test_run_record_has_pipeline_inputs_and_every_step(cli, write, calls_log):
+    path = write("p.yaml", WORDS)
+    cli.json("run", path, "--run-id", "rec-1", "-i", "word=hello")
+    state = json.loads(cli("runs", "show", "rec-1", "--json").stdout)
+    assert state["status"] == "completed"
+    assert state["inputs"] == {"word": "hello"}
+    assert state["pipeline"]["path"] == str(path)
+    assert len(state["pipeline"]["hash"]) == 64
+    assert state["steps"]["b"]["output"] == 5
+    assert state["steps"]["b"]["attempts"] == 1
+    assert len(state["steps"]["b"]["cache_key"]) == 64
+    assert state["steps"]["b"]["duration_s"] >= 0
+    listing = cli("runs", "list").stdout
+    assert "rec-1" in listing and "completed" in listing and "4/4" in listing
+    text = cli("runs", "show", "rec-1").stdout
+    assert "run       rec-1" in text and "b " in text
+    missing = cli("runs", "show", "nope")
+    assert missing.exit_code == 1 and "no run with id 'nope'" in missing.stderr
+
+
+def test_python_api_execute_resume_and_load_run_state(write, calls_log, tmp_path):
+    settings = setup_stepchain(storage_path=tmp_path / "state", log_level="INFO")
+    assert settings.home == tmp_path / "state"
+    path = write("p.yaml", WORDS.replace("{id: c, tool: echo", "{id: c, tool: echo, retries: 0, continue_on_error: false"))
+    pipe = load_pipeline(path)
+    results = execute(pipe, run_id="api-1", inputs={"word": "hi"})
+    assert [r.step_id for r in results] == ["a", "b", "c", "d"]
+    assert [r.status for r in results] == ["completed"] * 4
+    assert results[2].output == "2!"
+    assert results[0].started_at <= results[0].completed_at
+    state = Storage().load_run_state("api-1")
+    assert (tmp_path / "state" / "runs.db").exists()
+    assert [s.id for s in state.plan.steps] == ["a", "b", "c", "d"]
+    assert [r.output for r in state.results] == ["hi", 2, "2!", "constant"]
+    calls_log.unlink()
+    again = Executor(max_concurrent=1).execute(pipe, run_id="api-1", resume=True)
+    assert calls(calls_log) == []
+    assert all(r.cached for r in again)
+
+
+# -- resume -------------------------------------------------------------------------------
+def test_kill_9_then_resume_executes_each_completed_step_exactly_once(cli, write, calls_log):
+    path = write("chain.yaml", CHAIN)
+    proc = cli.spawn("run", path, "--run-id", "k9")
+    wait_for(lambda: "end s2-s1" in calls(calls_log))
+    time.sleep(0.1)  # s2's record is committed before s3 starts
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    recorded = json.loads(cli("runs", "show", "k9", "--json").stdout)
+    done_before = [sid for sid, s in recorded["steps"].items() if s["status"] == "completed"]
+    assert done_before[:2] == ["s1", "s2"]
+    result = cli("resume", "k9", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "completed"
+    assert doc["steps"]["s4"]["output"] == "s4-s3-s2-s1"
+    ends = [line for line in calls(calls_log) if line.startswith("end")]
+    for sid in done_before:
+        assert sum(1 for line in ends if line.split()[1].startswith(sid)) == 1, ends
+    assert {line.split()[1].split("-")[0] for line in ends} == {"s1", "s2", "s3", "s4"}
+
+
+def test_sigint_records_in_flight_steps_as_interrupted_and_exits_130(cli, write, calls_log):
+    path = write("chain.yaml", CHAIN)
+    proc = cli.spawn("run", path, "--run-id", "int-1")
+    wait_for(lambda: "start s2-s1" in calls(calls_log))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "run int-1 interrupted" in err and "stepchain resume int-1" in err
+    state = json.loads(cli("runs", "show", "int-1", "--json").stdout)
+    assert state["status"] == "interrupted"
+    assert state["steps"]["s1"]["status"] == "completed"
+    assert state["steps"]["s2"]["status"] == "interrupted"
+    assert state["steps"]["s3"]["status"] == "skipped"
+    doc = cli.json("resume", "int-1")
+    assert doc["status"] == "completed"
+    assert sum(1 for line in calls(calls_log) if line == "end s1") == 1
+
+
+def test_second_process_on_the_same_run_id_gets_a_clear_error(cli, write, calls_log):
+    path = write("chain.yaml", CHAIN)
+    first = cli.spawn("run", path, "--run-id", "busy")
+    try:
+        wait_for(lambda: "start s1" in calls(calls_log))
+        second = cli.proc("run", path, "--run-id", "busy", "--resume")
+        assert second.returncode == 1
+        assert "error: run 'busy' is being driven by another process" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.communicate(timeout=30)
+    assert first.returncode == 0
+    state = json.loads(cli("runs", "show", "busy", "--json").stdout)
+    assert [s["status"] for s in state["steps"].values()] == ["completed"] * 4
+
+
+def test_resume_after_edit_reruns_changed_steps_and_their_dependents(cli, write, calls_log):
+    text = WORDS.replace("name: words\n", "name: words\ndefaults: {cache: false}\n")
+    path = write("p.yaml", text)
+    cli.json("run", path, "--run-id", "edit-1")
+    calls_log.unlink()
+    path.write_text(text.replace('"{{ steps.a.output | length }}"', '"{{ steps.a.output | upper }}"'))
+    doc = cli.json("resume", "edit-1")
+    assert calls(calls_log) == ["echo ABC", "echo ABC!"]
+    assert doc["steps"]["a"]["cached"] and doc["steps"]["d"]["cached"]
+    assert doc["steps"]["c"]["output"] == "ABC!"
+
+
+def test_resume_of_unknown_run_is_a_clear_error(cli):
+    result = cli("resume", "ghost")
+    assert result.exit_code == 1
+    assert "error: no run with id 'ghost'" in result.stderr
+
+
+# -- commands and secrets -----------------------------------------------------------------
+def test_run_steps_need_allow_run(cli, write, monkeypatch):
+    path = write("p.yaml", "version: 1\nname: t\nsteps: [{id: hi, run: [echo, hello]}]\n")
+    refused = cli("run", path)
+    assert refused.exit_code == 2
+    assert "this pipeline runs commands (steps: hi) and commands are not allowed" in refused.stderr
+    assert "--allow-run" in refused.stderr
+    assert "no runs recorded yet" in cli("runs", "list").stdout
+    assert cli.json("run", path, "--allow-run")["steps"]["hi"]["output"] == "hello\n"
+    monkeypatch.setenv("STEPCHAIN_ALLOW_RUN", "1")
+    assert cli("run", path).exit_code == 0
+
+
+def test_failing_command_reports_exit_status_and_stderr_tail(cli, write):
+    path = write(
+        "p.yaml",
+        """
+        version: 1
+        name: t
+        steps:
+          - id: bad
+            run: "echo partial; echo 'no such table: orders' >&2; exit 3"
+        """,
+    )
+    doc = json.loads(cli("run", path, "--allow-run", "--json").stdout)
+    assert doc["steps"]["bad"]["error"] == "command exited with status 3: no such table: orders"
+
+
+def test_secrets_never_reach_records_cache_logs_or_errors(cli, write, monkeypatch, isolated_home, caplog):
+    secret = "s3cr3t-T0KEN-value"
+    monkeypatch.setenv("DB_TOKEN", secret)
+    path = write(
+        "p.yaml",
+        """
+        version: 1
+        name: t
+        secrets: [DB_TOKEN]
+        steps:
+          - {id: show, run: ["echo", "token={{ secrets.DB_TOKEN }}"]}
+          - {id: fail, run: "echo using $0 >&2; exit 1", retries: 0}
+          - id: fail2
+            run: ["sh", "-c", "echo bad token {{ secrets.DB_TOKEN }} >&2; exit 2"]
+            retries: 0
+        outputs: {out: "{{ steps.show.output }}"}
+        """,
+    )
+    result = cli("run", path, "--allow-run", "--json", "--run-id", "sec")
+    doc = json.loads(result.stdout)
+    assert doc["steps"]["show"]["output"] == "token=***\n"
+    assert doc["steps"]["fail2"]["error"] == "command exited with status 2: bad token ***"
+    assert secret not in result.stdout + result.stderr
+    assert secret not in cli("runs", "show", "sec", "--json").stdout
+    for file in isolated_home.rglob("*"):
+        if file.is_file():
+            assert secret.encode() not in file.read_bytes(), file
+    with diskcache.Cache(str(isolated_home / "cache"), disk=diskcache.JSONDisk) as store:
+        assert all(secret not in json.dumps(store[k]) for k in store)
+
+
+@pytest.mark.parametrize("flag", ["--json", None])
+def test_pipeline_file_missing_is_a_usage_error(cli, flag):
+    args = ["run", "missing.yaml"] + ([flag] if flag else [])
+    result = cli(*args)
+    assert result.exit_code == 2
+    assert "error: no such pipeline file: missing.yaml" in result.stderr
+
+
+def test_state_folder_defaults_to_dot_stepchain_in_working_directory(cli, write, monkeypatch, tmp_path):
+    monkeypatch.delenv("STEPCHAIN_HOME")
+    path = write("p.yaml", "version: 1\nname: t\nsteps: [{id: a, template: x}]\n")
+    cli.json("run", path)
+    assert (tmp_path / ".stepchain" / "runs.db").exists()
+    assert os.stat(tmp_path / ".stepchain").st_mode & 0o777 == 0o700
+    assert Path(tmp_path / ".stepchain" / "cache").is_dir()
