@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from stepchain import __version__
 from stepchain.errors import PipelineInvalid, StepChainError, UsageError
 
@@ -18,10 +17,16 @@ RUN_FLAGS = [
     click.option("--fail-fast", is_flag=True, help="Start nothing new after the first failure."),
     click.option("--no-cache", is_flag=True, help="Ignore cache hits (results are still stored)."),
     click.option("--refresh", multiple=True, metavar="STEP", help="Recompute this step."),
-    click.option("--allow-run", is_flag=True, default=None, help="Allow `run` steps to run commands."),
-    click.option("--approve", is_flag=True, help="Approve MCP tools with require_approval: always."),
+    click.option(
+        "--allow-run", is_flag=True, default=None, help="Allow `run` steps to run commands."
+    ),
+    click.option(
+        "--approve", is_flag=True, help="Approve MCP tools with require_approval: always."
+    ),
     click.option("--json", "as_json", is_flag=True, help="Print the run as one JSON document."),
-    click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True),
+    click.option(
+        "--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True
+    ),
     click.option("--scheduler", envvar="STEPCHAIN_DASK_SCHEDULER", help="Dask scheduler address."),
 ]
 
@@ -33,8 +38,12 @@ def run_flags(func: Any) -> Any:
 
 
 def input_flags(func: Any) -> Any:
-    func = click.option("--inputs-file", type=click.Path(dir_okay=False), help="YAML/JSON inputs.")(func)
-    return click.option("-i", "--input", "assignments", multiple=True, metavar="K=V", help="An input.")(func)
+    func = click.option("--inputs-file", type=click.Path(dir_okay=False), help="YAML/JSON inputs.")(
+        func
+    )
+    return click.option(
+        "-i", "--input", "assignments", multiple=True, metavar="K=V", help="An input."
+    )(func)
 
 
 class StepChainGroup(click.Group):
@@ -123,7 +132,9 @@ def graph(file: str, fmt: str) -> None:
 @input_flags
 @run_flags
 @click.option("--resume", is_flag=True, help="Reuse the completed steps of --run-id.")
-def run(file: str, assignments: tuple[str, ...], inputs_file: str | None, resume: bool, **flags: Any) -> None:
+def run(
+    file: str, assignments: tuple[str, ...], inputs_file: str | None, resume: bool, **flags: Any
+) -> None:
     """Run a pipeline."""
     from stepchain.loader import load_pipeline
 
@@ -148,24 +159,38 @@ def resume(run_id: str, **flags: Any) -> None:
     if path and path.exists():
         pipeline = load_pipeline(path)
     else:
-        pipeline = load_pipeline_text(state.pipeline_text, path.name if path else "<recorded>", path and path.parent)
+        pipeline = load_pipeline_text(
+            state.pipeline_text, path.name if path else "<recorded>", path and path.parent
+        )
     flags["run_id"] = run_id
     _run(pipeline, {}, True, **flags)
 
 
-def _run(pipeline: Any, inputs: dict[str, Any], resume: bool, *, as_json: bool, **flags: Any) -> None:
+def _run(
+    pipeline: Any, inputs: dict[str, Any], resume: bool, *, as_json: bool, **flags: Any
+) -> None:
     from stepchain.executor import Executor
     from stepchain.progress import LiveTable
 
     unknown = [s for s in flags["refresh"] if s not in pipeline.by_id]
     if unknown:
         raise UsageError(f"--refresh {unknown[0]}: no such step in {pipeline.name}")
-    executor = Executor(flags.pop("max_concurrent"), executor=flags.pop("executor"), scheduler=flags.pop("scheduler"))
+    executor = Executor(
+        flags.pop("max_concurrent"),
+        executor=flags.pop("executor"),
+        scheduler=flags.pop("scheduler"),
+    )
     run_id = flags.pop("run_id")
     flags["refresh"] = frozenset(flags["refresh"])
     with LiveTable(pipeline) as table:
         result = executor.run(
-            pipeline, run_id=run_id, inputs=inputs, resume=resume, observer=table, handle_signals=True, **flags
+            pipeline,
+            run_id=run_id,
+            inputs=inputs,
+            resume=resume,
+            observer=table,
+            handle_signals=True,
+            **flags,
         )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, default=str))
@@ -258,10 +283,14 @@ def cache_clear() -> None:
 @main.command()
 @click.argument("task")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the YAML here.")
-@click.option("--tools", "tools_file", type=click.Path(dir_okay=False), help="YAML/JSON of named tools.")
+@click.option(
+    "--tools", "tools_file", type=click.Path(dir_okay=False), help="YAML/JSON of named tools."
+)
 @click.option("--max-steps", type=click.IntRange(1, 50), default=10, show_default=True)
 @click.option("--model", help="Model for the decomposer.")
-def decompose(task: str, output: str | None, tools_file: str | None, max_steps: int, model: str | None) -> None:
+def decompose(
+    task: str, output: str | None, tools_file: str | None, max_steps: int, model: str | None
+) -> None:
     """Write a pipeline for TASK (YAML only, for review; nothing is run)."""
     from stepchain.decomposer import decompose_to_yaml
 

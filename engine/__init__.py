@@ -11,7 +11,7 @@ from stepchain.settings import Settings, setup_stepchain
 __version__ = "1.0.0"
 
 
-def decompose(task: str, **kwargs):  # noqa: ANN201 - a Pipeline
+def decompose(task: str, **kwargs):
     """Turn a task in plain words into a validated pipeline (see stepchain.decomposer)."""
     from stepchain.decomposer import decompose as _decompose
 

@@ -12,7 +12,6 @@ import zlib
 from typing import Any
 
 import diskcache
-
 from stepchain.settings import LOGGER_NAME, Settings
 
 CACHE_FORMAT = 1  # bump when what goes into a key or an entry changes meaning

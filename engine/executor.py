@@ -81,7 +81,9 @@ class Executor:
         run_id = options.run_id or default_run_id(pipeline)
         try:
             with storage.lock(run_id):
-                return await self._drive(pipeline, options, run_id, storage, cache, settings, observer)
+                return await self._drive(
+                    pipeline, options, run_id, storage, cache, settings, observer
+                )
         finally:
             cache.close()
             storage.close()
@@ -160,7 +162,9 @@ def resume_run(run_id: str, executor: Executor | None = None, **options: Any) ->
     if path and path.exists():
         pipeline = load_pipeline(path)
     else:
-        pipeline = load_pipeline_text(state.pipeline_text, path.name if path else "<recorded>", path.parent if path else None)
+        pipeline = load_pipeline_text(
+            state.pipeline_text, path.name if path else "<recorded>", path.parent if path else None
+        )
     return executor.run(pipeline, run_id=run_id, resume=True, **options)
 
 

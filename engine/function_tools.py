@@ -18,7 +18,14 @@ from stepchain.errors import RetryableStepError, StepChainError, StepError
 from stepchain.model import ToolSpec
 
 Offload = Callable[..., Awaitable[Any]]
-_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+_JSON_TYPES = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
-
 from stepchain.errors import InputError
 from stepchain.model import Pipeline
 from stepchain.schema import did_you_mean

@@ -107,7 +107,9 @@ class Pipeline:
     defaults: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, ToolSpec] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
-    source: Any = field(default=None, repr=False, compare=False)  # yaml_source.Source, for positions
+    source: Any = field(
+        default=None, repr=False, compare=False
+    )  # yaml_source.Source, for positions
 
     @cached_property
     def by_id(self) -> dict[str, Step]:

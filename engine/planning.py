@@ -44,7 +44,9 @@ class Plan:
             "pipeline": self.pipeline,
             "layers": self.layers,
             "critical_path": self.critical_path,
-            "steps": {s.step_id: {k: v for k, v in vars(s).items() if k != "step_id"} for s in self.steps},
+            "steps": {
+                s.step_id: {k: v for k, v in vars(s).items() if k != "step_id"} for s in self.steps
+            },
         }
 
 
@@ -74,7 +76,9 @@ def plan_pipeline(
 
 
 def _topological(pipeline: Pipeline, generations: list[list[str]]) -> list[str]:
-    return [sid for layer in generations for sid in sorted(layer, key=lambda s: pipeline.step(s).index)]
+    return [
+        sid for layer in generations for sid in sorted(layer, key=lambda s: pipeline.step(s).index)
+    ]
 
 
 def _plan_step(
@@ -87,12 +91,16 @@ def _plan_step(
     context["steps"] = dict(known)
     try:
         when = step.when
-        if when is not None and not evaluate(when, context, runtime.path_of(step, "when"), runtime.locate):
+        if when is not None and not evaluate(
+            when, context, runtime.path_of(step, "when"), runtime.locate
+        ):
             known[step.id] = {"output": None, "status": "skipped"}
             return "skip", f"when: {step.when} is false"
         module = kind_module(step.kind)
         if step.foreach is not None:
-            items = evaluate(step.foreach, context, runtime.path_of(step, "foreach"), runtime.locate)
+            items = evaluate(
+                step.foreach, context, runtime.path_of(step, "foreach"), runtime.locate
+            )
             items = list(items.items()) if isinstance(items, dict) else list(items)
             requests = [
                 module.render_request(step, {**context, "item": it, "index": i}, runtime)
@@ -102,7 +110,9 @@ def _plan_step(
             requests = [module.render_request(step, context, runtime)]
     except StepChainError as exc:
         return "error", exc.message
-    entries = [cache.get(cache_key(step.kind, request)) for request in requests] if step.cache else [None]
+    entries = (
+        [cache.get(cache_key(step.kind, request)) for request in requests] if step.cache else [None]
+    )
     if any(entry is None for entry in entries):
         if step.kind == "template":  # pure: its output is known without running anything
             outputs = [r["output"] for r in requests]

@@ -8,7 +8,6 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-
 from stepchain.model import Pipeline
 from stepchain.results import StepResult
 
@@ -63,7 +62,9 @@ class LiveTable:
     def table(self) -> Table:
         table = Table(title=f"stepchain · {self.pipeline.name}", title_justify="left")
         for column in ("step", "status", "cached", "attempts", "tokens", "seconds"):
-            table.add_column(column, justify="right" if column in ("attempts", "tokens", "seconds") else "left")
+            table.add_column(
+                column, justify="right" if column in ("attempts", "tokens", "seconds") else "left"
+            )
         if self.many:
             counts: dict[str, int] = {}
             for row in self.rows.values():

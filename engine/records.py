@@ -63,7 +63,7 @@ class RunState:
     results: list[StepResult] = field(default_factory=list)
 
     @property
-    def plan(self):  # noqa: ANN201 - a Pipeline; imported lazily to keep records light
+    def plan(self):
         from stepchain.loader import load_pipeline_text
 
         base = Path(self.pipeline_path).parent if self.pipeline_path else None
@@ -77,7 +77,11 @@ class RunState:
         return {
             "run_id": self.run_id,
             "status": self.status,
-            "pipeline": {"name": self.pipeline_name, "path": self.pipeline_path, "hash": self.pipeline_hash},
+            "pipeline": {
+                "name": self.pipeline_name,
+                "path": self.pipeline_path,
+                "hash": self.pipeline_hash,
+            },
             "inputs": self.inputs,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -155,12 +159,21 @@ class Storage:
         self.commit()
         self._db.execute(
             "UPDATE runs SET status=?, finished_at=?, outputs=?, usage=?, error=? WHERE run_id=?",
-            (status, now().isoformat(), json.dumps(outputs, default=str), json.dumps(usage), error, run_id),
+            (
+                status,
+                now().isoformat(),
+                json.dumps(outputs, default=str),
+                json.dumps(usage),
+                error,
+                run_id,
+            ),
         )
 
     # -- reading ----------------------------------------------------------------------------
     def exists(self, run_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone() is not None
+        return (
+            self._db.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone() is not None
+        )
 
     def load_run_state(self, run_id: str) -> RunState:
         """Everything recorded about a run.
@@ -203,7 +216,15 @@ class Storage:
                FROM runs r ORDER BY r.started_at DESC LIMIT ?""",
             (limit,),
         ).fetchall()
-        keys = ("run_id", "pipeline", "status", "started_at", "finished_at", "completed", "recorded")
+        keys = (
+            "run_id",
+            "pipeline",
+            "status",
+            "started_at",
+            "finished_at",
+            "completed",
+            "recorded",
+        )
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     # -- exclusivity ------------------------------------------------------------------------

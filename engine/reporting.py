@@ -12,10 +12,13 @@ from stepchain.records import RunState
 
 def format_problems(problems: list[Problem], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps({"valid": not problems, "problems": [p.as_dict() for p in problems]}, indent=2)
+        return json.dumps(
+            {"valid": not problems, "problems": [p.as_dict() for p in problems]}, indent=2
+        )
     if fmt == "github":
         return "\n".join(
-            f"::error file={p.file},line={p.line},col={p.col}::{_github_escape(_message(p))}" for p in problems
+            f"::error file={p.file},line={p.line},col={p.col}::{_github_escape(_message(p))}"
+            for p in problems
         )
     return "\n".join(p.format() for p in problems)
 

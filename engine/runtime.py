@@ -90,7 +90,12 @@ class Runtime:
 
     # -- templates ------------------------------------------------------------------------
     def base_context(self) -> dict[str, Any]:
-        return {"inputs": self.inputs, "env": self.env, "secrets": self.secrets, "run": {"id": self.run_id}}
+        return {
+            "inputs": self.inputs,
+            "env": self.env,
+            "secrets": self.secrets,
+            "run": {"id": self.run_id},
+        }
 
     @staticmethod
     def path_of(step: Step, *fields: str | int) -> tuple:
@@ -147,10 +152,7 @@ class Runtime:
 
     def describe_error(self, exc: BaseException) -> str:
         """The message recorded for a failed step, secrets masked."""
-        if isinstance(exc, StepChainError):
-            text = str(exc)
-        else:
-            text = f"{type(exc).__name__}: {exc}"
+        text = str(exc) if isinstance(exc, StepChainError) else f"{type(exc).__name__}: {exc}"
         return self.mask.text(text)
 
 

@@ -107,7 +107,11 @@ class Scheduler:
                 return f"steps.{need} failed"
             if result.status == "interrupted":
                 return f"steps.{need} was interrupted"
-            if result.status == "skipped" and result.reason and not result.reason.startswith("when"):
+            if (
+                result.status == "skipped"
+                and result.reason
+                and not result.reason.startswith("when")
+            ):
                 return f"steps.{need} was skipped ({result.reason})"
         return None
 
@@ -118,7 +122,9 @@ class Scheduler:
         step = self.pipeline.step(result.step_id)
         self.storage.save_step(self.rt.run_id, step.index, result)
         if result.status == "failed" and not step.continue_on_error and self.options.fail_fast:
-            self.stop_reason = self.stop_reason or f"not started: --fail-fast after steps.{step.id} failed"
+            self.stop_reason = (
+                self.stop_reason or f"not started: --fail-fast after steps.{step.id} failed"
+            )
         self.observe("finish", result.step_id, result)
 
     def _mark_not_started(self) -> None:
@@ -150,7 +156,10 @@ class Scheduler:
             else:
                 await self._run_single(step, context, result)
         except asyncio.CancelledError:
-            result.status, result.reason = "interrupted", "run interrupted while the step was running"
+            result.status, result.reason = (
+                "interrupted",
+                "run interrupted while the step was running",
+            )
             result.error = "interrupted"
         except _Failed as failed:
             result.status, result.attempts = "failed", failed.attempts
@@ -209,14 +218,18 @@ class Scheduler:
             if isinstance(error, asyncio.CancelledError):
                 raise error
         done = [o for o in outcomes if not isinstance(o, BaseException)]
-        result.attempts = max([a for _, a, _ in done] + [getattr(e, "attempts", 1) for _, e in failures], default=0)
+        result.attempts = max(
+            [a for _, a, _ in done] + [getattr(e, "attempts", 1) for _, e in failures], default=0
+        )
         for outcome, _, _ in done:
             add_usage(result.usage, outcome.usage)
         if failures:
             index, error = failures[0]
             inner = error.error if isinstance(error, _Failed) else error
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise _Failed(StepError(f"item {index}: {self.rt.describe_error(inner)}{more}"), result.attempts)
+            raise _Failed(
+                StepError(f"item {index}: {self.rt.describe_error(inner)}{more}"), result.attempts
+            )
         result.output = [outcome.output for outcome, _, _ in done]
         result.cached = all(cached for _, _, cached in done)
 
@@ -227,7 +240,9 @@ class Scheduler:
             return previous
         return None
 
-    async def _cached_or_executed(self, step: Step, request: dict, key: str) -> tuple[Outcome, int, bool]:
+    async def _cached_or_executed(
+        self, step: Step, request: dict, key: str
+    ) -> tuple[Outcome, int, bool]:
         use_cache = step.cache and not self.options.no_cache and step.id not in self.options.refresh
         if use_cache:
             entry = self.cache.get(key)
@@ -260,10 +275,14 @@ class Scheduler:
                 suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
                 raise _Failed(StepError(f"{error}{suffix}"), attempt)
             feedback = getattr(error, "feedback", None)
-            delay = error.retry_after if getattr(error, "retry_after", None) is not None else (
-                step.backoff.delay(attempt) * random.uniform(0.5, 1.0)
+            delay = (
+                error.retry_after
+                if getattr(error, "retry_after", None) is not None
+                else (step.backoff.delay(attempt) * random.uniform(0.5, 1.0))
             )
-            log.info("step %s attempt %d failed (%s); retrying in %.2fs", step.id, attempt, error, delay)
+            log.info(
+                "step %s attempt %d failed (%s); retrying in %.2fs", step.id, attempt, error, delay
+            )
             await asyncio.sleep(delay)
 
     # -- the end --------------------------------------------------------------------------
@@ -282,7 +301,9 @@ class Scheduler:
 
     def _outputs(self, results: dict[str, StepResult]) -> dict[str, Any]:
         context = self.rt.base_context()
-        context["steps"] = {sid: {"output": r.output, "status": r.status} for sid, r in results.items()}
+        context["steps"] = {
+            sid: {"output": r.output, "status": r.status} for sid, r in results.items()
+        }
         outputs = {}
         for name, template in self.pipeline.outputs.items():
             try:

@@ -28,7 +28,9 @@ def revenue_by_category(orders: list[dict]) -> list[dict]:
     """Revenue and order count per category, largest first."""
     totals: dict[str, dict] = {}
     for order in orders:
-        row = totals.setdefault(order["category"], {"name": order["category"], "revenue": 0.0, "orders": 0})
+        row = totals.setdefault(
+            order["category"], {"name": order["category"], "revenue": 0.0, "orders": 0}
+        )
         row["revenue"] = round(row["revenue"] + order["amount"], 2)
         row["orders"] += 1
     return sorted(totals.values(), key=lambda r: r["revenue"], reverse=True)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-
 from stepchain import settings as settings_module
 from stepchain.cli import main
 
@@ -24,7 +23,12 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """STEPCHAIN_HOME and the working directory in a temp dir; no provider credentials."""
     home = tmp_path / "home"
     monkeypatch.setenv("STEPCHAIN_HOME", str(home))
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "STEPCHAIN_ALLOW_RUN", "STEPCHAIN_DASK_SCHEDULER"):
+    for name in (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "STEPCHAIN_ALLOW_RUN",
+        "STEPCHAIN_DASK_SCHEDULER",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     token = settings_module._configured.set(None)

@@ -13,7 +13,6 @@ from pathlib import Path
 import diskcache
 import pytest
 from conftest import calls
-
 from stepchain import Executor, Storage, execute, load_pipeline, setup_stepchain
 
 CHAIN = """
@@ -66,11 +65,21 @@ def test_changed_upstream_output_reruns_exactly_the_changed_requests(cli, write,
     calls_log.unlink()
     doc = cli.json("run", path, "-i", "word=xyz")  # same length: b's rendered request is unchanged
     assert calls(calls_log) == ["echo xyz"]
-    assert {k: v["cached"] for k, v in doc["steps"].items()} == {"a": False, "b": True, "c": True, "d": True}
+    assert {k: v["cached"] for k, v in doc["steps"].items()} == {
+        "a": False,
+        "b": True,
+        "c": True,
+        "d": True,
+    }
     calls_log.unlink()
     doc = cli.json("run", path, "-i", "word=longer")  # a's new output changes b's and c's requests
     assert calls(calls_log) == ["echo longer", "echo 6", "echo 6!"]
-    assert {k: v["cached"] for k, v in doc["steps"].items()} == {"a": False, "b": False, "c": False, "d": True}
+    assert {k: v["cached"] for k, v in doc["steps"].items()} == {
+        "a": False,
+        "b": False,
+        "c": False,
+        "d": True,
+    }
 
 
 def test_no_cache_ignores_hits_and_refresh_recomputes_one_step(cli, write, calls_log):
@@ -108,7 +117,12 @@ def test_errors_are_never_cached(cli, write, calls_log):
     )
     assert cli("run", path).exit_code == 1
     doc = cli.json("run", path)
-    assert doc["steps"]["f"] == {**doc["steps"]["f"], "status": "completed", "cached": False, "output": "f ok"}
+    assert doc["steps"]["f"] == {
+        **doc["steps"]["f"],
+        "status": "completed",
+        "cached": False,
+        "output": "f ok",
+    }
 
 
 def test_cache_is_private_json_not_pickle(cli, write, calls_log, isolated_home):
@@ -177,7 +191,12 @@ def test_run_record_has_pipeline_inputs_and_every_step(cli, write, calls_log):
 def test_python_api_execute_resume_and_load_run_state(write, calls_log, tmp_path):
     settings = setup_stepchain(storage_path=tmp_path / "state", log_level="INFO")
     assert settings.home == tmp_path / "state"
-    path = write("p.yaml", WORDS.replace("{id: c, tool: echo", "{id: c, tool: echo, retries: 0, continue_on_error: false"))
+    path = write(
+        "p.yaml",
+        WORDS.replace(
+            "{id: c, tool: echo", "{id: c, tool: echo, retries: 0, continue_on_error: false"
+        ),
+    )
     pipe = load_pipeline(path)
     results = execute(pipe, run_id="api-1", inputs={"word": "hi"})
     assert [r.step_id for r in results] == ["a", "b", "c", "d"]
@@ -255,7 +274,9 @@ def test_resume_after_edit_reruns_changed_steps_and_their_dependents(cli, write,
     path = write("p.yaml", text)
     cli.json("run", path, "--run-id", "edit-1")
     calls_log.unlink()
-    path.write_text(text.replace('"{{ steps.a.output | length }}"', '"{{ steps.a.output | upper }}"'))
+    path.write_text(
+        text.replace('"{{ steps.a.output | length }}"', '"{{ steps.a.output | upper }}"')
+    )
     doc = cli.json("resume", "edit-1")
     assert calls(calls_log) == ["echo ABC", "echo ABC!"]
     assert doc["steps"]["a"]["cached"] and doc["steps"]["d"]["cached"]
@@ -296,7 +317,9 @@ def test_failing_command_reports_exit_status_and_stderr_tail(cli, write):
     assert doc["steps"]["bad"]["error"] == "command exited with status 3: no such table: orders"
 
 
-def test_secrets_never_reach_records_cache_logs_or_errors(cli, write, monkeypatch, isolated_home, caplog):
+def test_secrets_never_reach_records_cache_logs_or_errors(
+    cli, write, monkeypatch, isolated_home, caplog
+):
     secret = "s3cr3t-T0KEN-value"
     monkeypatch.setenv("DB_TOKEN", secret)
     path = write(
@@ -335,7 +358,9 @@ def test_pipeline_file_missing_is_a_usage_error(cli, flag):
     assert "error: no such pipeline file: missing.yaml" in result.stderr
 
 
-def test_state_folder_defaults_to_dot_stepchain_in_working_directory(cli, write, monkeypatch, tmp_path):
+def test_state_folder_defaults_to_dot_stepchain_in_working_directory(
+    cli, write, monkeypatch, tmp_path
+):
     monkeypatch.delenv("STEPCHAIN_HOME")
     path = write("p.yaml", "version: 1\nname: t\nsteps: [{id: a, template: x}]\n")
     cli.json("run", path)

@@ -6,8 +6,7 @@ import json
 import textwrap
 
 from conftest import calls
-
-from stepchain import Executor, load_pipeline
+from stepchain import Executor
 
 TOOLS = """
 tools:
@@ -25,7 +24,9 @@ def pipeline(write, body: str, name: str = "p.yaml"):
 
 
 def test_main_job_runs_and_second_run_replays_everything(cli, isolated_home):
-    first = cli.json("run", "pipelines/sales-report.yaml".replace("pipelines", str(_repo() / "pipelines")))
+    first = cli.json(
+        "run", "pipelines/sales-report.yaml".replace("pipelines", str(_repo() / "pipelines"))
+    )
     assert first["status"] == "completed"
     assert "Total revenue" in first["outputs"]["report"]
     assert first["steps"]["chart"]["status"] == "completed"
@@ -127,7 +128,11 @@ def test_failure_skips_only_dependents_and_run_fails(cli, write, calls_log):
     assert doc["steps"]["bad"]["status"] == "failed"
     assert doc["steps"]["bad"]["error"] == "tool 'boom' raised ValueError: disk on fire"
     assert doc["steps"]["bad"]["attempts"] == 1  # a ValueError is not worth retrying
-    assert doc["steps"]["child"] == {**doc["steps"]["child"], "status": "skipped", "reason": "steps.bad failed"}
+    assert doc["steps"]["child"] == {
+        **doc["steps"]["child"],
+        "status": "skipped",
+        "reason": "steps.bad failed",
+    }
     assert doc["steps"]["grandchild"]["status"] == "skipped"
     assert doc["steps"]["independent"]["output"] == "fine"
     assert "step bad failed: tool 'boom' raised ValueError: disk on fire" in result.stderr
@@ -191,7 +196,10 @@ def test_retries_exhausted_reports_attempts_and_last_error(write, calls_log):
     result = Executor().run(path)
     step = result.steps["shaky"]
     assert (step.status, step.attempts) == ("failed", 2)
-    assert step.error == "tool 'flaky' raised ConnectionError: connection reset (call 2) (after 2 attempts)"
+    assert (
+        step.error
+        == "tool 'flaky' raised ConnectionError: connection reset (call 2) (after 2 attempts)"
+    )
 
 
 def test_timeout_fails_the_step_with_the_limit_in_the_message(write, calls_log):
@@ -239,7 +247,9 @@ def test_tool_returning_non_json_fails_clearly(write, calls_log):
         """,
     )
     result = Executor().run(path)
-    assert result.steps["odd"].error.startswith("tool 'odd' returned a object, which is not JSON-serialisable")
+    assert result.steps["odd"].error.startswith(
+        "tool 'odd' returned a object, which is not JSON-serialisable"
+    )
 
 
 def test_tool_called_with_wrong_arguments_fails_before_running(write, calls_log):
@@ -250,13 +260,24 @@ def test_tool_called_with_wrong_arguments_fails_before_running(write, calls_log)
 
 
 def test_json_output_has_the_documented_shape(cli, write, calls_log):
-    path = pipeline(write, "steps: [{id: a, tool: echo, with: {value: [1, 2]}}]\noutputs: {x: '{{ steps.a.output }}'}\n")
+    path = pipeline(
+        write,
+        "steps: [{id: a, tool: echo, with: {value: [1, 2]}}]\noutputs: {x: '{{ steps.a.output }}'}\n",
+    )
     doc = cli.json("run", path, "--run-id", "shape-1")
     assert set(doc) == {"run_id", "status", "outputs", "steps", "usage"}
     assert doc["run_id"] == "shape-1"
     assert doc["outputs"] == {"x": [1, 2]}
     assert set(doc["steps"]["a"]) == {
-        "status", "cached", "attempts", "output", "error", "started_at", "finished_at", "duration_s", "usage",
+        "status",
+        "cached",
+        "attempts",
+        "output",
+        "error",
+        "started_at",
+        "finished_at",
+        "duration_s",
+        "usage",
     }
 
 
@@ -280,14 +301,19 @@ def test_inputs_from_flags_and_file_are_validated(cli, write):
     bad = cli("run", path, "-i", "quarter=Q1", "-i", "top_n=0")
     assert bad.exit_code == 2 and "input 'top_n': 0 is less than the minimum of 1" in bad.stderr
     unknown = cli("run", path, "-i", "quartr=Q1")
-    assert unknown.exit_code == 2 and "unknown input 'quartr' (did you mean 'quarter'?)" in unknown.stderr
+    assert (
+        unknown.exit_code == 2
+        and "unknown input 'quartr' (did you mean 'quarter'?)" in unknown.stderr
+    )
     write("in.yaml", "quarter: Q2 2024\ntop_n: 7\n")
     ok = cli.json("run", path, "--inputs-file", "in.yaml", "-i", "top_n=9")
     assert ok["outputs"]["a"] == "Q2 2024/9"
 
 
 def test_invalid_pipeline_runs_nothing_and_prints_positions(cli, write):
-    path = write("p.yaml", "version: 1\nname: t\nsteps:\n  - id: a\n    retries: -1\n    template: x\n")
+    path = write(
+        "p.yaml", "version: 1\nname: t\nsteps:\n  - id: a\n    retries: -1\n    template: x\n"
+    )
     result = cli("run", path)
     assert result.exit_code == 1
     assert f"{path}:5:14: steps[0].retries: -1 is less than the minimum of 0" in result.stderr
@@ -305,7 +331,10 @@ def test_existing_run_id_without_resume_is_refused(cli, write):
 
 def test_undeclared_environment_fails_before_running(cli, write, monkeypatch):
     monkeypatch.delenv("REGION", raising=False)
-    path = write("p.yaml", "version: 1\nname: t\nenv: [REGION]\nsteps: [{id: a, template: '{{ env.REGION }}'}]\n")
+    path = write(
+        "p.yaml",
+        "version: 1\nname: t\nenv: [REGION]\nsteps: [{id: a, template: '{{ env.REGION }}'}]\n",
+    )
     result = cli("run", path)
     assert result.exit_code == 1
     assert "environment variable(s) not set: REGION" in result.stderr

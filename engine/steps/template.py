@@ -10,8 +10,14 @@ from stepchain.steps import Outcome
 
 
 def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[str, Any]:
-    return {"output": render_value(step.get("template"), context, runtime.path_of(step, "template"), runtime.locate)}
+    return {
+        "output": render_value(
+            step.get("template"), context, runtime.path_of(step, "template"), runtime.locate
+        )
+    }
 
 
-async def execute(step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None) -> Outcome:
+async def execute(
+    step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None
+) -> Outcome:
     return Outcome(request["output"])

@@ -10,18 +10,34 @@ from stepchain.steps import Outcome
 
 
 def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[str, Any]:
-    arguments = render_value(step.get("with") or {}, context, runtime.path_of(step, "with"), runtime.locate)
+    arguments = render_value(
+        step.get("with") or {}, context, runtime.path_of(step, "with"), runtime.locate
+    )
     name, _, remote = step.get("tool").partition(".")
     spec = runtime.pipeline.tools[name]
     if spec.type == "function":
         tool = runtime.function_tool(name)
-        return {"tool": name, "function": tool.target, "code": tool.fingerprint, "arguments": arguments}
-    return {"tool": name, "remote": remote, "server": runtime.mcp_identity(name), "arguments": arguments}
+        return {
+            "tool": name,
+            "function": tool.target,
+            "code": tool.fingerprint,
+            "arguments": arguments,
+        }
+    return {
+        "tool": name,
+        "remote": remote,
+        "server": runtime.mcp_identity(name),
+        "arguments": arguments,
+    }
 
 
-async def execute(step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None) -> Outcome:
+async def execute(
+    step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None
+) -> Outcome:
     if "function" in request:
         tool = runtime.function_tool(request["tool"])
         return Outcome(await tool.call(request["arguments"], offload=runtime.offload))
-    output = await runtime.call_mcp(request["tool"], request["remote"], request["arguments"], step.timeout)
+    output = await runtime.call_mcp(
+        request["tool"], request["remote"], request["arguments"], step.timeout
+    )
     return Outcome(output)
