@@ -80,7 +80,7 @@ def validate(files: tuple[str, ...], fmt: str) -> None:
     problems = sorted(p for f in files for p in check_file(f))
     if problems or fmt == "json":
         click.echo(format_problems(problems, fmt))
-    if not problems and fmt == "text":
+    if not problems and fmt != "json":
         click.echo(f"{len(files)} file(s) valid", err=True)
     sys.exit(1 if problems else 0)
 

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import IO, Any, TypeVar
 
 import anyio
@@ -28,7 +29,6 @@ from mcp import Client, MCPError
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from pydantic import ValidationError
-
 from stepchain import __version__
 from stepchain.errors import RetryableStepError, StepError, StepTimeout
 
@@ -71,7 +71,8 @@ class _Link:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._stop = asyncio.Event()
         self._scope = anyio.CancelScope()  # cancelled to stop a session that will not stop politely
-        self._stderr: IO[bytes] | None = tempfile.TemporaryFile() if spec.command else None
+        # Closed when the session ends; the server writes its stderr here, not to our terminal.
+        self._stderr: IO[bytes] | None = tempfile.TemporaryFile() if spec.command else None  # noqa: SIM115
         self._stderr_tail = ""
         self.task = asyncio.create_task(self._serve(), name=f"mcp-{spec.name}")
 
@@ -121,7 +122,7 @@ class _Link:
                     if not self.ready.done():
                         self.ready.set_result(None)
                     await self._stop.wait()
-        except Exception as exc:
+        except (Exception, BaseExceptionGroup) as exc:
             leaf = _leaf(exc)
             self.transient = self.spec.url is not None and isinstance(leaf, _NETWORK_ERRORS)
             if self.failure is None:
@@ -232,12 +233,8 @@ class McpConnection:
             cursor: str | None = None
             while True:
                 link = await self._live_link()
-                page = await self._request(
-                    link,
-                    "tools/list",
-                    self.start_timeout,
-                    lambda: link.require().list_tools(cursor=cursor),
-                )
+                list_page = partial(Client.list_tools, cursor=cursor)
+                page = await self._request(link, "tools/list", self.start_timeout, list_page)
                 tools.update((tool.name, tool) for tool in page.tools)
                 cursor = page.next_cursor
                 if cursor is None:
@@ -276,9 +273,8 @@ class McpConnection:
             )
         self._validate(tool, available[tool]["input_schema"], arguments)
         link = await self._live_link()
-        result = await self._request(
-            link, f"tool {tool!r}", timeout, lambda: link.require().call_tool(tool, arguments)
-        )
+        call = partial(Client.call_tool, name=tool, arguments=arguments)
+        result = await self._request(link, f"tool {tool!r}", timeout, call)
         return self._output(tool, result)
 
     async def close(self) -> None:
@@ -304,13 +300,14 @@ class McpConnection:
             log.debug("starting MCP server %r", self.spec.name)
             try:
                 await asyncio.wait_for(asyncio.shield(link.ready), self.start_timeout)
-            except BaseException as exc:
+            except BaseException as exc:  # also a cancelled caller: never leave a server behind
                 self._link = None
-                link.stop(force=True)
-                await link.join()
                 if isinstance(exc, TimeoutError):
                     link.failure = f"no answer to the handshake within {self.start_timeout:g}s"
-                elif not isinstance(exc, StepError):
+                link.failure = link.failure or "the start was interrupted"
+                self._retire(link)
+                await link.join()
+                if not isinstance(exc, TimeoutError | StepError):
                     raise
                 error = RetryableStepError if link.transient else StepError
                 raise error(
@@ -328,14 +325,18 @@ class McpConnection:
             link.stop(force=link.failure is not None)
 
     async def _request(
-        self, link: _Link, what: str, timeout: float | None, send: Callable[[], Awaitable[_T]]
+        self,
+        link: _Link,
+        what: str,
+        timeout: float | None,
+        send: Callable[[Client], Awaitable[_T]],
     ) -> _T:
         """Send one request on `link`, mapping every transport failure to a step error."""
         name = self.spec.name
         link.inflight += 1
         try:
             with anyio.move_on_after(timeout):
-                return await send()
+                return await send(link.require())
             link.failure = f"did not answer {what} within {timeout:g}s"
             raise StepTimeout(
                 f"MCP server {name!r} did not answer {what} within {timeout:g}s",
@@ -371,7 +372,8 @@ class McpConnection:
     def _lost(self, link: _Link, what: str) -> RetryableStepError:
         self._retire_if_current(link)
         return RetryableStepError(
-            f"MCP server {self.spec.name!r} {link.failure} (during {what})" + self._stderr_note(link),
+            f"MCP server {self.spec.name!r} {link.failure} (during {what})"
+            + self._stderr_note(link),
             "the server is restarted on the next attempt",
         )
 

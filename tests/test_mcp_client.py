@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from stepchain.errors import RetryableStepError, StepError, StepTimeout
 from stepchain.mcp_client import McpConnection, McpPool, McpServerSpec
+
 from tests.support.mcp_servers import SCRIPT as SUPPORT_SERVERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +119,9 @@ def test_list_tools_offers_only_allowed_tools(run: Run, sales: McpConnection) ->
 
 def test_read_only_query_with_params_returns_rows(run: Run, sales: McpConnection) -> None:
     sql = "SELECT * FROM orders WHERE quarter = ? AND amount > ? ORDER BY id"
-    rows = run(sales.call_tool("read_only_query", {"sql": sql, "params": ["Q4 2023", 100]}, timeout=10))
+    rows = run(
+        sales.call_tool("read_only_query", {"sql": sql, "params": ["Q4 2023", 100]}, timeout=10)
+    )
     assert rows and all(row["quarter"] == "Q4 2023" and row["amount"] > 100 for row in rows)
     assert set(rows[0]) == {"id", "quarter", "category", "product", "amount", "customer"}
 
@@ -129,7 +132,10 @@ def test_demo_data_is_deterministic(run: Run, sales: McpConnection) -> None:
     assert rows == [{"quarter": f"Q{q} 2023", "n": 40} for q in (1, 2, 3, 4)]
     tables = run(sales.call_tool("list_tables", {}, timeout=10))
     assert tables == [
-        {"name": "orders", "columns": ["id", "quarter", "category", "product", "amount", "customer"]}
+        {
+            "name": "orders",
+            "columns": ["id", "quarter", "category", "product", "amount", "customer"],
+        }
     ]
 
 
@@ -194,7 +200,9 @@ def test_tool_error_becomes_step_error_with_the_servers_message(
     assert str(failed.value).startswith("MCP tool db.read_only_query failed:")
     assert expected in str(failed.value)
     assert not failed.value.retryable
-    count = run(sales.call_tool("read_only_query", {"sql": "SELECT count(*) AS n FROM orders"}, timeout=10))
+    count = run(
+        sales.call_tool("read_only_query", {"sql": "SELECT count(*) AS n FROM orders"}, timeout=10)
+    )
     assert count == [{"n": 160}]
 
 
@@ -214,7 +222,9 @@ def test_concurrent_calls_from_many_tasks_share_one_server(run: Run, sales: McpC
     async def many() -> list[Any]:
         sql = "SELECT count(*) AS n FROM orders WHERE quarter = ?"
         calls = [
-            sales.call_tool("read_only_query", {"sql": sql, "params": [f"Q{i % 4 + 1} 2023"]}, timeout=10)
+            sales.call_tool(
+                "read_only_query", {"sql": sql, "params": [f"Q{i % 4 + 1} 2023"]}, timeout=10
+            )
             for i in range(8)
         ]
         return await asyncio.gather(*calls, sales.call_tool("whoami", {}, timeout=10))
@@ -232,9 +242,13 @@ def test_streamable_http_lists_calls_and_reports_errors(run: Run, sales_url: str
         try:
             tools = await connection.list_tools()
             sql = "SELECT DISTINCT category FROM orders WHERE quarter = ? ORDER BY 1"
-            rows = await connection.call_tool("read_only_query", {"sql": sql, "params": ["Q1 2023"]}, timeout=10)
+            rows = await connection.call_tool(
+                "read_only_query", {"sql": sql, "params": ["Q1 2023"]}, timeout=10
+            )
             with pytest.raises(StepError, match="not 'UPDATE'"):
-                await connection.call_tool("read_only_query", {"sql": "UPDATE orders SET amount = 0"}, timeout=10)
+                await connection.call_tool(
+                    "read_only_query", {"sql": "UPDATE orders SET amount = 0"}, timeout=10
+                )
             with pytest.raises(StepError, match="'whoami' of server 'web' is not allowed"):
                 await connection.call_tool("whoami", {}, timeout=10)
             return tools, rows
@@ -243,7 +257,9 @@ def test_streamable_http_lists_calls_and_reports_errors(run: Run, sales_url: str
 
     tools, rows = run(session())
     assert [t["name"] for t in tools] == ["read_only_query"]
-    assert rows == [{"category": c} for c in ("Electronics", "Furniture", "Office Supplies", "Software")]
+    assert rows == [
+        {"category": c} for c in ("Electronics", "Furniture", "Office Supplies", "Software")
+    ]
 
 
 def test_server_that_fails_to_start_names_it_and_quotes_its_stderr(run: Run) -> None:
@@ -259,7 +275,7 @@ def test_server_that_fails_to_start_names_it_and_quotes_its_stderr(run: Run) -> 
 
 def test_missing_server_command_fails_to_start_for_good(run: Run) -> None:
     connection = McpConnection(stdio_spec("gone", ["/nonexistent/mcp-server"]))
-    with pytest.raises(StepError, match="'gone' failed to start: .*No such file") as failed:
+    with pytest.raises(StepError, match=r"'gone' failed to start: .*No such file") as failed:
         run(connection.start())
     assert not failed.value.retryable
 
@@ -273,7 +289,10 @@ def test_unreachable_http_server_fails_to_start_retryably(run: Run) -> None:
 def test_start_timeout_stops_a_server_that_never_answers(run: Run) -> None:
     silent = stdio_spec("silent", [sys.executable, "-c", "import sys; sys.stdin.read()"])
     connection = McpConnection(silent, start_timeout=0.5)
-    with pytest.raises(StepError, match="'silent' failed to start: no answer to the handshake within 0.5s"):
+    with pytest.raises(
+        StepError,
+        match=re.escape("'silent' failed to start: no answer to the handshake within 0.5s"),
+    ):
         run(connection.start())
 
 
@@ -283,7 +302,9 @@ def test_crash_mid_call_is_retryable_and_the_next_call_restarts_the_server(run: 
         first = run(connection.call_tool("pid", {}, timeout=10))["pid"]
         with pytest.raises(RetryableStepError) as crashed:
             run(connection.call_tool("crash", {}, timeout=10))
-        assert "MCP server 'flaky' closed the connection (during tool 'crash')" in str(crashed.value)
+        assert "MCP server 'flaky' closed the connection (during tool 'crash')" in str(
+            crashed.value
+        )
         assert "fatal: the flaky server crashed on purpose" in str(crashed.value)
         second = run(connection.call_tool("pid", {}, timeout=10))["pid"]
     finally:
@@ -313,7 +334,9 @@ def test_hanging_tool_times_out_and_the_connection_recovers(run: Run) -> None:
         with pytest.raises(StepTimeout) as timed_out:
             run(connection.call_tool("hang", {}, timeout=0.5))
         assert time.monotonic() - started < 3
-        assert str(timed_out.value).startswith("MCP server 'flaky' did not answer tool 'hang' within 0.5s")
+        assert str(timed_out.value).startswith(
+            "MCP server 'flaky' did not answer tool 'hang' within 0.5s"
+        )
         fresh = run(connection.call_tool("pid", {}, timeout=10))["pid"]
     finally:
         run(connection.close())
@@ -354,7 +377,9 @@ def test_pool_starts_servers_lazily_and_closes_them_all(run: Run) -> None:
     async def use() -> list[int]:
         a = await pool.get("a")
         assert await pool.get("a") is a
-        with pytest.raises(StepError, match="no MCP server named 'nope' \\(known: a, b, unused\\)"):
+        with pytest.raises(
+            StepError, match=re.escape("no MCP server named 'nope' (known: a, b, unused)")
+        ):
             await pool.get("nope")
         b = await pool.get("b")
         return [(await c.call_tool("pid", {}, timeout=10))["pid"] for c in (a, b)]

@@ -92,7 +92,9 @@ def _connect(*, reads_only: bool = True) -> sqlite3.Connection:
     return db
 
 
-mcp = MCPServer("sales", instructions="Read-only SQL over a demo sales database.", log_level="WARNING")
+mcp = MCPServer(
+    "sales", instructions="Read-only SQL over a demo sales database.", log_level="WARNING"
+)
 
 
 @mcp.tool()
@@ -128,7 +130,10 @@ def list_tables() -> list[dict[str, Any]]:
             for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1")
         ]
         return [
-            {"name": name, "columns": [row["name"] for row in db.execute(f"PRAGMA table_info({name})")]}
+            {
+                "name": name,
+                "columns": [row["name"] for row in db.execute(f"PRAGMA table_info({name})")],
+            }
             for name in names
         ]
     finally:
@@ -149,7 +154,9 @@ def whoami() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--http", type=int, metavar="PORT", help="serve streamable HTTP on 127.0.0.1")
+    parser.add_argument(
+        "--http", type=int, metavar="PORT", help="serve streamable HTTP on 127.0.0.1"
+    )
     args = parser.parse_args(argv)
     ensure_database(database_path())
     if args.http is None:

@@ -39,12 +39,19 @@ def answer(request: dict[str, Any]) -> dict[str, Any] | str | None:
         }
     elif method == "tools/list":
         schema = {"type": "object"}
-        result = {"tools": [{"name": n, "description": d, "inputSchema": schema} for n, d in TOOLS.items()]}
+        result = {
+            "tools": [
+                {"name": n, "description": d, "inputSchema": schema} for n, d in TOOLS.items()
+            ]
+        }
     elif method == "tools/call" and tool == "quit":
         result = {"content": [{"type": "text", "text": "bye"}]}
     elif method == "tools/call" and tool == "pid":
         pid = os.getpid()
-        result = {"content": [{"type": "text", "text": str(pid)}], "structuredContent": {"pid": pid}}
+        result = {
+            "content": [{"type": "text", "text": str(pid)}],
+            "structuredContent": {"pid": pid},
+        }
     elif method == "tools/call" and tool == "crash":
         print("fatal: the flaky server crashed on purpose", file=sys.stderr, flush=True)
         os._exit(1)

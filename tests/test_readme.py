@@ -1,0 +1,44 @@
+"""The README's command examples are real commands: run each one."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+
+import pytest
+from conftest import REPO
+
+COMMANDS = [
+    line[2:].strip()
+    for line in (REPO / "README.md").read_text().splitlines()
+    if line.startswith("$ stepchain ")
+]
+
+
+def test_readme_lists_commands():
+    assert len(COMMANDS) >= 8
+
+
+@pytest.fixture(scope="module")
+def readme_home(tmp_path_factory):
+    """One state folder for all README commands: `runs show` reads what `run` recorded."""
+    return tmp_path_factory.mktemp("readme-home")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_command_succeeds(command, readme_home, monkeypatch):
+    monkeypatch.setenv("STEPCHAIN_HOME", str(readme_home))
+    result = subprocess.run(
+        shlex.split(command), cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() or result.stderr.strip()
+
+
+def test_readme_setup_runs_the_main_job():
+    setup = re.search(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    assert "stepchain run pipelines/sales-report.yaml" in setup
+    ci = (REPO / ".ci" / "run").read_text()
+    test_command = next(line for line in setup.splitlines() if "pytest" in line).split("#")[0].strip()
+    assert test_command in ci
