@@ -84,11 +84,14 @@ def _topological(pipeline: Pipeline, generations: list[list[str]]) -> list[str]:
 def _plan_step(
     step: Step, runtime: Runtime, cache: ResultCache, known: dict[str, dict[str, Any]]
 ) -> tuple[Action, str | None]:
-    missing = sorted(n for n in step.needs if n not in known)
-    if missing:
-        return "unknown", f"waits for {', '.join(missing)}"
     context = runtime.base_context()
     context["steps"] = dict(known)
+    missing = sorted(n for n in step.needs if n not in known)
+    if missing:
+        if step.when is not None and _known_false(step, context, runtime):
+            known[step.id] = {"output": None, "status": "skipped"}
+            return "skip", f"when: {step.when} is false"
+        return "unknown", f"waits for {', '.join(missing)}"
     try:
         when = step.when
         if when is not None and not evaluate(
@@ -122,3 +125,11 @@ def _plan_step(
     output = [e["output"] for e in entries] if step.foreach is not None else entries[0]["output"]
     known[step.id] = {"output": output, "status": "completed"}
     return "replay", None
+
+
+def _known_false(step: Step, context: dict[str, Any], runtime: Runtime) -> bool:
+    """A `when` that is already false from what is known (e.g. inputs alone)."""
+    try:
+        return not evaluate(step.when or "", context, runtime.path_of(step, "when"), runtime.locate)
+    except StepChainError:
+        return False  # it reads an output that is not known yet

@@ -280,9 +280,8 @@ class Scheduler:
                 if getattr(error, "retry_after", None) is not None
                 else (step.backoff.delay(attempt) * random.uniform(0.5, 1.0))
             )
-            log.info(
-                "step %s attempt %d failed (%s); retrying in %.2fs", step.id, attempt, error, delay
-            )
+            message = self.rt.describe_error(error)
+            log.info("step %s attempt %d failed (%s); retrying in %.2fs", step.id, attempt, message, delay)
             await asyncio.sleep(delay)
 
     # -- the end --------------------------------------------------------------------------
