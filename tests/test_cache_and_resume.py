@@ -318,8 +318,9 @@ def test_failing_command_reports_exit_status_and_stderr_tail(cli, write):
 
 
 def test_secrets_never_reach_records_cache_logs_or_errors(
-    cli, write, monkeypatch, isolated_home, caplog
+    cli, write, monkeypatch, isolated_home, caplog, calls_log
 ):
+    caplog.set_level("INFO", logger="stepchain")
     secret = "s3cr3t-T0KEN-value"
     monkeypatch.setenv("DB_TOKEN", secret)
     path = write(
@@ -328,7 +329,9 @@ def test_secrets_never_reach_records_cache_logs_or_errors(
         version: 1
         name: t
         secrets: [DB_TOKEN]
+        tools: {leak: {type: function, function: "tools:leak"}}
         steps:
+          - {id: leaky, tool: leak, with: {token: "{{ secrets.DB_TOKEN }}"}, retries: 1, backoff: {initial: 0.01}}
           - {id: show, run: ["echo", "token={{ secrets.DB_TOKEN }}"]}
           - {id: fail, run: "echo using $0 >&2; exit 1", retries: 0}
           - id: fail2
@@ -341,6 +344,11 @@ def test_secrets_never_reach_records_cache_logs_or_errors(
     doc = json.loads(result.stdout)
     assert doc["steps"]["show"]["output"] == "token=***\n"
     assert doc["steps"]["fail2"]["error"] == "command exited with status 2: bad token ***"
+    assert doc["steps"]["leaky"]["error"] == (
+        "tool 'leak' raised ConnectionError: server refused token *** (after 2 attempts)"
+    )
+    assert "server refused token ***" in caplog.text  # the retry was logged, masked
+    assert secret not in caplog.text
     assert secret not in result.stdout + result.stderr
     assert secret not in cli("runs", "show", "sec", "--json").stdout
     for file in isolated_home.rglob("*"):

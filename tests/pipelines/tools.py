@@ -58,3 +58,8 @@ def flaky(name: str, failures: int = 1) -> str:
 
 def not_json() -> object:
     return object()
+
+
+def leak(token: str) -> None:
+    """A tool whose error message contains its (secret) argument."""
+    raise ConnectionError(f"server refused token {token}")
