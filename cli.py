@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,10 @@ class StepChainGroup(click.Group):
 @click.version_option(__version__, prog_name="stepchain")
 def main() -> None:
     """StepChain: declarative YAML pipelines for LLM and tool workflows."""
+    # The MCP SDK logs a traceback for every malformed line a server sends; StepChain reports
+    # those as step errors already, so keep the SDK's own logging off the terminal.
+    logging.getLogger("mcp").addHandler(logging.NullHandler())
+    logging.getLogger("mcp").propagate = False
 
 
 @main.command()

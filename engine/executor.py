@@ -111,22 +111,30 @@ class Executor:
             )
         inputs = resolve_inputs(pipeline, given)
         runtime = Runtime(pipeline, settings, options, run_id, inputs)
-        runtime.preflight()
-        storage.begin_run(
-            run_id,
-            name=pipeline.name,
-            path=str(pipeline.path.resolve()) if pipeline.path else None,
-            text=pipeline.text,
-            text_hash=pipeline.hash,
-            inputs=runtime.mask(inputs),
-        )
-        storage.commit()
-        scheduler = Scheduler(runtime, storage, cache, previous, observer)
+        from stepchain.dask_backend import open_backend
+
+        # --executor dask: connect (and check the workers) before anything runs or is recorded
+        runtime.backend = await open_backend(options.executor, options.scheduler, pipeline)
         try:
-            with _signals(scheduler, enabled=options.handle_signals):
-                result = await scheduler.run()
+            runtime.preflight()
+            storage.begin_run(
+                run_id,
+                name=pipeline.name,
+                path=str(pipeline.path.resolve()) if pipeline.path else None,
+                text=pipeline.text,
+                text_hash=pipeline.hash,
+                inputs=runtime.mask(inputs),
+            )
+            storage.commit()
+            scheduler = Scheduler(runtime, storage, cache, previous, observer)
+            try:
+                with _signals(scheduler, enabled=options.handle_signals):
+                    result = await scheduler.run()
+            finally:
+                await runtime.aclose()
         finally:
-            await runtime.aclose()
+            if runtime.backend is not None:
+                await runtime.backend.close()
         storage.finish_run(run_id, result.status, result.outputs, result.usage)
         return result
 

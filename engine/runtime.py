@@ -57,6 +57,7 @@ class Runtime:
         self._function_tools: dict[str, FunctionTool] = {}
         self._mcp_pool: Any = None
         self._llm: Any = None
+        self.approval_lock = asyncio.Lock()  # one approval question at a time
         self.backend: Any = None  # a DaskBackend with --executor dask, else None (local)
 
     # -- checks before anything runs ------------------------------------------------------
@@ -77,6 +78,10 @@ class Runtime:
         for name, spec in self.pipeline.tools.items():
             if spec.type == "function":
                 self.function_tool(name)
+        if any(t.type == "mcp" for t in self.pipeline.tools.values()):
+            from stepchain.mcp_bridge import check_approval_possible
+
+            check_approval_possible(self)
         if self.pipeline.has_llm_steps:
             from stepchain.llm_client import check_credentials
 

@@ -25,33 +25,42 @@ def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[st
 
 
 async def execute(step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None) -> Outcome:
+    cwd = str(runtime.pipeline.base_dir)
+    try:
+        if runtime.backend is not None:  # --executor dask: the command runs on a worker
+            returncode, stdout, stderr = await runtime.backend.run_command(request, cwd)
+        else:
+            returncode, stdout, stderr = await _run_here(request, cwd)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise StepError(f"cannot start command: {exc}", "check the program name and PATH") from None
+    text = stdout.decode("utf-8", errors="replace")
+    if returncode != 0:
+        tail = stderr.decode("utf-8", errors="replace")[-STDERR_TAIL:].strip()
+        raise StepError(
+            f"command exited with status {returncode}" + (f": {tail}" if tail else ""),
+        )
+    return Outcome(text)
+
+
+async def _run_here(request: dict[str, Any], cwd: str) -> tuple[int, bytes, bytes]:
     kwargs: dict[str, Any] = {
         "stdout": asyncio.subprocess.PIPE,
         "stderr": asyncio.subprocess.PIPE,
         "stdin": asyncio.subprocess.DEVNULL,
-        "cwd": str(runtime.pipeline.base_dir),
+        "cwd": cwd,
         "start_new_session": True,  # its own process group, so a timeout kills the whole tree
     }
-    try:
-        if "shell" in request:
-            proc = await asyncio.create_subprocess_shell(request["shell"], **kwargs)
-        else:
-            proc = await asyncio.create_subprocess_exec(*request["argv"], **kwargs)
-    except (FileNotFoundError, PermissionError) as exc:
-        raise StepError(f"cannot start command: {exc}", "check the program name and PATH") from None
+    if "shell" in request:
+        proc = await asyncio.create_subprocess_shell(request["shell"], **kwargs)
+    else:
+        proc = await asyncio.create_subprocess_exec(*request["argv"], **kwargs)
     try:
         stdout, stderr = await proc.communicate()
     except BaseException:
         _kill_group(proc.pid)
         await proc.wait()
         raise
-    text = stdout.decode("utf-8", errors="replace")
-    if proc.returncode != 0:
-        tail = stderr.decode("utf-8", errors="replace")[-STDERR_TAIL:].strip()
-        raise StepError(
-            f"command exited with status {proc.returncode}" + (f": {tail}" if tail else ""),
-        )
-    return Outcome(text)
+    return proc.returncode or 0, stdout, stderr
 
 
 def _kill_group(pid: int) -> None:
