@@ -56,6 +56,7 @@ class ToolRef:
     module: str
     qualname: str
     fingerprint: str  # the coordinator's code version; a worker with other code must not run
+    file: str | None  # where the coordinator imported it from; preferred where that path exists
 
     @property
     def label(self) -> str:
@@ -186,7 +187,7 @@ def _reference(func: Callable[..., Any], folder: str) -> ToolRef | None:
             return None
     except Exception:
         return None
-    return ToolRef(folder, module, qualname, _fingerprint(func))
+    return ToolRef(folder, module, qualname, _fingerprint(func), _module_file(module))
 
 
 def _label(func: Callable[..., Any]) -> str:
@@ -230,7 +231,8 @@ def call_by_name(ref: ToolRef, kwargs: dict[str, Any]) -> Any:
 def _import_tool(ref: ToolRef) -> Callable[..., Any]:
     _put_first_on_path(ref.folder)
     func = _lookup(ref.module, ref.qualname)
-    if _fingerprint(func) != ref.fingerprint:
+    here = ref.file is not None and os.path.exists(ref.file)
+    if _fingerprint(func) != ref.fingerprint or (here and _module_file(ref.module) != ref.file):
         # A long-lived worker imported an older version, or a same-named module of another pipeline.
         _forget(ref.module)
         func = _lookup(ref.module, ref.qualname)
@@ -312,6 +314,11 @@ def _lookup(module: str, qualname: str) -> Any:
     for part in qualname.split("."):
         value = getattr(value, part)
     return value
+
+
+def _module_file(module: str) -> str | None:
+    file = getattr(sys.modules.get(module), "__file__", None)
+    return os.path.realpath(file) if file else None
 
 
 def _forget(module: str) -> None:
