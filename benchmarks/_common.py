@@ -230,7 +230,7 @@ def template_pipeline(
     Layer k has `width` steps `s{k}_{i}`. Every step of layer k >= 1 references one step of layer
     k-1 (so the graph is as deep as it has layers) and 0-2 more steps of random earlier layers,
     through `{{ steps.X.output }}` (sliced, so outputs stay small). Some steps have a `when`, some
-    are a `foreach` over a 3-item input list, some are a single `{{ expr }}` (native value), some
+    are a `foreach` over a 3-item input list, some are a single `{{ expr }}` (a native list), some
     are block scalars with a `{% for %}` loop. All `when`s are true, so every step runs.
     """
     rng = random.Random(seed)
@@ -245,7 +245,7 @@ def template_pipeline(
         "inputs:",
         "  label: {type: string, default: bench}",
         "  n: {type: integer, default: 3, minimum: 0}",
-        "  items: {type: array, items: {type: string}, default: [red, green, blue]}",
+        "  colors: {type: array, items: {type: string}, default: [red, green, blue]}",
         "  enabled: {type: boolean, default: true}",
         "defaults:",
         "  retries: 0",
@@ -276,11 +276,12 @@ def template_pipeline(
             parts = [f"{{{{ (steps.{r}.output | string)[:16] }}}}" for r in refs]
             if counter % foreach_every == 0:
                 foreach_steps += 1
-                lines.append("    foreach: inputs.items")
+                lines.append("    foreach: inputs.colors")
                 body = f"{{{{ item }}}}#{{{{ index }}}} {sid} " + " ".join(parts)
                 lines.append(f"    template: {q(body)}")
             elif refs and counter % native_every == 0:
-                lines.append(f"    template: {q('{{ steps.' + refs[0] + '.output }}')}")
+                native = f"{{{{ ['{sid}', (steps.{refs[0]}.output | string)[:16]] }}}}"
+                lines.append(f"    template: {q(native)}")
             elif counter % block_every == 0:
                 lines.append("    template: |")
                 lines.append(f"      {sid} for {{{{ inputs.label }}}}:")

@@ -25,7 +25,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -63,13 +62,20 @@ class ToolRef:
         return f"{self.module}:{self.qualname}"
 
 
-async def open_backend(executor: str, scheduler: str | None, pipeline: Pipeline) -> DaskBackend | None:
-    """The backend for RunOptions.executor: None for 'local', a connected DaskBackend for 'dask'."""
+async def open_backend(
+    executor: str, scheduler: str | None, pipeline: Pipeline
+) -> DaskBackend | None:
+    """The backend for RunOptions.executor: None for 'local', a connected DaskBackend for 'dask'.
+
+    Without a scheduler address, $STEPCHAIN_DASK_SCHEDULER gives it (as for `stepchain run`).
+    """
     if executor == "local":
         return None
     if executor != "dask":
         raise UsageError(f"unknown executor '{executor}'", "use 'local' (the default) or 'dask'")
-    return await DaskBackend.connect(scheduler, pipeline)
+    return await DaskBackend.connect(
+        scheduler or os.environ.get("STEPCHAIN_DASK_SCHEDULER"), pipeline
+    )
 
 
 class DaskBackend:
@@ -101,7 +107,9 @@ class DaskBackend:
         timeout = CONNECT_TIMEOUT if timeout is None else timeout
         client = None
         try:
-            client = distributed.Client(address, asynchronous=True, timeout=timeout, set_as_default=False)
+            client = distributed.Client(
+                address, asynchronous=True, timeout=timeout, set_as_default=False
+            )
             await client
         except Exception as exc:  # any failure to connect ends the run before it starts
             if client is not None:
@@ -109,7 +117,8 @@ class DaskBackend:
                     await client.close()
             raise StepChainError(
                 f"cannot reach the Dask scheduler at {address} ({type(exc).__name__}: {exc})",
-                _HOW_TO_START.format(address=address) + ", or fix --scheduler / STEPCHAIN_DASK_SCHEDULER",
+                _HOW_TO_START.format(address=address)
+                + ", or fix --scheduler / STEPCHAIN_DASK_SCHEDULER",
             ) from None
         backend = cls(client, pipeline)
         try:
@@ -120,7 +129,9 @@ class DaskBackend:
         return backend
 
     async def _check_workers(self, pipeline: Pipeline) -> None:
-        targets = sorted({s.function for s in pipeline.tools.values() if s.type == "function" and s.function})
+        targets = sorted(
+            {s.function for s in pipeline.tools.values() if s.type == "function" and s.function}
+        )
         needs_folder = any(s.kind == "run" for s in pipeline.steps)
         try:
             reports = await self.client.run(probe_worker, self.folder, targets, needs_folder)
@@ -131,7 +142,9 @@ class DaskBackend:
             ) from None
         if not reports:
             log.warning("the Dask scheduler has no workers yet; steps wait until one joins")
-        problems = [f"{worker}: {problem}" for worker, found in sorted(reports.items()) for problem in found]
+        problems = [
+            f"{worker}: {problem}" for worker, found in sorted(reports.items()) for problem in found
+        ]
         if problems:
             raise StepChainError(
                 "the Dask workers cannot run this pipeline:\n  " + "\n  ".join(problems),
@@ -150,7 +163,9 @@ class DaskBackend:
     async def run_command(self, request: dict[str, Any], cwd: str) -> tuple[int, bytes, bytes]:
         """Run a `run` step's command on a worker: (exit status, stdout, tail of stderr)."""
         program = request["argv"][0] if "argv" in request else "sh"
-        return await self._submit(run_command, f"command {program}", {"request": request, "cwd": cwd})
+        return await self._submit(
+            run_command, f"command {program}", {"request": request, "cwd": cwd}
+        )
 
     async def close(self) -> None:
         await self.client.close()
@@ -162,7 +177,9 @@ class DaskBackend:
             return await future
         except asyncio.CancelledError:  # SIGINT or a timeout: stop the task on the cluster too
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.client.cancel([future], reason="stepchain: step cancelled"))
+                await asyncio.shield(
+                    self.client.cancel([future], reason="stepchain: step cancelled")
+                )
             raise
         except self._lost as exc:
             raise WorkerLost(
@@ -191,7 +208,9 @@ def _reference(func: Callable[..., Any], folder: str) -> ToolRef | None:
 
 
 def _label(func: Callable[..., Any]) -> str:
-    return f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', type(func).__name__)}"
+    return (
+        f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', type(func).__name__)}"
+    )
 
 
 def _import_distributed() -> Any:

@@ -26,7 +26,6 @@ from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
-
 from stepchain.cache import ResultCache, cache_key
 from stepchain.errors import PipelineInvalid, Problem, RetryableStepError, UsageError
 from stepchain.llm_client import LLMClient, ModelCall
@@ -42,11 +41,23 @@ MAX_STEPS_LIMIT = 50
 FILE = "decomposed.yaml"  # the name positions in repair feedback refer to
 CALL_TIMEOUT = 180.0
 TRANSIENT_ATTEMPTS = 3
-_TOP_ORDER = ("version", "name", "description", "inputs", "env", "secrets", "defaults", "tools", "steps", "outputs")
+_TOP_ORDER = (
+    "version",
+    "name",
+    "description",
+    "inputs",
+    "env",
+    "secrets",
+    "defaults",
+    "tools",
+    "steps",
+    "outputs",
+)
 _STEP_ORDER = ("id", "name", "description", "needs", "when", "foreach", "prompt", "tool", "run",
                "template", "system", "model", "temperature", "max_output_tokens", "output_schema",
                "tools", "max_tool_calls", "api", "with", "retries", "backoff", "timeout", "cache",
                "continue_on_error")  # fmt: skip
+_SPACED_KEYS = ("tools:", "steps:", "outputs:")
 _NEEDS_QUOTES = re.compile(
     r"[-+]?(0o[0-7_]+|0x[0-9a-f_]+|[0-9][0-9_]*(\.[0-9_]*)?(e[-+]?[0-9]+)?|\.inf|\.nan)"
     r"|~|null|true|false|yes|no|on|off|y|n",
@@ -101,6 +112,7 @@ def decompose(
     temperature: float = 0.2,
     settings: Settings | None = None,
     max_repairs: int = 3,
+    no_cache: bool = False,
 ) -> Pipeline:
     """Ask the LLM for a pipeline that does `task`; validated, never run.
 
@@ -113,6 +125,8 @@ def decompose(
         temperature: sampling temperature of that model.
         settings: where the cache lives (default: $STEPCHAIN_HOME or ./.stepchain).
         max_repairs: how many times problems are fed back before giving up.
+        no_cache: ask the model again even when the cache holds its answers (they are
+            replaced by the new ones).
 
     Raises:
         PipelineInvalid: the model's last answer still had problems (all listed).
@@ -121,9 +135,15 @@ def decompose(
         StepError: the LLM server failed or refused the request.
     """
     text = decompose_to_yaml(
-        task, tools=tools, max_steps=max_steps, model=model, temperature=temperature,
-        settings=settings, max_repairs=max_repairs,
-    )  # fmt: skip
+        task,
+        tools=tools,
+        max_steps=max_steps,
+        model=model,
+        temperature=temperature,
+        settings=settings,
+        max_repairs=max_repairs,
+        no_cache=no_cache,
+    )
     return load_pipeline_text(text, FILE)
 
 
@@ -136,6 +156,7 @@ def decompose_to_yaml(
     temperature: float = 0.2,
     settings: Settings | None = None,
     max_repairs: int = 3,
+    no_cache: bool = False,
     schema_ref: str | None = None,
 ) -> str:
     """Like decompose(), but the YAML text with its header comment (what `-o FILE` writes).
@@ -148,9 +169,8 @@ def decompose_to_yaml(
         raise UsageError(f"max_repairs must be 0 or more, not {max_repairs!r}")
     given = load_tools(tools)
     model = model or DEFAULT_MODEL
-    body = asyncio.run(
-        _draft(task, given, max_steps, model, temperature, current_settings(settings), max_repairs)
-    )
+    asker = _Asker(model, temperature, current_settings(settings), no_cache)
+    body = asyncio.run(_draft(asker, task, given, max_steps, max_repairs))
     return header(task, model, schema_ref) + body
 
 
@@ -180,7 +200,11 @@ def load_tools(tools: dict[str, Any] | str | Path | None) -> dict[str, Any]:
         if source.problems:
             raise UsageError("\n".join(p.format() for p in sorted(source.problems)))
         tools = source.data
-    if isinstance(tools, dict) and isinstance(tools.get("tools"), dict) and "type" not in tools["tools"]:
+    if (
+        isinstance(tools, dict)
+        and isinstance(tools.get("tools"), dict)
+        and "type" not in tools["tools"]
+    ):
         tools = tools["tools"]  # a file with a top-level `tools:` section, like a pipeline's
     if not isinstance(tools, dict):
         raise UsageError(f"{where}: tools must be a mapping of names to tool definitions")
@@ -188,21 +212,27 @@ def load_tools(tools: dict[str, Any] | str | Path | None) -> dict[str, Any]:
     validator = Draft202012Validator({"$defs": schema["$defs"], **schema["properties"]["tools"]})
     errors = sorted(validator.iter_errors(tools), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = [f"{where}: {'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors]
-        raise UsageError("invalid tools:\n" + "\n".join(lines), "fix them; they use the shape of a pipeline's tools:")
+        lines = [
+            f"{where}: {'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+            for e in errors
+        ]
+        raise UsageError(
+            "invalid tools:\n" + "\n".join(lines),
+            "fix them; they use the shape of a pipeline's tools:",
+        )
     return dict(tools)
 
 
 async def _draft(
-    task: str, given: dict[str, Any], max_steps: int, model: str, temperature: float,
-    settings: Settings, max_repairs: int,
-) -> str:  # fmt: skip
+    asker: _Asker, task: str, given: dict[str, Any], max_steps: int, max_repairs: int
+) -> str:
     tools_text = TOOLS + json.dumps(given, indent=2) if given else NO_TOOLS
-    system = INSTRUCTIONS.format(
-        max_steps=max_steps, tools=tools_text, schema=json.dumps(pipeline_schema(), indent=1)
+    asker.system = INSTRUCTIONS.format(
+        max_steps=max_steps,
+        tools=tools_text,
+        schema=json.dumps(pipeline_schema(), separators=(",", ":")),
     )
     messages: list[dict[str, Any]] = [{"role": "user", "content": f"Task: {task}"}]
-    asker = _Asker(model, temperature, system, settings)
     try:
         for attempt in range(max_repairs + 1):
             answer = await asker.ask(messages)
@@ -228,10 +258,13 @@ def _check(answer: str, given: dict[str, Any], max_steps: int) -> tuple[str, lis
     try:
         doc = json.loads(answer)
     except json.JSONDecodeError as exc:
-        problem = Problem(FILE, 1, 1, "", f"the answer is not valid JSON: {exc.msg} at char {exc.pos}")
+        problem = Problem(
+            FILE, 1, 1, "", f"the answer is not valid JSON: {exc.msg} at char {exc.pos}"
+        )
         return answer, [problem]
     if not isinstance(doc, dict):
         return answer, [Problem(FILE, 1, 1, "", "the answer must be one JSON object: the pipeline")]
+    doc.pop("$schema", None)  # the header's modeline says it
     doc.pop("tools", None)
     if given:
         doc["tools"] = given  # exactly the given tools, whatever the model wrote there
@@ -257,9 +290,10 @@ def _repair_message(text: str, problems: list[Problem], given: dict[str, Any]) -
 class _Asker:
     """Model calls through the result cache; the client is created on the first real request."""
 
-    def __init__(self, model: str, temperature: float, system: str, settings: Settings) -> None:
-        self.model, self.temperature, self.system = model, temperature, system
+    def __init__(self, model: str, temperature: float, settings: Settings, no_cache: bool) -> None:
+        self.model, self.temperature, self.system = model, temperature, ""
         self.cache = ResultCache(settings)
+        self.no_cache = no_cache
         self.client: LLMClient | None = None
         self.usage: dict[str, int] = {}
 
@@ -272,9 +306,12 @@ class _Asker:
             output_format={"type": "json_object"},
             timeout=CALL_TIMEOUT,
         )
-        request = {k: getattr(call, k) for k in ("model", "messages", "system", "temperature", "output_format", "api")}
+        request = {
+            k: getattr(call, k)
+            for k in ("model", "messages", "system", "temperature", "output_format", "api")
+        }
         key = cache_key("decompose", request)
-        entry = self.cache.get(key)
+        entry = None if self.no_cache else self.cache.get(key)
         if entry is not None and isinstance(entry["output"], str):
             return entry["output"]
         if self.client is None:
@@ -303,6 +340,9 @@ class _Asker:
 class _Dumper(yaml.SafeDumper):
     """Block scalars for multi-line text; quotes for strings YAML could read as something else."""
 
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)  # `steps:` items indented, as people write them
+
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     if "\n" in value:
@@ -312,15 +352,33 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value)
 
 
+def _represent_list(dumper: yaml.SafeDumper, value: list) -> yaml.SequenceNode:
+    short = all(isinstance(v, (str, int, float, bool)) and "\n" not in str(v) for v in value)
+    flow = short and len(json.dumps(value)) <= 60  # [python, server.py] reads better than a column
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
+
+
 _Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(list, _represent_list)
 
 
 def to_yaml(doc: dict[str, Any]) -> str:
     """The pipeline as YAML, keys in reading order (version, name, ..., steps, outputs)."""
     ordered = _ordered(doc, _TOP_ORDER)
     if isinstance(ordered.get("steps"), list):
-        ordered["steps"] = [_ordered(s, _STEP_ORDER) if isinstance(s, dict) else s for s in ordered["steps"]]
-    return yaml.dump(ordered, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=4096)
+        ordered["steps"] = [
+            _ordered(s, _STEP_ORDER) if isinstance(s, dict) else s for s in ordered["steps"]
+        ]
+    text = yaml.dump(ordered, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=4096)
+    lines = []
+    for line in text.splitlines():
+        # a blank line between steps and before the big sections; nothing else starts there
+        if lines and (
+            line.startswith(_SPACED_KEYS) or (line.startswith("  - id: ") and lines[-1] != "steps:")
+        ):
+            lines.append("")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def _ordered(mapping: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:

@@ -6,8 +6,9 @@ get back a `Turn`; this module turns it into either wire format and back.
 - Stateless: every request carries the whole conversation, `store=False`, and never a
   `previous_response_id`. Reasoning items and hosted-tool call items of earlier turns are not
   resent (without storage the provider cannot resolve them); their effect is in the text.
-- `api: auto` tries `/responses` and, on 404/405, Chat Completions; once chat answers, that
-  base URL is remembered as chat-only for the life of the client.
+- `api: auto` tries `/responses` and, on 404/405, Chat Completions; once the chat endpoint
+  answers (anything but another 404, which means the model is unknown), that base URL is
+  remembered as chat-only for the life of the client.
 - Errors are classified by exception type and status code, never by message text: rate
   limits, 408/409/5xx, timeouts, connection errors and malformed bodies are retryable
   (`RetryableStepError`, with `retry_after` from `retry-after-ms`/`Retry-After`); bad
@@ -33,7 +34,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
-
 from stepchain.errors import CredentialsMissing, RetryableStepError, StepError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -141,8 +141,6 @@ class LLMClient:
     async def _send(self, method: Any, call: ModelCall) -> Turn:
         try:
             return await method(call)
-        except StepError:
-            raise
         except Exception as exc:
             raise _classify(exc, self.base_url) from None
 
@@ -221,12 +219,16 @@ def _responses_input(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for m in messages:
         if m["role"] == "tool":
-            items.append({"type": "function_call_output", "call_id": m["call_id"], "output": m["content"]})
+            items.append(
+                {"type": "function_call_output", "call_id": m["call_id"], "output": m["content"]}
+            )
             continue
         if m.get("content"):
             items.append({"role": m["role"], "content": m["content"]})
         for c in m.get("calls", ()):
-            items.append({"type": "function_call", "call_id": c.id, "name": c.name, "arguments": c.arguments})
+            items.append(
+                {"type": "function_call", "call_id": c.id, "name": c.name, "arguments": c.arguments}
+            )
     return items
 
 
@@ -237,17 +239,25 @@ def _chat_messages(system: str | None, messages: list[dict[str, Any]]) -> list[d
             out.append({"role": "tool", "tool_call_id": m["call_id"], "content": m["content"]})
         elif m.get("calls"):
             calls = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
                 for c in m["calls"]
             ]
-            out.append({"role": "assistant", "content": m.get("content") or None, "tool_calls": calls})
+            out.append(
+                {"role": "assistant", "content": m.get("content") or None, "tool_calls": calls}
+            )
         else:
             out.append({"role": m["role"], "content": m["content"]})
     return out
 
 
 def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
-    function = {k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None}
+    function = {
+        k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None
+    }
     if tool.get("strict"):
         function["strict"] = True
     return {"type": "function", "function": function}
@@ -265,7 +275,12 @@ def _usage(usage: Any, api: str) -> dict[str, int]:
     out = getattr(usage, names[1], None) or 0
     cached = getattr(getattr(usage, names[2], None), "cached_tokens", None) or 0
     total = getattr(usage, "total_tokens", None) or inp + out
-    return {"input_tokens": inp, "output_tokens": out, "cached_tokens": cached, "total_tokens": total}
+    return {
+        "input_tokens": inp,
+        "output_tokens": out,
+        "cached_tokens": cached,
+        "total_tokens": total,
+    }
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -356,10 +371,14 @@ def strict_compatible(schema: Any) -> bool:
     is_object = types == "object" or (isinstance(types, list) and "object" in types)
     if is_object or "properties" in schema:
         props = schema.get("properties") or {}
-        if schema.get("additionalProperties") is not False or set(schema.get("required") or []) != set(props):
+        if schema.get("additionalProperties") is not False or set(
+            schema.get("required") or []
+        ) != set(props):
             return False
     children: list[Any] = list((schema.get("properties") or {}).values())
-    children += list((schema.get("$defs") or {}).values()) + list((schema.get("definitions") or {}).values())
+    children += list((schema.get("$defs") or {}).values()) + list(
+        (schema.get("definitions") or {}).values()
+    )
     children += list(schema.get("anyOf") or []) + list(schema.get("prefixItems") or [])
     if "items" in schema:
         children.append(schema["items"])

@@ -3,6 +3,7 @@ on a real LocalCluster with two worker processes on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -12,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from stepchain import Executor, Settings, StepChainError, Storage
+from stepchain import Executor, Settings, StepChainError, Storage, load_pipeline
+from stepchain.dask_backend import DaskBackend
 
 distributed = pytest.importorskip("distributed")
 
@@ -168,13 +169,24 @@ def dask(scheduler: str, **kwargs) -> Executor:
     return Executor(executor="dask", scheduler=scheduler, **kwargs)
 
 
+def recorded(run_id: str, settings: Settings | None = None):
+    """The run's record, or None when the run never started."""
+    storage = Storage(settings)
+    try:
+        return storage.load_run_state(run_id) if storage.exists(run_id) else None
+    finally:
+        storage.close()
+
+
 def without_timings(doc):
     if isinstance(doc, dict):
         return {k: without_timings(v) for k, v in doc.items() if k not in TIMINGS}
     return doc
 
 
-def test_same_pipeline_gives_same_results_and_record_on_local_and_dask(pipeline, tmp_path, scheduler):
+def test_same_pipeline_gives_same_results_and_record_on_local_and_dask(
+    pipeline, tmp_path, scheduler
+):
     path = pipeline(MIXED)
     runs = {}
     for executor in ("local", "dask"):
@@ -182,7 +194,7 @@ def test_same_pipeline_gives_same_results_and_record_on_local_and_dask(pipeline,
         settings = Settings(home=tmp_path / f"home-{executor}")
         runner = Executor(settings=settings, executor=executor, scheduler=scheduler)
         result = runner.run(path, run_id="same", allow_run=True)
-        record = Storage(settings).load_run_state("same").to_dict()
+        record = recorded("same", settings).to_dict()
         runs[executor] = (without_timings(result.to_dict()), without_timings(record))
 
     assert runs["dask"] == runs["local"]
@@ -221,6 +233,21 @@ def test_sync_tools_and_commands_run_in_worker_processes(pipeline, scheduler):
     assert os.getpid() not in workers
 
 
+def test_backend_ships_functions_that_cannot_be_imported_by_name(pipeline, scheduler):
+    path = pipeline("steps:\n  - {id: one, tool: pid}\n")
+
+    async def on_the_cluster():
+        backend = await DaskBackend.connect(scheduler, load_pipeline(path))
+        try:
+            factor = 3
+            return await backend.run(lambda x: (x * factor, os.getpid()), x=5)
+        finally:
+            await backend.close()
+
+    value, pid = asyncio.run(on_the_cluster())
+    assert value == 15 and pid != os.getpid()
+
+
 def test_foreach_items_are_separate_tasks_bounded_by_max_concurrent(pipeline, tmp_path, scheduler):
     log = tmp_path / "naps.log"
     path = pipeline(
@@ -248,7 +275,9 @@ def test_worker_killed_mid_step_makes_the_step_retry_on_another_worker(
 ):
     # Dask would reschedule the task by itself; with no allowed failures the loss reaches the engine.
     monkeypatch.setattr(cluster.scheduler, "allowed_failures", 0)
-    path = pipeline("steps:\n  - {id: crashy, tool: crash_once, with: {name: crashy}, retries: 2}\n")
+    path = pipeline(
+        "steps:\n  - {id: crashy, tool: crash_once, with: {name: crashy}, retries: 2}\n"
+    )
     result = dask(scheduler).run(path)
     step = result.steps["crashy"]
     assert (step.status, step.attempts) == ("completed", 2)
@@ -257,7 +286,9 @@ def test_worker_killed_mid_step_makes_the_step_retry_on_another_worker(
 
 
 def test_dask_reschedules_a_task_whose_worker_died_without_spending_an_attempt(pipeline, scheduler):
-    path = pipeline("steps:\n  - {id: crashy, tool: crash_once, with: {name: crashy}, retries: 0}\n")
+    path = pipeline(
+        "steps:\n  - {id: crashy, tool: crash_once, with: {name: crashy}, retries: 0}\n"
+    )
     step = dask(scheduler).run(path).steps["crashy"]
     assert (step.status, step.attempts) == ("completed", 1)
 
@@ -307,14 +338,14 @@ def test_unreachable_scheduler_fails_before_anything_runs(pipeline, tmp_path, cl
     message = str(caught.value)
     assert f"cannot reach the Dask scheduler at {address}" in message
     assert "`dask scheduler`" in message and f"`dask worker {address}`" in message
-    assert not Storage().exists("never")
+    assert not recorded("never")
     assert not log.exists()
 
     monkeypatch.setenv("STEPCHAIN_DASK_SCHEDULER", address)
     result = cli("run", path, "--executor", "dask", "--run-id", "never")
     assert result.exit_code == 1
     assert f"cannot reach the Dask scheduler at {address}" in result.stderr
-    assert not Storage().exists("never")
+    assert not recorded("never")
 
 
 def test_dask_executor_without_a_scheduler_address_says_how_to_start_one(pipeline):
@@ -324,15 +355,25 @@ def test_dask_executor_without_a_scheduler_address_says_how_to_start_one(pipelin
     assert "--scheduler tcp://HOST:8786" in str(caught.value)
 
 
+def test_python_api_reads_the_scheduler_address_from_the_environment(
+    pipeline, scheduler, monkeypatch
+):
+    monkeypatch.setenv("STEPCHAIN_DASK_SCHEDULER", scheduler)
+    path = pipeline("steps:\n  - {id: one, tool: pid}\n")
+    assert Executor(executor="dask").run(path).steps["one"].output != os.getpid()
+
+
 def test_dask_executor_without_the_extra_says_what_to_install(pipeline, scheduler, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
     path = pipeline("steps:\n  - {id: one, tool: square, with: {x: 2}}\n")
     with pytest.raises(StepChainError, match=r"pip install 'stepchain\[dask\]'"):
         dask(scheduler).run(path, run_id="x")
-    assert not Storage().exists("x")
+    assert not recorded("x")
 
 
-def test_tool_the_workers_cannot_import_fails_before_anything_runs(tmp_path, scheduler, monkeypatch):
+def test_tool_the_workers_cannot_import_fails_before_anything_runs(
+    tmp_path, scheduler, monkeypatch
+):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "hidden_tools.py").write_text("def hello():\n    return 'hi'\n")
@@ -348,7 +389,7 @@ def test_tool_the_workers_cannot_import_fails_before_anything_runs(tmp_path, sch
     message = str(caught.value)
     assert "the Dask workers cannot run this pipeline" in message
     assert message.count("cannot import hidden_tools:hello (ModuleNotFoundError") == 2
-    assert not Storage().exists("hidden")
+    assert not recorded("hidden")
 
 
 def test_edited_tool_runs_its_new_code_on_long_lived_workers(pipeline, tmp_path, scheduler):
@@ -398,11 +439,20 @@ def test_sigint_cancels_the_cluster_work_and_leaves_a_resumable_run(
         steps:
           - {id: quick, tool: square, with: {x: 5}}
           - id: slow
+            needs: [quick]
             run: "if [ -f go ]; then echo resumed; else echo $$ > pid; exec sleep 30; fi"
         """
     )
     proc = cli.spawn(
-        "run", path, "--executor", "dask", "--scheduler", scheduler, "--allow-run", "--run-id", "sig"
+        "run",
+        path,
+        "--executor",
+        "dask",
+        "--scheduler",
+        scheduler,
+        "--allow-run",
+        "--run-id",
+        "sig",
     )
     try:
         assert wait_for(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text())
@@ -414,8 +464,11 @@ def test_sigint_cancels_the_cluster_work_and_leaves_a_resumable_run(
     assert proc.returncode == 130, err
     assert wait_for(lambda: not alive(pid), timeout=5), "the command outlived the interrupt"
     assert wait_for(lambda: not cluster.scheduler.tasks, timeout=5), "tasks left on the cluster"
-    state = Storage().load_run_state("sig")
-    assert {r.step_id: r.status for r in state.results} == {"quick": "completed", "slow": "interrupted"}
+    state = recorded("sig")
+    assert {r.step_id: r.status for r in state.results} == {
+        "quick": "completed",
+        "slow": "interrupted",
+    }
 
     (tmp_path / "go").touch()
     resumed = dask(scheduler).run(path, run_id="sig", resume=True, allow_run=True)

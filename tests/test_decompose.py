@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-
 import stepchain
 from stepchain.decomposer import decompose_to_yaml
 from stepchain.errors import CredentialsMissing, PipelineInvalid, UsageError
 from stepchain.loader import check_text
+
 from tests.support.fake_openai import FakeOpenAI, Reply
 
 TASK = "Summarise a topic, then list three follow-up questions."
@@ -53,14 +53,21 @@ def test_valid_answer_becomes_reviewable_yaml_with_a_header(fake):
     fake.script(Reply.json(GOOD))
     text = decompose_to_yaml(TASK, model="gpt-test")
     lines = text.splitlines()
-    assert lines[0] == "# yaml-language-server: $schema=https://stepchain.dev/schemas/pipeline.schema.json"
+    assert (
+        lines[0]
+        == "# yaml-language-server: $schema=https://stepchain.dev/schemas/pipeline.schema.json"
+    )
     assert f"# task: {TASK}" in lines
     assert "# model: gpt-test" in lines
     assert any(re.fullmatch(r"# date: \d{4}-\d{2}-\d{2}", line) for line in lines)
     body = [line for line in lines if not line.startswith("#")]
     keys = [line.split(":")[0] for line in body if re.match(r"[a-z]", line)]
+    assert "steps:\n  - id: summary\n" in text
     assert keys == ["version", "name", "inputs", "steps", "outputs"]
-    assert "  prompt: |-\n    Summarise {{ inputs.topic }}.\n    Keep it under 100 words." in text
+    assert (
+        "    prompt: |-\n      Summarise {{ inputs.topic }}.\n      Keep it under 100 words."
+        in text
+    )
     problems, pipeline = check_text("brief.yaml", text)
     assert problems == [] and [s.id for s in pipeline.steps] == ["summary", "questions"]
     [request] = fake.requests
@@ -90,11 +97,15 @@ def test_invalid_answer_is_repaired_with_positioned_feedback(fake):
     fake.script(Reply.json(broken), Reply.json(GOOD))
     text = decompose_to_yaml(TASK)
     assert check_text("x.yaml", text)[0] == []
-    first, second = fake.requests
+    _, second = fake.requests
     feedback = second.json["input"][-1]["content"]
-    assert re.search(r"decomposed\.yaml:\d+:\d+: steps\[0\]\.retries: -1 is less than the minimum of 0", feedback)
+    assert re.search(
+        r"decomposed\.yaml:\d+:\d+: steps\[0\]\.retries: -1 is less than the minimum of 0", feedback
+    )
     assert re.search(r"decomposed\.yaml:\d+:\d+: steps\[1\]\.prompt: .*sumary", feedback)
-    assert " 1 | version: 1\n 2 | name: topic-brief" in feedback  # the numbered YAML the positions point into
+    assert (
+        " 1 | version: 1\n 2 | name: topic-brief" in feedback
+    )  # the numbered YAML the positions point into
     assert second.json["input"][1] == {"role": "assistant", "content": json.dumps(broken)}
 
 
@@ -129,13 +140,15 @@ def test_max_steps_is_bounded(fake, bad):
 
 
 def test_same_task_twice_sends_one_request(fake):
-    fake.script(Reply.json(GOOD), Reply.json(GOOD))
+    fake.script(*[Reply.json(GOOD)] * 3)
     first = decompose_to_yaml(TASK)
     second = decompose_to_yaml(TASK)
     assert first == second
     assert len(fake.requests) == 1
     decompose_to_yaml(TASK, temperature=0.7)  # other settings: another question
     assert len(fake.requests) == 2
+    decompose_to_yaml(TASK, no_cache=True)  # asked again on purpose
+    assert len(fake.requests) == 3
 
 
 def test_cached_answer_needs_no_credentials(fake, monkeypatch):
@@ -161,7 +174,10 @@ def test_given_tools_are_offered_and_kept_exactly(fake, tmp_path: Path):
     answer = {
         "version": 1,
         "name": "roi",
-        "tools": {"roi": {"type": "function", "function": "evil:other"}, "shell": {"type": "web_search"}},
+        "tools": {
+            "roi": {"type": "function", "function": "evil:other"},
+            "shell": {"type": "web_search"},
+        },
         "steps": [{"id": "calc", "tool": "roi", "with": {"cost": 10, "gain": 15}}],
     }
     fake.script(Reply.json(answer))

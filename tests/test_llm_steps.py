@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 import stepchain
 from stepchain.errors import CredentialsMissing
+
 from tests.support.fake_openai import FakeOpenAI, Reply, ToolCall
 
 FAST = "defaults:\n  backoff: {initial: 0.01, max: 0.05}\n"
@@ -102,7 +102,9 @@ def test_structured_output_is_sent_as_strict_json_schema_and_parsed(fake, tmp_pa
     assert fmt["schema"]["properties"]["population"] == {"type": "integer"}
 
 
-def test_schema_that_strict_mode_cannot_take_is_sent_non_strict_and_arrays_are_wrapped(fake, tmp_path):
+def test_schema_that_strict_mode_cannot_take_is_sent_non_strict_and_arrays_are_wrapped(
+    fake, tmp_path
+):
     fake.script(Reply.json({"name": "x"}), Reply.json({"value": ["a", "b"]}))
     path = pipeline(
         tmp_path,
@@ -243,7 +245,9 @@ def test_server_error_is_retried(fake, tmp_path):
 
 def test_hung_server_times_out_and_fails_after_retries(fake, tmp_path):
     fake.default = Reply.hang()
-    path = pipeline(tmp_path, "steps:\n  - id: ask\n    prompt: hi\n    timeout: 1\n    retries: 1\n")
+    path = pipeline(
+        tmp_path, "steps:\n  - id: ask\n    prompt: hi\n    timeout: 1\n    retries: 1\n"
+    )
     result = run(path)
     step = result.steps["ask"]
     assert (result.status, step.status, step.attempts) == ("failed", "failed", 2)
@@ -290,7 +294,9 @@ def test_function_tool_loop_sends_results_back(fake, tmp_path):
     (tmp_path / "calc_tools.py").write_text(
         "def add(a: int, b: int) -> int:\n    '''Add two integers.'''\n    return a + b\n"
     )
-    fake.script(Reply.tool_call("add", {"a": 2, "b": 3}, call_id="call_1"), Reply.text("The sum is 5."))
+    fake.script(
+        Reply.tool_call("add", {"a": 2, "b": 3}, call_id="call_1"), Reply.text("The sum is 5.")
+    )
     path = pipeline(
         tmp_path,
         """
@@ -307,10 +313,19 @@ def test_function_tool_loop_sends_results_back(fake, tmp_path):
     assert (step.status, step.output) == ("completed", "The sum is 5.")
     first, second = bodies(fake)
     [tool] = first["tools"]
-    assert (tool["type"], tool["name"], tool["description"]) == ("function", "add", "Add two integers.")
+    assert (tool["type"], tool["name"], tool["description"]) == (
+        "function",
+        "add",
+        "Add two integers.",
+    )
     assert tool["parameters"]["properties"] == {"a": {"type": "integer"}, "b": {"type": "integer"}}
     assert second["input"][1:] == [
-        {"type": "function_call", "call_id": "call_1", "name": "add", "arguments": '{"a": 2, "b": 3}'},
+        {
+            "type": "function_call",
+            "call_id": "call_1",
+            "name": "add",
+            "arguments": '{"a": 2, "b": 3}',
+        },
         {"type": "function_call_output", "call_id": "call_1", "output": "5"},
     ]
     assert second["store"] is False and "previous_response_id" not in second
@@ -318,7 +333,9 @@ def test_function_tool_loop_sends_results_back(fake, tmp_path):
 
 
 def test_tool_failures_and_unknown_tools_are_answered_with_error_text(fake, tmp_path):
-    (tmp_path / "failing_tools.py").write_text("def boom() -> str:\n    raise ValueError('no luck')\n")
+    (tmp_path / "failing_tools.py").write_text(
+        "def boom() -> str:\n    raise ValueError('no luck')\n"
+    )
     fake.script(
         Reply.tool_calls(ToolCall("boom", {}, "c1"), ToolCall("delete_all", {}, "c2")),
         Reply.text("I could not do it."),
@@ -335,7 +352,11 @@ def test_tool_failures_and_unknown_tools_are_answered_with_error_text(fake, tmp_
         """,
     )
     assert run(path).steps["try"].output == "I could not do it."
-    outputs = {i["call_id"]: i["output"] for i in bodies(fake)[1]["input"] if i.get("type") == "function_call_output"}
+    outputs = {
+        i["call_id"]: i["output"]
+        for i in bodies(fake)[1]["input"]
+        if i.get("type") == "function_call_output"
+    }
     assert "ValueError: no luck" in outputs["c1"]
     assert "no tool named 'delete_all'" in outputs["c2"] and "boom" in outputs["c2"]
 
@@ -414,9 +435,24 @@ def test_usage_is_reported_per_step_and_per_run(fake, tmp_path):
         """,
     )
     result = run(path)
-    assert result.steps["one"].usage == {"input_tokens": 100, "output_tokens": 20, "cached_tokens": 40, "total_tokens": 120}
-    assert result.steps["two"].usage == {"input_tokens": 50, "output_tokens": 5, "cached_tokens": 0, "total_tokens": 55}
-    assert result.usage == {"input_tokens": 150, "output_tokens": 25, "cached_tokens": 40, "total_tokens": 175}
+    assert result.steps["one"].usage == {
+        "input_tokens": 100,
+        "output_tokens": 20,
+        "cached_tokens": 40,
+        "total_tokens": 120,
+    }
+    assert result.steps["two"].usage == {
+        "input_tokens": 50,
+        "output_tokens": 5,
+        "cached_tokens": 0,
+        "total_tokens": 55,
+    }
+    assert result.usage == {
+        "input_tokens": 150,
+        "output_tokens": 25,
+        "cached_tokens": 40,
+        "total_tokens": 175,
+    }
     assert json.loads(json.dumps(result.to_dict()))["usage"]["total_tokens"] == 175
 
 
@@ -466,6 +502,43 @@ def test_mcp_tools_run_locally_and_only_allowed_ones_are_offered(fake, tmp_path)
     assert (step.status, step.output) == ("completed", "done")
     first, second = bodies(fake)
     assert [t["name"] for t in first["tools"]] == ["flaky__pid"]
-    outputs = {i["call_id"]: i["output"] for i in second["input"] if i.get("type") == "function_call_output"}
+    outputs = {
+        i["call_id"]: i["output"]
+        for i in second["input"]
+        if i.get("type") == "function_call_output"
+    }
     assert "pid" in outputs["c1"] and not outputs["c1"].startswith("error")
     assert "'crash' of MCP server 'flaky' is not allowed" in outputs["c2"]
+
+
+def test_unknown_model_fails_at_once_with_the_servers_message(fake, tmp_path):
+    fake.default = Reply.not_found("The model `gpt-nope` does not exist")
+    path = pipeline(tmp_path, "steps:\n  - id: ask\n    prompt: hi\n    model: gpt-nope\n")
+    step = run(path).steps["ask"]
+    assert (step.status, step.attempts) == ("failed", 1)
+    assert "The model `gpt-nope` does not exist" in step.error and "model name" in step.error
+    assert [r.path for r in fake.requests] == ["/v1/responses", "/v1/chat/completions"]
+
+
+def test_answer_cut_off_by_max_output_tokens_fails_clearly(fake, tmp_path):
+    completion = {
+        "id": "chatcmpl_1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-test",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "length",
+                "message": {"role": "assistant", "content": "Once upon"},
+            }
+        ],
+    }
+    fake.script(Reply.raw(200, json.dumps(completion)))
+    path = pipeline(
+        tmp_path,
+        "steps:\n  - id: story\n    prompt: A long story.\n    api: chat\n    max_output_tokens: 2\n",
+    )
+    step = run(path).steps["story"]
+    assert (step.status, step.attempts) == ("failed", 1)
+    assert "cut off at max_output_tokens (2)" in step.error

@@ -16,7 +16,6 @@ from typing import Any
 
 from jsonschema import validators
 from jsonschema.exceptions import best_match
-
 from stepchain.errors import RetryableStepError, StepError
 from stepchain.llm_client import ModelCall, ToolCall, json_schema_format, strict_compatible
 from stepchain.model import DEFAULT_MODEL, Step, ToolSpec
@@ -102,14 +101,18 @@ async def execute(
             )
         results = await asyncio.gather(*(toolbox.run(c, step.timeout) for c in turn.calls))
         messages.append({"role": "assistant", "content": turn.text, "calls": turn.calls})
-        messages += [{"role": "tool", "call_id": c.id, "content": r} for c, r in zip(turn.calls, results, strict=True)]
+        messages += [
+            {"role": "tool", "call_id": c.id, "content": r}
+            for c, r in zip(turn.calls, results, strict=True)
+        ]
     if turn.refusal and not turn.text:
         raise _with_usage(StepError(f"the model refused to answer: {turn.refusal}"), usage)
     if turn.truncated:
+        limit_text = request["max_output_tokens"] or "the model's limit"
         raise _with_usage(
             StepError(
-                f"the answer was cut off at max_output_tokens ({request['max_output_tokens']})",
-                "raise max_output_tokens on the step",
+                f"the answer was cut off at max_output_tokens ({limit_text})",
+                "raise max_output_tokens on the step, or ask for a shorter answer",
             ),
             usage,
         )
@@ -124,7 +127,9 @@ def _parse(text: str, schema: dict[str, Any], wrapped: bool, usage: dict[str, in
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        problem = f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        problem = (
+            f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        )
         raise SchemaMismatch(problem, f"{problem}. Your answer was: {quoted}", usage) from None
     if wrapped and isinstance(value, dict) and set(value) == {"value"}:
         value = value["value"]
@@ -151,7 +156,12 @@ def _tool_identity(runtime: Any, name: str) -> dict[str, Any]:
     if spec.hosted:
         return {"name": name, "hosted": _hosted_definition(spec)}
     allowed = list(spec.allowed_tools) if spec.allowed_tools is not None else None
-    return {"name": name, "type": "mcp", "server": runtime.mcp_identity(name), "allowed_tools": allowed}
+    return {
+        "name": name,
+        "type": "mcp",
+        "server": runtime.mcp_identity(name),
+        "allowed_tools": allowed,
+    }
 
 
 def _hosted_definition(spec: ToolSpec, headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -159,9 +169,15 @@ def _hosted_definition(spec: ToolSpec, headers: dict[str, str] | None = None) ->
     if spec.type == "web_search":
         return {"type": "web_search"}
     if spec.type == "file_search":
-        return {"type": "file_search", "vector_store_ids": list(spec.extra.get("vector_store_ids") or [])}
+        return {
+            "type": "file_search",
+            "vector_store_ids": list(spec.extra.get("vector_store_ids") or []),
+        }
     if spec.type == "code_interpreter":
-        return {"type": "code_interpreter", "container": spec.extra.get("container") or {"type": "auto"}}
+        return {
+            "type": "code_interpreter",
+            "container": spec.extra.get("container") or {"type": "auto"},
+        }
     definition: dict[str, Any] = {
         "type": "mcp",
         "server_label": spec.server_label or spec.name,
@@ -205,7 +221,9 @@ class _Toolbox:
         headers = None
         if spec.headers:
             path = ("tools", spec.name, "headers")
-            headers = render_value(dict(spec.headers), self.runtime.base_context(), path, self.runtime.locate)
+            headers = render_value(
+                dict(spec.headers), self.runtime.base_context(), path, self.runtime.locate
+            )
         definition = _hosted_definition(spec, headers)
         if definition["type"] == "mcp" and spec.require_approval == "always":
             if not self.runtime.options.approve:
@@ -250,7 +268,9 @@ class _Toolbox:
         tool, remote = target
         try:
             if remote is None:
-                result = await self.runtime.function_tool(tool).call(arguments)
+                result = await self.runtime.function_tool(tool).call(
+                    arguments, offload=self.runtime.offload
+                )
             else:
                 result = await self.runtime.call_mcp(tool, remote, arguments, timeout)
         except Exception as exc:  # the model sees the failure and may try differently
@@ -264,7 +284,7 @@ class _Toolbox:
         for prefix, server in self.servers.items():
             if name.startswith(prefix):
                 return (
-                    f"error: tool '{name[len(prefix):]}' of MCP server '{server}' is not allowed "
+                    f"error: tool '{name[len(prefix) :]}' of MCP server '{server}' is not allowed "
                     f"for this step; available tools: {available}"
                 )
         return f"error: there is no tool named '{name}'; available tools: {available}"
