@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -299,7 +300,13 @@ def decompose(
     """Write a pipeline for TASK (YAML only, for review; nothing is run)."""
     from stepchain.decomposer import decompose_to_yaml
 
-    text = decompose_to_yaml(task, tools=tools_file, max_steps=max_steps, model=model)
+    schema_ref = None
+    local_schema = Path("schemas/pipeline.schema.json")
+    if output and local_schema.exists():  # in a checkout: point the modeline at the repo's schema
+        schema_ref = os.path.relpath(local_schema.resolve(), Path(output).resolve().parent)
+    text = decompose_to_yaml(
+        task, tools=tools_file, max_steps=max_steps, model=model, schema_ref=schema_ref
+    )
     if output:
         Path(output).write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}; review it, then: stepchain validate {output}", err=True)

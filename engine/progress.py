@@ -33,17 +33,21 @@ class LiveTable:
         }
         self.started: dict[str, float] = {}
         self.many = len(pipeline.steps) > 60  # a huge table helps nobody: summarise instead
+        self.shown = False
         self.live = Live(self.table(), console=self.console, refresh_per_second=8, transient=False)
 
     def __enter__(self) -> LiveTable:
-        self.live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.live.update(self.table())
-        self.live.__exit__(*exc)
+        if self.shown:
+            self.live.update(self.table())
+            self.live.__exit__(*exc)
 
     def __call__(self, event: str, step_id: str, result: StepResult | None) -> None:
+        if not self.shown:  # only once steps run: an error before the first step stays one line
+            self.shown = True
+            self.live.__enter__()
         row = self.rows[step_id]
         if event == "start":
             row["status"] = "running"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -105,7 +105,72 @@ def references(source: str, *, expression: bool = False) -> list[Reference]:
     if not expression and "{{" not in source and "{%" not in source:
         return []
     text = "{{ " + source + " }}" if expression else source
-    return _references(text)
+    skeleton = _skeleton(text)
+    if skeleton is None:
+        return _references(text)
+    shape, keys = skeleton
+    try:
+        found = _references(shape)
+    except TemplateSyntaxError:
+        return _references(text)  # raises the error as the template itself would
+    return [_restore(ref, keys) for ref in found]
+
+
+# A template's *skeleton*: its tags with every literal reference key replaced by a placeholder and
+# its text reduced to its line breaks. Templates that differ only in text and in which steps or
+# inputs they name share a skeleton, so a generated 10,000-step pipeline parses a few templates,
+# not 10,000. Only templates whose tags the regex below provably splits exactly as Jinja's lexer
+# does get a skeleton: no braces inside tags, strings without escapes, no {% raw %}.
+_SIMPLE_TAG = re.compile(
+    r"""\{\{-?(?:[^'"{}]|'[^'\\]*'|"[^"\\]*")*?-?\}\}"""
+    r"""|\{%-?(?:[^'"{}]|'[^'\\]*'|"[^"\\]*")*?-?%\}"""
+    r"|\{#.*?#\}",
+    re.DOTALL,
+)
+_KEY = re.compile(
+    r"(?<![\w.])(steps|inputs|env|secrets)(?:\.([A-Za-z_][A-Za-z0-9_]*)"
+    r"|\[(['\"])([A-Za-z0-9_-]+)\3\])"
+)
+_PLACEHOLDER = re.compile(r"__k([0-9]+)__")
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+
+
+def _skeleton(text: str) -> tuple[str, list[str]] | None:
+    if "{%" in text and re.search(r"\{%-?\s*raw\b", text):
+        return None
+    parts: list[str] = []
+    keys: list[str] = []
+    pos = 0
+
+    def placeholder(match: re.Match[str]) -> str:
+        keys.append(match.group(2) or match.group(4))
+        if match.group(2):
+            return f"{match.group(1)}.__k{len(keys) - 1}__"
+        return f"{match.group(1)}['__k{len(keys) - 1}__']"
+
+    for tag in _SIMPLE_TAG.finditer(text):
+        between = text[pos : tag.start()]
+        if "{{" in between or "{%" in between or "{#" in between:
+            return None
+        parts.append("".join(_NEWLINES.findall(between)))
+        body = tag.group()
+        if body.startswith("{#"):
+            parts.append("".join(_NEWLINES.findall(body)))
+        else:
+            parts.append(_KEY.sub(placeholder, body))
+        pos = tag.end()
+    rest = text[pos:]
+    if "{{" in rest or "{%" in rest or "{#" in rest:
+        return None
+    parts.append("".join(_NEWLINES.findall(rest)))
+    return "".join(parts), keys
+
+
+def _restore(ref: Reference, keys: list[str]) -> Reference:
+    match = _PLACEHOLDER.fullmatch(ref.key or "")
+    if match and int(match.group(1)) < len(keys):
+        return replace(ref, key=keys[int(match.group(1))])
+    return ref
 
 
 @lru_cache(maxsize=65536)

@@ -1,0 +1,131 @@
+"""decompose -> review -> validate -> plan -> run, through the real CLI and a loopback server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support.fake_openai import FakeOpenAI, Reply
+
+PLAN = {
+    "version": 1,
+    "name": "topic-brief",
+    "inputs": {"topic": {"type": "string", "default": "tides"}},
+    "steps": [
+        {"id": "facts", "prompt": "Three facts about {{ inputs.topic }}."},
+        {
+            "id": "angles",
+            "prompt": "Two angles for an article, as JSON.",
+            "output_schema": {
+                "type": "object",
+                "properties": {"angles": {"type": "array", "items": {"type": "string"}}},
+                "required": ["angles"],
+                "additionalProperties": False,
+            },
+        },
+        {
+            "id": "outline",
+            "foreach": "steps.angles.output.angles",
+            "prompt": "Outline '{{ item }}' using: {{ steps.facts.output }}",
+        },
+    ],
+    "outputs": {"outline": "{{ steps.outline.output }}"},
+}
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        yield server
+
+
+def answer(request: dict) -> Reply:
+    """A deterministic model: answers by what the prompt asks."""
+    text = json.dumps(request)
+    if "Two angles" in text:
+        return Reply.json({"angles": ["history", "physics"]}, input_tokens=20, output_tokens=8)
+    if "Outline" in text:
+        angle = "history" if "'history'" in text else "physics"
+        return Reply.text(f"outline of {angle}", input_tokens=30, output_tokens=4)
+    return Reply.text("fact 1; fact 2; fact 3", input_tokens=12, output_tokens=6)
+
+
+def test_decompose_review_validate_plan_run(cli, fake, tmp_path):
+    fake.script(Reply.json(PLAN))
+    made = cli(
+        "decompose", "Write an article brief about a topic", "-o", "brief.yaml", "--model", "gpt-x"
+    )
+    assert made.exit_code == 0, made.stderr
+    assert "wrote brief.yaml; review it, then: stepchain validate brief.yaml" in made.stderr
+    text = (tmp_path / "brief.yaml").read_text()
+    assert "# task: Write an article brief about a topic" in text and "# model: gpt-x" in text
+    assert len(fake.requests) == 1
+
+    assert cli("validate", "brief.yaml").exit_code == 0
+    plan = json.loads(cli("plan", "brief.yaml", "--json").stdout)["steps"]
+    assert {k: v["action"] for k, v in plan.items()} == {
+        "facts": "run",
+        "angles": "run",
+        "outline": "unknown",
+    }
+    assert len(fake.requests) == 1  # planning asks no model
+
+    fake.responder = answer
+    run = cli.json("run", "brief.yaml", "--run-id", "brief-1")
+    assert run["status"] == "completed"
+    assert run["outputs"]["outline"] == ["outline of history", "outline of physics"]
+    assert run["steps"]["angles"]["output"] == {"angles": ["history", "physics"]}
+    assert run["steps"]["facts"]["usage"]["input_tokens"] == 12
+    assert run["usage"]["input_tokens"] == 12 + 20 + 30 + 30
+    assert run["usage"]["output_tokens"] == 6 + 8 + 4 + 4
+    sent = len(fake.requests)
+    assert sent == 1 + 4
+
+    again = cli.json("run", "brief.yaml")
+    assert len(fake.requests) == sent  # a second run sends no request at all
+    assert all(s["cached"] for s in again["steps"].values())
+    assert again["usage"] == {}
+    shown = cli("runs", "show", "brief-1").stdout
+    assert "tokens=18" in shown  # facts: 12 in + 6 out
+
+    again_plan = json.loads(cli("plan", "brief.yaml", "--json").stdout)["steps"]
+    assert {v["action"] for v in again_plan.values()} == {"replay"}
+    refreshed = cli.json("run", "brief.yaml", "--refresh", "facts")
+    assert len(fake.requests) == sent + 1
+    assert refreshed["steps"]["facts"]["cached"] is False
+
+
+def test_same_task_decomposes_from_cache(cli, fake):
+    fake.script(Reply.json(PLAN))
+    first = cli("decompose", "Write an article brief", "--max-steps", "5")
+    second = cli("decompose", "Write an article brief", "--max-steps", "5")
+    assert first.exit_code == second.exit_code == 0
+    assert (
+        first.stdout.split("# date")[1].split("\n", 1)[1]
+        == second.stdout.split("# date")[1].split("\n", 1)[1]
+    )
+    assert len(fake.requests) == 1
+
+
+def test_max_steps_beyond_fifty_is_a_usage_error(cli):
+    result = cli("decompose", "anything", "--max-steps", "51")
+    assert result.exit_code == 2
+    assert "51 is not in the range 1<=x<=50" in result.stderr
+
+
+def test_llm_pipeline_without_credentials_fails_before_anything_runs(cli, write):
+    path = write("p.yaml", "version: 1\nname: t\nsteps: [{id: a, prompt: hi}]\n")
+    result = cli("run", path)
+    assert result.exit_code == 2
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("error: LLM steps need credentials: set OPENAI_API_KEY")
+    assert "no runs recorded yet" in cli("runs", "list").stdout
+
+
+def test_decompose_without_credentials_is_one_clear_line(cli):
+    result = cli("decompose", "anything")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: LLM steps need credentials")
