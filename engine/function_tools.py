@@ -83,6 +83,7 @@ def load_function_tool(spec: ToolSpec, base_dir: Path) -> FunctionTool:
     folder = str(base_dir)
     if folder not in sys.path:
         sys.path.insert(0, folder)  # the pipeline's folder is where its tools live
+    _forget_foreign(module_name, base_dir)
     try:
         module = importlib.import_module(module_name)
         func = module
@@ -103,6 +104,22 @@ def load_function_tool(spec: ToolSpec, base_dir: Path) -> FunctionTool:
         parameters=spec.parameters or infer_parameters(func),
         fingerprint=_fingerprint(func),
     )
+
+
+def _forget_foreign(module_name: str, base_dir: Path) -> None:
+    """Drop a same-named module imported from another pipeline's folder, so this one's loads.
+
+    Two pipelines may both ship a `tools.py`; in one process the first would otherwise win.
+    """
+    top = module_name.split(".")[0]
+    local = base_dir / f"{top}.py" if (base_dir / f"{top}.py").exists() else base_dir / top
+    loaded = sys.modules.get(top)
+    if loaded is None or not local.exists():
+        return
+    origin = Path(getattr(loaded, "__file__", None) or "/nonexistent").resolve()
+    if local.resolve() not in (origin, origin.parent):
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            del sys.modules[name]
 
 
 def infer_parameters(func: Callable[..., Any]) -> dict[str, Any]:

@@ -29,10 +29,11 @@ Observer = Callable[[str, str, StepResult | None], None]  # (event, step_id, res
 class _Failed(Exception):
     """A step failure carrying how many attempts were made."""
 
-    def __init__(self, error: BaseException, attempts: int) -> None:
+    def __init__(self, error: BaseException, attempts: int, usage: dict | None = None) -> None:
         super().__init__(str(error))
         self.error = error
         self.attempts = attempts
+        self.usage = usage or {}
 
 
 class Scheduler:
@@ -162,7 +163,7 @@ class Scheduler:
             )
             result.error = "interrupted"
         except _Failed as failed:
-            result.status, result.attempts = "failed", failed.attempts
+            result.status, result.attempts, result.usage = "failed", failed.attempts, failed.usage
             result.error = self.rt.describe_error(failed.error)
         except StepChainError as exc:
             result.status, result.error = "failed", self.rt.describe_error(exc)
@@ -258,22 +259,30 @@ class Scheduler:
         module = kind_module(step.kind)
         feedback: str | None = None
         attempt = 0
+        spent: dict[str, int] = {}  # tokens of failed attempts count too (a schema retry costs)
         while True:
             attempt += 1
             try:
                 async with self.slots:
                     self.observe("attempt", step.id, None)
                     coro = module.execute(step, request, self.rt, feedback)
-                    return await asyncio.wait_for(coro, step.timeout), attempt
+                    outcome = await asyncio.wait_for(coro, step.timeout)
+                if spent:
+                    outcome.usage = add_usage(dict(outcome.usage), spent)
+                return outcome, attempt
             except TimeoutError:
                 error: BaseException = StepTimeout(f"timed out after {step.timeout:g}s")
             except RetryableStepError as exc:
                 error = exc
             except StepError as exc:
-                raise _Failed(exc, attempt) from None
+                add_usage(spent, getattr(exc, "usage", None))
+                add_usage(self.spent, spent)
+                raise _Failed(exc, attempt, spent) from None
+            add_usage(spent, getattr(error, "usage", None))
             if attempt > step.retries:
                 suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
-                raise _Failed(StepError(f"{error}{suffix}"), attempt)
+                add_usage(self.spent, spent)
+                raise _Failed(StepError(f"{error}{suffix}"), attempt, spent)
             feedback = getattr(error, "feedback", None)
             delay = (
                 error.retry_after

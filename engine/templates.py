@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -128,8 +128,9 @@ _SIMPLE_TAG = re.compile(
     re.DOTALL,
 )
 _KEY = re.compile(
-    r"(?<![\w.])(steps|inputs|env|secrets)(?:\.([A-Za-z_][A-Za-z0-9_]*)"
+    r"(?<![\w.])(steps|inputs|env|secrets)(?:\.([A-Za-z_][A-Za-z0-9_]*)(?!\w)"
     r"|\[(['\"])([A-Za-z0-9_-]+)\3\])"
+    r"|(?<![\[\s])\s*('[^'\\]*'|\"[^\"\\]*\")"  # a string that is no subscript: only its lines count
 )
 _PLACEHOLDER = re.compile(r"__k([0-9]+)__")
 _NEWLINES = re.compile(r"\r\n|\r|\n")
@@ -143,14 +144,17 @@ def _skeleton(text: str) -> tuple[str, list[str]] | None:
     pos = 0
 
     def placeholder(match: re.Match[str]) -> str:
-        keys.append(match.group(2) or match.group(4))
-        if match.group(2):
-            return f"{match.group(1)}.__k{len(keys) - 1}__"
-        return f"{match.group(1)}['__k{len(keys) - 1}__']"
+        root, name, string = match.group(1), match.group(2), match.group(5)
+        if string is not None:
+            return match.group()[: match.start(5) - match.start()] + _blank_string(string)
+        keys.append(name or match.group(4))
+        if name:
+            return f"{root}.__k{len(keys) - 1}__"
+        return f"{root}['__k{len(keys) - 1}__']"
 
     for tag in _SIMPLE_TAG.finditer(text):
         between = text[pos : tag.start()]
-        if "{{" in between or "{%" in between or "{#" in between:
+        if "{{" in between or "{%" in between or "{#" in between or between.endswith("{"):
             return None
         parts.append("".join(_NEWLINES.findall(between)))
         body = tag.group()
@@ -166,10 +170,17 @@ def _skeleton(text: str) -> tuple[str, list[str]] | None:
     return "".join(parts), keys
 
 
+def _blank_string(literal: str) -> str:
+    return literal[0] + "".join(_NEWLINES.findall(literal)) + literal[0]
+
+
 def _restore(ref: Reference, keys: list[str]) -> Reference:
-    match = _PLACEHOLDER.fullmatch(ref.key or "")
+    if not (ref.key and ref.key.startswith("__k")):
+        return ref
+    match = _PLACEHOLDER.fullmatch(ref.key)
     if match and int(match.group(1)) < len(keys):
-        return replace(ref, key=keys[int(match.group(1))])
+        key = keys[int(match.group(1))]
+        return Reference(ref.root, key, ref.attr, ref.lineno, ref.dynamic)
     return ref
 
 

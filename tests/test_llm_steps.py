@@ -149,6 +149,8 @@ def test_schema_mismatch_is_retried_with_the_validation_error_fed_back(fake, tmp
     assert retry[0] == {"role": "user", "content": "What is six times seven?"}
     assert "did not match the schema" in retry[1]["content"]
     assert "42 is not of type 'string'" in retry[1]["content"]
+    assert step.usage["input_tokens"] == 2 * 10  # the rejected answer's tokens count too
+    assert result.usage["input_tokens"] == 2 * 10
 
 
 def test_answer_that_never_matches_fails_with_the_schema_error(fake, tmp_path):
@@ -166,6 +168,7 @@ def test_answer_that_never_matches_fails_with_the_schema_error(fake, tmp_path):
     step = run(path).steps["ask"]
     assert (step.status, step.attempts) == ("failed", 2)
     assert "not valid JSON" in step.error and "after 2 attempts" in step.error
+    assert step.usage["output_tokens"] == 2 * 5  # what the failed attempts cost is recorded
 
 
 # -- API selection --------------------------------------------------------------------------

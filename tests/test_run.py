@@ -346,3 +346,15 @@ def _repo():
     from conftest import REPO
 
     return REPO
+
+
+def test_two_pipelines_with_same_named_tool_modules_in_one_process(write):
+    for folder, word in (("one", "first"), ("two", "second")):
+        write(f"{folder}/helpers.py", f"def say():\n    return '{word}'\n")
+        write(
+            f"{folder}/p.yaml",
+            "version: 1\nname: t\ntools: {say: {type: function, function: 'helpers:say'}}\n"
+            "steps: [{id: s, tool: say}]\n",
+        )
+    outputs = [Executor().run(f"{folder}/p.yaml").steps["s"].output for folder in ("one", "two")]
+    assert outputs == ["first", "second"]
