@@ -5,6 +5,7 @@ Nothing here is a test: the benchmarks print figures and record them, they never
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import io
 import json
@@ -65,7 +66,22 @@ def machine() -> dict[str, str]:
         pass
     import stepchain
 
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "engine", "schemas", "cli.py"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        ).stdout.split("\n")
+        changed = sorted({line[3:] for line in dirty if line.strip()})
+        code = head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+    except OSError:
+        code = "?"
     return {
+        "code": code or "?",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": nproc,
         "cpu": cpu or platform.processor() or "?",
@@ -78,7 +94,7 @@ def machine() -> dict[str, str]:
 def machine_line(info: dict[str, str]) -> str:
     return (
         f"{info['date']} · nproc {info['nproc']} · {info['cpu']} · Python {info['python']} · "
-        f"stepchain {info['stepchain']} · load average at start {info['loadavg']}"
+        f"stepchain {info['stepchain']} ({info.get('code', '?')}) · load average at start {info['loadavg']}"
     )
 
 
@@ -90,7 +106,11 @@ def stepchain_command() -> list[str]:
 
 
 def time_command(
-    argv: Sequence[str], *, repeat: int = 3, env: dict[str, str] | None = None, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    repeat: int = 3,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> dict[str, Any]:
     """Run a whole command `repeat` times; wall-clock seconds, best and median, last exit code."""
     times = []
@@ -125,28 +145,12 @@ def verdict(ok: bool) -> str:
 
 
 # -- profiling -------------------------------------------------------------------------------
-def profile(func: Callable[[], Any], *, top: int = 25, sort: str = "tottime") -> tuple[Any, str]:
-    """Run func under cProfile; returns (its result, the top entries as text)."""
-    profiler = cProfile.Profile()
-    result = None
-    try:
-        result = profiler.runcall(func)
-    except SystemExit:
-        pass
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    stats.strip_dirs().sort_stats(sort).print_stats(top)
-    return result, _trim_pstats(out.getvalue())
-
-
 def profile_cumulative(func: Callable[[], Any], *, top: int = 30) -> tuple[Any, str, str]:
     """Both views of one profiled call: by own time and by cumulative time."""
     profiler = cProfile.Profile()
     result = None
-    try:
+    with contextlib.suppress(SystemExit):  # click commands exit
         result = profiler.runcall(func)
-    except SystemExit:
-        pass
     texts = []
     for sort in ("tottime", "cumulative"):
         out = io.StringIO()
@@ -164,7 +168,7 @@ def _trim_pstats(text: str) -> str:
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if line.strip().startswith("ncalls"):
-            head = [l for l in lines[:i] if "function calls" in l]
+            head = [line for line in lines[:i] if "function calls" in line]
             return "\n".join(head + lines[i:]).rstrip()
     return text.rstrip()
 
@@ -255,7 +259,7 @@ def template_pipeline(
     edges = 0
     foreach_steps = when_steps = 0
     for k, layer in enumerate(layers):
-        for i, sid in enumerate(layer):
+        for sid in layer:
             counter += 1
             refs: list[str] = []
             if k > 0:
@@ -270,7 +274,9 @@ def template_pipeline(
             if counter % when_every == 0:
                 when_steps += 1
                 if refs and counter % 2 == 0:
-                    lines.append(f"    when: steps.{refs[0]}.status == 'completed' and inputs.n > 0")
+                    lines.append(
+                        f"    when: steps.{refs[0]}.status == 'completed' and inputs.n > 0"
+                    )
                 else:
                     lines.append("    when: inputs.enabled and inputs.n > 0")
             parts = [f"{{{{ (steps.{r}.output | string)[:16] }}}}" for r in refs]
@@ -285,7 +291,9 @@ def template_pipeline(
             elif counter % block_every == 0:
                 lines.append("    template: |")
                 lines.append(f"      {sid} for {{{{ inputs.label }}}}:")
-                lines.append("      {% for r in [" + ", ".join(f"steps.{r}.output" for r in refs) + "] %}")
+                lines.append(
+                    "      {% for r in [" + ", ".join(f"steps.{r}.output" for r in refs) + "] %}"
+                )
                 lines.append("      - {{ (r | string)[:12] }}")
                 lines.append("      {% endfor %}")
             else:

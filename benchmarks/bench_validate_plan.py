@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     env_with_home,
     fresh_home,
     machine,
@@ -67,12 +67,20 @@ def stage_breakdown(path: Path, home: Path) -> list[tuple[str, float]]:
         from stepchain.yaml_source import load_source
 
         text = path.read_text(encoding="utf-8")
-        source = timed("YAML parse + positions (yaml_source.load_source)", lambda: load_source(str(path), text))
+        source = timed(
+            "YAML parse + positions (yaml_source.load_source)", lambda: load_source(str(path), text)
+        )
         timed("JSON Schema (schema.schema_problems)", lambda: schema_problems(source))
-        checked = timed("semantic checks (validation.check_semantics)", lambda: check_semantics(source))
-        pipeline = timed("build Pipeline (loader.build_pipeline)", lambda: build_pipeline(source, checked.deps))
+        checked = timed(
+            "semantic checks (validation.check_semantics)", lambda: check_semantics(source)
+        )
+        pipeline = timed(
+            "build Pipeline (loader.build_pipeline)", lambda: build_pipeline(source, checked.deps)
+        )
         pipeline.path = path
-        plan = timed("plan (planning.plan_pipeline, cold cache)", lambda: plan_pipeline(pipeline, {}))
+        plan = timed(
+            "plan (planning.plan_pipeline, cold cache)", lambda: plan_pipeline(pipeline, {})
+        )
         timed("format plan (reporting.format_plan)", lambda: format_plan(plan))
     except Exception as exc:  # internals changed: report, do not fail the benchmark
         stages.append((f"(breakdown stopped: {type(exc).__name__}: {exc})", 0.0))
@@ -148,7 +156,10 @@ def main() -> None:
                 f"target < {TARGET_S:g}s: {verdict(timing['best'] < TARGET_S)}"
             )
             if timing["rc"] != 0:
-                print("  (non-zero exit) stderr tail:\n    " + "\n    ".join(timing["stderr"].splitlines()[-8:]))
+                print(
+                    "  (non-zero exit) stderr tail:\n    "
+                    + "\n    ".join(timing["stderr"].splitlines()[-8:])
+                )
             elif tail:
                 print(f"  last line: {tail[:120]}")
 
@@ -162,7 +173,10 @@ def main() -> None:
 
         prof = None
         if args.profile or (missed and not args.no_profile):
-            print("profiling (cProfile, in process; profiling slows everything ~1.5-2x) ...", flush=True)
+            print(
+                "profiling (cProfile, in process; profiling slows everything ~1.5-2x) ...",
+                flush=True,
+            )
             prof = profiles(path, fresh_home(), args.top)
             for name, (tot, _) in prof.items():
                 print(f"\n--- {name}: top {args.top} by own time ---\n{tot}")
@@ -183,8 +197,17 @@ def main() -> None:
         ]
         for name, r in results.items()
     ]
-    rows.append(["`stepchain --version` (start-up floor)", f"{floor['best']:.2f}", f"{floor['median']:.2f}",
-                 ", ".join(f"{t:.2f}" for t in floor["times"]), floor["rc"], "", ""])
+    rows.append(
+        [
+            "`stepchain --version` (start-up floor)",
+            f"{floor['best']:.2f}",
+            f"{floor['median']:.2f}",
+            ", ".join(f"{t:.2f}" for t in floor["times"]),
+            floor["rc"],
+            "",
+            "",
+        ]
+    )
     body = [
         "## validate and plan on a 10,000-step pipeline (`bench_validate_plan.py`)",
         "",

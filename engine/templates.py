@@ -130,8 +130,8 @@ _SIMPLE_TAG = re.compile(
 _KEY = re.compile(
     r"(?<![\w.])(steps|inputs|env|secrets)(?:\.([A-Za-z_][A-Za-z0-9_]*)(?!\w)"
     r"|\[(['\"])([A-Za-z0-9_-]+)\3\])"
-    r"|(?<![\[\s])\s*('[^'\\]*'|\"[^\"\\]*\")"  # a string that is no subscript: only its lines count
 )
+_STRING = re.compile(r"'[^'\\]*'|\"[^\"\\]*\"")
 _PLACEHOLDER = re.compile(r"__k([0-9]+)__")
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 
@@ -144,9 +144,7 @@ def _skeleton(text: str) -> tuple[str, list[str]] | None:
     pos = 0
 
     def placeholder(match: re.Match[str]) -> str:
-        root, name, string = match.group(1), match.group(2), match.group(5)
-        if string is not None:
-            return match.group()[: match.start(5) - match.start()] + _blank_string(string)
+        root, name = match.group(1), match.group(2)
         keys.append(name or match.group(4))
         if name:
             return f"{root}.__k{len(keys) - 1}__"
@@ -156,12 +154,13 @@ def _skeleton(text: str) -> tuple[str, list[str]] | None:
         between = text[pos : tag.start()]
         if "{{" in between or "{%" in between or "{#" in between or between.endswith("{"):
             return None
-        parts.append("".join(_NEWLINES.findall(between)))
+        if "\n" in between or "\r" in between:
+            parts.append("".join(_NEWLINES.findall(between)))
         body = tag.group()
         if body.startswith("{#"):
             parts.append("".join(_NEWLINES.findall(body)))
         else:
-            parts.append(_KEY.sub(placeholder, body))
+            parts.append(_blank_strings(_KEY.sub(placeholder, body)))
         pos = tag.end()
     rest = text[pos:]
     if "{{" in rest or "{%" in rest or "{#" in rest:
@@ -170,8 +169,23 @@ def _skeleton(text: str) -> tuple[str, list[str]] | None:
     return "".join(parts), keys
 
 
-def _blank_string(literal: str) -> str:
-    return literal[0] + "".join(_NEWLINES.findall(literal)) + literal[0]
+def _blank_strings(body: str) -> str:
+    """Empty every string literal that is not a subscript (steps.x['output'] keeps its key)."""
+    if "'" not in body and '"' not in body:
+        return body
+    out, pos = [], 0
+    for match in _STRING.finditer(body):
+        before = body[: match.start()].rstrip()
+        subscript = before.endswith("[") and before[:-1].rstrip()[-1:] in _SUBSCRIPTABLE
+        out.append(body[pos : match.start()])
+        literal = match.group()
+        out.append(literal if subscript else literal[0] + "".join(_NEWLINES.findall(literal)) + literal[0])
+        pos = match.end()
+    out.append(body[pos:])
+    return "".join(out)
+
+
+_SUBSCRIPTABLE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_)]'\"")
 
 
 def _restore(ref: Reference, keys: list[str]) -> Reference:
