@@ -120,6 +120,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--width", type=int, default=100, help="steps per layer")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--variants",
+        default="repetitive,distinct",
+        help="template styles: repetitive (generator-like), distinct (no two alike)",
+    )
     parser.add_argument("--profile", action="store_true", help="always profile (cProfile)")
     parser.add_argument("--no-profile", action="store_true", help="never profile")
     parser.add_argument("--top", type=int, default=20, help="profile entries to show")
@@ -127,58 +132,67 @@ def main() -> None:
     args = parser.parse_args()
 
     info = machine()
-    folder = work_dir("validate_plan")
-    text, shape = template_pipeline(args.steps, args.width, name="bench-validate-plan")
-    path = folder / "pipeline.yaml"
-    path.write_text(text, encoding="utf-8")
     print(f"machine: {machine_line(info)}")
-    print(
-        f"pipeline: {path} ({len(text) / 1e6:.1f} MB, {text.count(chr(10)):,} lines): "
-        f"{shape['steps']:,} template steps in {shape['layers']} layers of {shape['width']}, "
-        f"{shape['edges']:,} references, {shape['foreach_steps']:,} foreach, {shape['when_steps']:,} when"
-    )
-
+    folder = work_dir("validate_plan")
+    cmd = stepchain_command()
     home = fresh_home()
     env = env_with_home(home)
-    cmd = stepchain_command()
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    stages: dict[str, list[tuple[str, float]]] = {}
+    shapes: dict[str, dict[str, Any]] = {}
+    paths: dict[str, Path] = {}
     try:
         floor = time_command([*cmd, "--version"], repeat=args.repeat, env=env)
         print(f"start-up floor (stepchain --version): best {floor['best']:.2f}s")
-        results = {}
-        for name in ("validate", "plan"):
-            print(f"timing `stepchain {name}` x{args.repeat} ...", flush=True)
-            timing = time_command([*cmd, name, str(path)], repeat=args.repeat, env=env)
-            results[name] = timing
-            tail = (timing["stdout"].strip().splitlines() or [""])[-1]
-            print(
-                f"  {name:<8} best {timing['best']:6.2f}s  median {timing['median']:6.2f}s  "
-                f"runs {', '.join(f'{t:.2f}' for t in timing['times'])}  exit {timing['rc']}  "
-                f"target < {TARGET_S:g}s: {verdict(timing['best'] < TARGET_S)}"
+        for variant in args.variants.split(","):
+            text, shape = template_pipeline(
+                args.steps, args.width, name="bench-validate-plan", distinct=variant == "distinct"
             )
-            if timing["rc"] != 0:
+            path = folder / f"pipeline-{variant}.yaml"
+            path.write_text(text, encoding="utf-8")
+            shape["mb"] = len(text) / 1e6
+            shapes[variant], paths[variant] = shape, path
+            print(
+                f"\n[{variant} templates] {path} ({shape['mb']:.1f} MB, {text.count(chr(10)):,} lines): "
+                f"{shape['steps']:,} template steps in {shape['layers']} layers of {shape['width']}, "
+                f"{shape['edges']:,} references, {shape['foreach_steps']:,} foreach, "
+                f"{shape['when_steps']:,} when"
+            )
+            for name in ("validate", "plan"):
+                print(f"timing `stepchain {name}` x{args.repeat} ...", flush=True)
+                timing = time_command([*cmd, name, str(path)], repeat=args.repeat, env=env)
+                results[(variant, name)] = timing
+                tail = (timing["stdout"].strip().splitlines() or [""])[-1]
                 print(
-                    "  (non-zero exit) stderr tail:\n    "
-                    + "\n    ".join(timing["stderr"].splitlines()[-8:])
+                    f"  {name:<8} best {timing['best']:6.2f}s  median {timing['median']:6.2f}s  "
+                    f"runs {', '.join(f'{t:.2f}' for t in timing['times'])}  exit {timing['rc']}  "
+                    f"target < {TARGET_S:g}s: {verdict(timing['best'] < TARGET_S)}"
                 )
-            elif tail:
-                print(f"  last line: {tail[:120]}")
+                if timing["rc"] != 0:
+                    print(
+                        "  (non-zero exit) stderr tail:\n    "
+                        + "\n    ".join(timing["stderr"].splitlines()[-8:])
+                    )
+                elif tail:
+                    print(f"  last line: {tail[:120]}")
+            print("stage breakdown (in process, one pass):", flush=True)
+            _reset_template_caches()
+            stages[variant] = stage_breakdown(path, fresh_home())
+            total = sum(t for _, t in stages[variant]) or 1.0
+            for name, seconds in stages[variant]:
+                print(f"  {seconds:7.2f}s  {100 * seconds / total:5.1f}%  {name}")
 
-        missed = any(r["best"] >= TARGET_S or r["rc"] != 0 for r in results.values())
-        print("stage breakdown (in process, one pass):", flush=True)
-        _reset_template_caches()
-        stages = stage_breakdown(path, fresh_home())
-        total = sum(s for _, s in stages) or 1.0
-        for name, seconds in stages:
-            print(f"  {seconds:7.2f}s  {100 * seconds / total:5.1f}%  {name}")
-
+        missed = [v for (v, _), r in results.items() if r["best"] >= TARGET_S or r["rc"] != 0]
         prof = None
         if args.profile or (missed and not args.no_profile):
+            variant = missed[-1] if missed else list(paths)[-1]
             print(
-                "profiling (cProfile, in process; profiling slows everything ~1.5-2x) ...",
+                f"\nprofiling the {variant} pipeline (cProfile, in process; profiling slows "
+                "everything ~1.5-2x) ...",
                 flush=True,
             )
-            prof = profiles(path, fresh_home(), args.top)
-            for name, (tot, _) in prof.items():
+            prof = (variant, profiles(paths[variant], fresh_home(), args.top))
+            for name, (tot, _) in prof[1].items():
                 print(f"\n--- {name}: top {args.top} by own time ---\n{tot}")
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -188,6 +202,7 @@ def main() -> None:
     rows = [
         [
             f"`stepchain {name} FILE`",
+            variant,
             f"{r['best']:.2f}",
             f"{r['median']:.2f}",
             ", ".join(f"{t:.2f}" for t in r["times"]),
@@ -195,11 +210,12 @@ def main() -> None:
             f"< {TARGET_S:g} s",
             verdict(r["best"] < TARGET_S and r["rc"] == 0),
         ]
-        for name, r in results.items()
+        for (variant, name), r in results.items()
     ]
     rows.append(
         [
             "`stepchain --version` (start-up floor)",
+            "",
             f"{floor['best']:.2f}",
             f"{floor['median']:.2f}",
             ", ".join(f"{t:.2f}" for t in floor["times"]),
@@ -208,6 +224,7 @@ def main() -> None:
             "",
         ]
     )
+    shape = next(iter(shapes.values()))
     body = [
         "## validate and plan on a 10,000-step pipeline (`bench_validate_plan.py`)",
         "",
@@ -215,20 +232,35 @@ def main() -> None:
         "",
         f"Pipeline: {shape['steps']:,} template steps, {shape['layers']} layers of {shape['width']}, "
         f"{shape['edges']:,} `steps.X.output` references, {shape['foreach_steps']:,} foreach steps, "
-        f"{shape['when_steps']:,} `when`s; {len(text) / 1e6:.1f} MB of YAML. "
+        f"{shape['when_steps']:,} `when`s; {shape['mb']:.1f} MB of YAML. Two template styles: "
+        "*repetitive* (a few shapes differing only in step ids, as a generator writes them) and "
+        "*distinct* (every template and expression carries its own number, so no two are alike). "
         f"Whole commands, wall-clock seconds, {args.repeat} runs each; `plan` with a cold cache.",
         "",
-        table(["command", "best s", "median s", "runs s", "exit", "target", "verdict"], rows),
+        table(
+            ["command", "templates", "best s", "median s", "runs s", "exit", "target", "verdict"],
+            rows,
+        ),
         "",
-        "Where the time goes (in process, one pass, seconds):",
+        "Where the time goes (in process, one pass each, seconds):",
         "",
-        table(["stage", "s", "%"], [[n, f"{s:.2f}", f"{100 * s / total:.0f}"] for n, s in stages]),
     ]
+    names = [n for n, _ in next(iter(stages.values()))]
+    stage_rows = []
+    for i, name in enumerate(names):
+        row = [name]
+        for variant in stages:
+            values = stages[variant]
+            row.append(f"{values[i][1]:.2f}" if i < len(values) else "")
+        stage_rows.append(row)
+    body.append(table(["stage", *stages], stage_rows))
     if prof:
-        for name, (tot, cum) in prof.items():
+        variant, texts = prof
+        for name, (tot, cum) in texts.items():
             body += [
                 "",
-                f"<details><summary>cProfile of <code>stepchain {name}</code> (top {args.top} by own time, then cumulative)</summary>",
+                f"<details><summary>cProfile of <code>stepchain {name}</code> on the {variant} "
+                f"pipeline (top {args.top} by own time, then cumulative)</summary>",
                 "",
                 "```",
                 tot,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import importlib
 import inspect
@@ -16,6 +15,7 @@ from typing import Any
 
 from stepchain.errors import RetryableStepError, StepChainError, StepError
 from stepchain.model import ToolSpec
+from stepchain.threads import run_in_thread
 
 Offload = Callable[..., Awaitable[Any]]
 _JSON_TYPES = {
@@ -52,7 +52,7 @@ class FunctionTool:
             if inspect.iscoroutinefunction(self.func):
                 result = await self.func(**arguments)
             else:
-                result = await (offload or _in_thread)(self.func, **arguments)
+                result = await (offload or run_in_thread)(self.func, **arguments)
         except Exception as exc:
             raise _wrap(self.name, exc) from None
         try:
@@ -72,10 +72,6 @@ class FunctionTool:
             "description": self.description,
             "parameters": self.parameters,
         }
-
-
-async def _in_thread(func: Callable[..., Any], /, **kwargs: Any) -> Any:
-    return await asyncio.to_thread(func, **kwargs)
 
 
 def load_function_tool(spec: ToolSpec, base_dir: Path) -> FunctionTool:

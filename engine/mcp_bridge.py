@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
@@ -10,6 +9,7 @@ from stepchain.errors import StepChainError, StepError
 from stepchain.mcp_client import McpPool, McpServerSpec
 from stepchain.model import ToolSpec
 from stepchain.render import render_value
+from stepchain.threads import run_in_thread
 
 
 def make_pool(runtime: Any) -> McpPool:
@@ -82,12 +82,12 @@ async def _ask(runtime: Any, server: str, tool: str, arguments: dict) -> None:
     async with runtime.approval_lock:  # one question at a time, even when steps run in parallel
         shown = runtime.mask(arguments)
         question = f"\nAllow MCP tool {server}.{tool} with arguments {shown}? [y/N] "
-        answer = await asyncio.to_thread(_prompt, question)
+        answer = await run_in_thread(_prompt, question=question)
     if answer.strip().lower() not in ("y", "yes"):
         raise StepError(f"MCP tool '{server}.{tool}' was not approved")
 
 
-def _prompt(question: str) -> str:
+def _prompt(*, question: str) -> str:
     sys.stderr.write(question)
     sys.stderr.flush()
     return sys.stdin.readline()

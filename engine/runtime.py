@@ -15,6 +15,7 @@ from stepchain.function_tools import FunctionTool, load_function_tool
 from stepchain.model import Pipeline, Step
 from stepchain.secrets import Masker
 from stepchain.settings import Settings
+from stepchain.threads import run_in_thread
 
 
 @dataclass
@@ -138,7 +139,7 @@ class Runtime:
     async def offload(self, func: Any, /, **kwargs: Any) -> Any:
         """Run blocking work: in a thread locally, or on a Dask worker with --executor dask."""
         if self.backend is None:
-            return await asyncio.to_thread(func, **kwargs)
+            return await run_in_thread(func, **kwargs)
         return await self.backend.run(func, **kwargs)
 
     @property

@@ -339,3 +339,85 @@ def _one_of_message(path: Path, instance: Any, schema: dict[str, Any]) -> str:
             return "an mcp tool needs one of command (stdio), url (streamable HTTP) or server_url (hosted)"
         return f"an mcp tool takes only one of command, url or server_url, not {' and '.join(given)}: keep one"
     return f"{instance!r} does not match any allowed form"
+
+
+# -- JSON Schemas written inside a pipeline: an input's schema, a step's output_schema -----------
+_JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
+_KEYWORDS = set(Draft202012Validator.META_SCHEMA.get("properties", {})) | {
+    "$schema", "$id", "$ref", "$defs", "$anchor", "$dynamicRef", "$dynamicAnchor", "$comment",
+    "$vocabulary", "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum",
+    "exclusiveMinimum", "maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems",
+    "maxContains", "minContains", "maxProperties", "minProperties", "required", "dependentRequired",
+    "properties", "patternProperties", "additionalProperties", "propertyNames", "items",
+    "prefixItems", "contains", "allOf", "anyOf", "oneOf", "not", "if", "then", "else",
+    "dependentSchemas", "unevaluatedItems", "unevaluatedProperties", "title", "description",
+    "default", "deprecated", "readOnly", "writeOnly", "examples", "format", "contentEncoding",
+    "contentMediaType", "contentSchema", "definitions", "dependencies",
+}  # fmt: skip
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_SCHEMA_VALUES = ("items", "additionalProperties", "not", "if", "then", "else", "contains",
+                  "propertyNames", "unevaluatedItems", "unevaluatedProperties", "contentSchema")  # fmt: skip
+
+
+def user_schema_problems(source: Source, path: Path, schema: Any, what: str) -> list[Problem]:
+    """Problems of a JSON Schema the pipeline declares, each at its place in the file."""
+    if not isinstance(schema, dict):
+        return []
+    try:
+        key = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):  # pragma: no cover - YAML only yields JSON types
+        return []
+    return [
+        source.problem((*path, *rel), f"{what} is not a valid JSON Schema: {message}")
+        for rel, message in _user_schema_findings(key)
+    ]
+
+
+@lru_cache(maxsize=1024)
+def _user_schema_findings(key: str) -> list[tuple[tuple, str]]:
+    schema = json.loads(key)
+    findings: dict[tuple, str] = {}
+    for error in Draft202012Validator(Draft202012Validator.META_SCHEMA).iter_errors(schema):
+        rel = tuple(error.absolute_path)
+        findings.setdefault(rel, _meta_message(rel, error))
+    for rel, word in _unknown_keywords(schema, ()):
+        findings.setdefault(
+            rel, f"unknown keyword '{word}'{did_you_mean(word, _KEYWORDS)}: a misspelt keyword is ignored"
+        )
+    return sorted(findings.items(), key=lambda item: [str(p) for p in item[0]])
+
+
+def _meta_message(rel: tuple, error: ValidationError) -> str:
+    instance = error.instance
+    if rel and rel[-1] == "type" or len(rel) > 1 and rel[-2] == "type":
+        bad = [t for t in (instance if isinstance(instance, list) else [instance]) if t not in _JSON_TYPES]
+        if bad and all(isinstance(t, str) for t in bad):
+            return (
+                f"'{bad[0]}' is not a JSON Schema type{did_you_mean(bad[0], _JSON_TYPES)}: "
+                f"use {', '.join(_JSON_TYPES[:-1])} or null"
+            )
+    if error.validator == "type":
+        return _type_message(rel, error.validator_value, instance)
+    return error.message
+
+
+def _unknown_keywords(schema: Any, rel: tuple) -> list[tuple[tuple, str]]:
+    """Keys of a schema that look like a misspelt keyword (propertes, requred, ...)."""
+    if not isinstance(schema, dict):
+        return []
+    found = [
+        ((*rel, k), k)
+        for k in schema
+        if k not in _KEYWORDS and did_you_mean(k, _KEYWORDS) and not k.startswith("x-")
+    ]
+    for name, value in schema.items():
+        if name in _SCHEMA_MAPS and isinstance(value, dict):
+            for prop, sub in value.items():
+                found += _unknown_keywords(sub, (*rel, name, prop))
+        elif name in _SCHEMA_LISTS and isinstance(value, list):
+            for i, sub in enumerate(value):
+                found += _unknown_keywords(sub, (*rel, name, i))
+        elif name in _SCHEMA_VALUES:
+            found += _unknown_keywords(value, (*rel, name))
+    return found

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -36,8 +36,7 @@ def environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(NamedTuple):
     """One use of a context root in a template, e.g. steps.orders.output at template line 3."""
 
     root: str
@@ -110,10 +109,10 @@ def references(source: str, *, expression: bool = False) -> list[Reference]:
         return _references(text)
     shape, keys = skeleton
     try:
-        found = _references(shape)
+        found = _indexed_references(shape)
     except TemplateSyntaxError:
         return _references(text)  # raises the error as the template itself would
-    return [_restore(ref, keys) for ref in found]
+    return [ref if i < 0 else ref._replace(key=keys[i]) for ref, i in found]
 
 
 # A template's *skeleton*: its tags with every literal reference key replaced by a placeholder and
@@ -122,9 +121,9 @@ def references(source: str, *, expression: bool = False) -> list[Reference]:
 # not 10,000. Only templates whose tags the regex below provably splits exactly as Jinja's lexer
 # does get a skeleton: no braces inside tags, strings without escapes, no {% raw %}.
 _SIMPLE_TAG = re.compile(
-    r"""\{\{-?(?:[^'"{}]|'[^'\\]*'|"[^"\\]*")*?-?\}\}"""
-    r"""|\{%-?(?:[^'"{}]|'[^'\\]*'|"[^"\\]*")*?-?%\}"""
-    r"|\{#.*?#\}",
+    r"""(\{\{(?:[^'"{}]++|'[^'\\]*'|"[^"\\]*")*+\}\}"""
+    r"""|\{%(?:[^'"{}%]++|%(?!\})|'[^'\\]*'|"[^"\\]*")*+%\}"""
+    r"|\{#.*?#\})",
     re.DOTALL,
 )
 _KEY = re.compile(
@@ -133,40 +132,35 @@ _KEY = re.compile(
 )
 _STRING = re.compile(r"'[^'\\]*'|\"[^\"\\]*\"")
 _PLACEHOLDER = re.compile(r"__k([0-9]+)__")
+_RAW = re.compile(r"\{%[-+]?\s*raw\b")
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 
 
 def _skeleton(text: str) -> tuple[str, list[str]] | None:
-    if "{%" in text and re.search(r"\{%-?\s*raw\b", text):
-        return None
-    parts: list[str] = []
+    if "{%" in text and _RAW.search(text) or "__k" in text:
+        return None  # {% raw %} changes the lexer; __k is what placeholders look like
+    pieces = _SIMPLE_TAG.split(text)  # text, tag, text, tag, ..., text
+    texts = pieces[::2]
+    joined = "\0".join(texts)
+    if "{{" in joined or "{%" in joined or "{#" in joined or "{\0" in joined:
+        return None  # a tag the regex could not split: leave it to Jinja
+    parts = [_lines(p) if i % 2 == 0 or p.startswith("{#") else p for i, p in enumerate(pieces)]
     keys: list[str] = []
-    pos = 0
 
     def placeholder(match: re.Match[str]) -> str:
-        root, name = match.group(1), match.group(2)
-        keys.append(name or match.group(4))
-        if name:
-            return f"{root}.__k{len(keys) - 1}__"
-        return f"{root}['__k{len(keys) - 1}__']"
+        keys.append(match.group(2) or match.group(4))
+        if match.group(2):
+            return f"{match.group(1)}.__k{len(keys) - 1}__"
+        return f"{match.group(1)}['__k{len(keys) - 1}__']"
 
-    for tag in _SIMPLE_TAG.finditer(text):
-        between = text[pos : tag.start()]
-        if "{{" in between or "{%" in between or "{#" in between or between.endswith("{"):
-            return None
-        if "\n" in between or "\r" in between:
-            parts.append("".join(_NEWLINES.findall(between)))
-        body = tag.group()
-        if body.startswith("{#"):
-            parts.append("".join(_NEWLINES.findall(body)))
-        else:
-            parts.append(_blank_strings(_KEY.sub(placeholder, body)))
-        pos = tag.end()
-    rest = text[pos:]
-    if "{{" in rest or "{%" in rest or "{#" in rest:
-        return None
-    parts.append("".join(_NEWLINES.findall(rest)))
-    return "".join(parts), keys
+    return _blank_strings(_KEY.sub(placeholder, "".join(parts))), keys
+
+
+def _lines(text: str) -> str:
+    """Only the line breaks of `text`, so line numbers stay those of the template."""
+    if "\n" not in text and "\r" not in text:
+        return ""
+    return "".join(_NEWLINES.findall(text))
 
 
 def _blank_strings(body: str) -> str:
@@ -179,7 +173,7 @@ def _blank_strings(body: str) -> str:
         subscript = before.endswith("[") and before[:-1].rstrip()[-1:] in _SUBSCRIPTABLE
         out.append(body[pos : match.start()])
         literal = match.group()
-        out.append(literal if subscript else literal[0] + "".join(_NEWLINES.findall(literal)) + literal[0])
+        out.append(literal if subscript else literal[0] + _lines(literal) + literal[0])
         pos = match.end()
     out.append(body[pos:])
     return "".join(out)
@@ -188,14 +182,14 @@ def _blank_strings(body: str) -> str:
 _SUBSCRIPTABLE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_)]'\"")
 
 
-def _restore(ref: Reference, keys: list[str]) -> Reference:
-    if not (ref.key and ref.key.startswith("__k")):
-        return ref
-    match = _PLACEHOLDER.fullmatch(ref.key)
-    if match and int(match.group(1)) < len(keys):
-        key = keys[int(match.group(1))]
-        return Reference(ref.root, key, ref.attr, ref.lineno, ref.dynamic)
-    return ref
+@lru_cache(maxsize=4096)
+def _indexed_references(shape: str) -> list[tuple[Reference, int]]:
+    """A skeleton's references, each with the index of its placeholder key (or -1)."""
+    out = []
+    for ref in _references(shape):
+        match = _PLACEHOLDER.fullmatch(ref.key or "")
+        out.append((ref, int(match.group(1)) if match else -1))
+    return out
 
 
 @lru_cache(maxsize=65536)
@@ -203,7 +197,23 @@ def _references(text: str) -> list[Reference]:
     tree = environment().parse(text)
     found: list[Reference] = []
     _walk(tree, found, set())
+    # any other free name is undefined when rendered (strict undefined): report it too
+    bound = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    bound |= {n.name for n in tree.find_all(nodes.Macro)}
+    bound |= {n.target for n in tree.find_all(nodes.Import)}
+    for node in tree.find_all(nodes.FromImport):
+        bound |= {n if isinstance(n, str) else n[-1] for n in node.names}
+    free = {
+        (n.name, n.lineno)
+        for n in tree.find_all(nodes.Name)
+        if n.ctx == "load" and n.name not in ROOTS and n.name not in bound and n.name not in _GLOBALS
+    }
+    found += [Reference(name, None, None, lineno) for name, lineno in sorted(free, key=lambda f: f[1])]
     return found
+
+
+_GLOBALS = {"range", "dict", "lipsum", "cycler", "joiner", "namespace", "loop", "self", "caller",
+            "varargs", "kwargs"}  # fmt: skip
 
 
 def _walk(node: nodes.Node, found: list[Reference], locals_: set[str]) -> None:

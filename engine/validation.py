@@ -8,18 +8,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jinja2 import TemplateSyntaxError
-from jsonschema import Draft202012Validator, SchemaError
-from jsonschema import ValidationError as SchemaValidationError
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from stepchain.errors import Problem
 from stepchain.graph import build_graph, find_cycles
 from stepchain.model import KINDS, LLM_FIELDS
-from stepchain.schema import did_you_mean
-from stepchain.templates import Reference, references
+from stepchain.schema import did_you_mean, user_schema_problems
+from stepchain.templates import ROOTS, Reference, references
 from stepchain.yaml_source import Path, Source
 
 _TEMPLATED_STEP_FIELDS = ("prompt", "system", "template", "model", "run", "with")
 _STEP_ATTRS = ("output", "status")
+_HOSTED = ("web_search", "file_search", "code_interpreter")
+_CONTEXT = "a template can use inputs, steps, env, secrets and run (and item, index in a foreach step)"
 
 
 @dataclass
@@ -30,59 +32,66 @@ class Checked:
     problems: list[Problem] = field(default_factory=list)
 
 
+@dataclass
+class _Scope:
+    """What a template may refer to."""
+
+    ids: set[str]
+    inputs: set[str]
+    env: set[str]
+    secrets: set[str]
+    foreach: bool = False  # item and index are defined
+    steps_allowed: bool = True
+
+
 def check_semantics(source: Source) -> Checked:
     """All checks that need more than the schema. Works on partially broken documents too."""
     data = source.data if isinstance(source.data, dict) else {}
     checked = Checked()
+    raw_steps = data.get("steps") if isinstance(data.get("steps"), list) else []
     steps = [
-        (i, s)
-        for i, s in enumerate(data.get("steps") or [] if isinstance(data.get("steps"), list) else [])
-        if isinstance(s, dict) and isinstance(s.get("id"), str)
+        (i, s) for i, s in enumerate(raw_steps) if isinstance(s, dict) and isinstance(s.get("id"), str)
     ]
-    ids = _check_ids(source, steps, checked)
     inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
-    names = {
-        "inputs": set(inputs),
-        "env": _names(data.get("env")),
-        "secrets": _names(data.get("secrets")),
-    }
     tools = data.get("tools") if isinstance(data.get("tools"), dict) else {}
+    scope = _Scope(
+        _check_ids(source, steps, checked), set(inputs), _names(data.get("env")), _names(data.get("secrets"))
+    )
     _check_inputs(source, inputs, checked)
     for i, step in steps:
         deps = checked.deps.setdefault(step["id"], set())
-        for dep_index, dep in enumerate(step.get("needs") or []):
-            if not isinstance(dep, str):
-                continue
-            if dep not in ids:
-                checked.problems.append(
-                    source.problem(
-                        ("steps", i, "needs", dep_index),
-                        f"unknown step '{dep}' in needs{did_you_mean(dep, ids)}",
-                    )
-                )
-            else:
-                deps.add(dep)
-        scope = dict(names, foreach="foreach" in step)
+        deps |= _check_needs(source, i, step, scope.ids, checked)
+        in_foreach = _Scope(**{**vars(scope), "foreach": "foreach" in step})
         for path, text, is_expr in _templated(step, ("steps", i)):
-            deps |= _check_template(source, path, text, is_expr, ids, scope, checked)
+            deps |= _check_template(source, path, text, is_expr, in_foreach, checked)
         _check_kind_fields(source, i, step, checked)
         _check_tool_use(source, i, step, tools, checked)
-        _check_output_schema(source, i, step, checked)
+        checked.problems += user_schema_problems(
+            source, ("steps", i, "output_schema"), step.get("output_schema"), "output_schema"
+        )
+    tool_scope = _Scope(**{**vars(scope), "steps_allowed": False})
     for name, tool in tools.items():
         if isinstance(tool, dict) and isinstance(tool.get("env"), dict):
-            for key, value in tool["env"].items():
-                if isinstance(value, str):
-                    scope = dict(names, foreach=False, steps_allowed=False)
-                    _check_template(source, ("tools", name, "env", key), value, False, ids, scope, checked)
+            for path, text in _strings(tool["env"], ("tools", name, "env")):
+                _check_template(source, path, text, False, tool_scope, checked)
     outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
     for path, text in _strings(outputs, ("outputs",)):
-        _check_template(source, path, text, False, ids, dict(names, foreach=False), checked)
+        _check_template(source, path, text, False, scope, checked)
     _check_cycles(source, steps, checked)
     return checked
 
 
 def _names(value: Any) -> set[str]:
     return {v for v in value if isinstance(v, str)} if isinstance(value, list) else set()
+
+
+def _unknown(what: str, name: str, known: set[str], fallback: str) -> str:
+    hint = did_you_mean(name, known)
+    if hint:
+        return f"unknown {what} '{name}'{hint}"
+    if known and len(known) <= 8:
+        return f"unknown {what} '{name}': the {what}s are {', '.join(sorted(known))}"
+    return f"unknown {what} '{name}': {fallback}"
 
 
 def _check_ids(source: Source, steps: list[tuple[int, dict]], checked: Checked) -> set[str]:
@@ -92,30 +101,45 @@ def _check_ids(source: Source, steps: list[tuple[int, dict]], checked: Checked) 
         if sid in first:
             line = source.where(("steps", first[sid], "id"))[0]
             checked.problems.append(
-                source.problem(("steps", i, "id"), f"duplicate step id '{sid}' (first used at line {line})")
+                source.problem(
+                    ("steps", i, "id"),
+                    f"duplicate step id '{sid}' (first used at line {line}): give each step its own id",
+                )
             )
         else:
             first[sid] = i
     return set(first)
 
 
+def _check_needs(source: Source, i: int, step: dict, ids: set[str], checked: Checked) -> set[str]:
+    needs = step.get("needs")
+    if not isinstance(needs, list):
+        return set()  # the schema reports it
+    found = set()
+    for j, dep in enumerate(needs):
+        if isinstance(dep, str) and dep in ids:
+            found.add(dep)
+        elif isinstance(dep, str):
+            message = _unknown("step", dep, ids, "no step has this id; remove it from needs")
+            checked.problems.append(source.problem(("steps", i, "needs", j), f"{message} (in needs)"))
+    return found
+
+
 def _check_inputs(source: Source, inputs: dict[str, Any], checked: Checked) -> None:
     for name, schema in inputs.items():
         if not isinstance(schema, dict):
             continue
-        try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as exc:
-            checked.problems.append(
-                source.problem(("inputs", name, *exc.path), f"not a valid JSON Schema: {exc.message}")
-            )
-            continue
-        if "default" in schema:
-            try:
-                Draft202012Validator(schema).validate(schema["default"])
-            except SchemaValidationError as exc:
+        found = user_schema_problems(source, ("inputs", name), schema, f"input '{name}'")
+        checked.problems += found
+        if "default" in schema and not found:
+            error = best_match(Draft202012Validator(schema).iter_errors(schema["default"]))
+            if error is not None:
                 checked.problems.append(
-                    source.problem(("inputs", name, "default"), f"default does not match its schema: {exc.message}")
+                    source.problem(
+                        ("inputs", name, "default"),
+                        f"default {schema['default']!r} does not match the input's schema "
+                        f"({error.message}): change the default or the schema",
+                    )
                 )
 
 
@@ -141,84 +165,135 @@ def _strings(value: Any, path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def _check_template(
-    source: Source,
-    path: Path,
-    text: str,
-    is_expr: bool,
-    ids: set[str],
-    scope: dict[str, Any],
-    checked: Checked,
+    source: Source, path: Path, text: str, is_expr: bool, scope: _Scope, checked: Checked
 ) -> set[str]:
     """Problems of one template; returns the step ids it references."""
     try:
         refs = references(text, expression=is_expr)
     except TemplateSyntaxError as exc:
-        line, col = _template_position(source, path, exc.lineno or 1, None)
-        what = "expression" if is_expr else "template"
-        checked.problems.append(
-            Problem(source.file, line, col, _fmt(path), f"Jinja {what} syntax error: {exc.message}")
-        )
+        message, lineno, opener = _syntax_message(text, exc, is_expr)
+        line, col = _template_position(source, path, lineno, opener)
+        checked.problems.append(Problem(source.file, line, col, source.display(path), message))
         return set()
     found: set[str] = set()
+    where = path[-1] if path[-1] in ("when", "foreach") else None
     for ref in refs:
-        message = _reference_problem(ref, ids, scope)
+        message = _reference_problem(ref, scope, where)
         if message:
-            line, col = _template_position(source, path, ref.lineno, ref)
-            checked.problems.append(Problem(source.file, line, col, _fmt(path), message))
+            pattern = _reference_pattern(ref)
+            line, col = _template_position(source, path, ref.lineno, pattern)
+            checked.problems.append(Problem(source.file, line, col, source.display(path), message))
         elif ref.root == "steps" and ref.key:
             found.add(ref.key)
     return found
 
 
-def _reference_problem(ref: Reference, ids: set[str], scope: dict[str, Any]) -> str | None:
-    if ref.root == "steps":
-        if scope.get("steps_allowed") is False:
+def _reference_problem(ref: Reference, scope: _Scope, where: str | None) -> str | None:
+    root, key = ref.root, ref.key
+    if root == "steps":
+        if not scope.steps_allowed:
             return "tool settings cannot use step outputs: they are fixed for the whole run"
-        if ref.key is None:
+        if key is None:
             return (
                 "steps must be referenced by a literal id, e.g. steps.fetch.output "
                 'or steps["my-step"].output'
             )
-        if ref.key not in ids:
-            return f"unknown step '{ref.key}'{did_you_mean(ref.key, ids)}"
+        if key not in scope.ids:
+            return _unknown("step", key, scope.ids, "no step has this id")
         if ref.attr is not None and ref.attr not in _STEP_ATTRS:
-            return f"steps.{ref.key} has no '{ref.attr}': use steps.{ref.key}.output or .status"
+            return f"steps.{key} has no '{ref.attr}': use steps.{key}.output or .status"
         return None
-    if ref.root in ("item", "index"):
-        return None if scope.get("foreach") else f"'{ref.root}' is only defined in a foreach step"
-    if ref.root == "run":
-        return None if ref.key in (None, "id") else f"run has no '{ref.key}': only run.id"
-    declared = scope.get(ref.root, set())
-    if ref.key is None or ref.key in declared:
+    if root in ("item", "index"):
+        if where is not None and scope.foreach:
+            return f"'{root}' is not defined in {where}: {where} is evaluated once, before the items"
+        if scope.foreach:
+            return None
+        return f"'{root}' is only defined in a foreach step: add foreach: <list> to this step, or use a step output"
+    if root == "run":
+        return None if key in (None, "id") else f"run has no '{key}': only run.id"
+    if root not in ROOTS:
+        return f"unknown name '{root}'{did_you_mean(root, ROOTS)}: {_CONTEXT}"
+    declared = {"inputs": scope.inputs, "env": scope.env, "secrets": scope.secrets}[root]
+    if key is None or key in declared:
         return None
-    if ref.root == "inputs":
-        return f"unknown input '{ref.key}'{did_you_mean(ref.key, declared)}"
-    return f"{ref.root}.{ref.key} is not declared: add {ref.key} to `{ref.root}:` at the top of the pipeline"
+    if root == "inputs":
+        return _unknown("input", key, declared, "declare it under `inputs:`")
+    return f"{root}.{key} is not declared: add {key} to `{root}:` at the top of the pipeline"
 
 
-def _template_position(source: Source, path: Path, lineno: int, ref: Reference | None) -> tuple[int, int]:
+def _reference_pattern(ref: Reference) -> re.Pattern[str]:
+    pattern = rf"(?<![\w.]){re.escape(ref.root)}\b"
+    if ref.key:
+        key = re.escape(ref.key)
+        pattern += rf"\s*(?:\.\s*{key}(?!\w)|\[\s*['\"]{key}['\"])"
+    return re.compile(pattern)
+
+
+_TOKEN_NAMES = {
+    "'end of print statement'": "'}}'",
+    "'end of statement block'": "'%}'",
+    "'begin of print statement'": "'{{'",
+    "'end of template'": "the end of the template",
+}
+_BLOCK_TAG = re.compile(r"\{%[-+]?\s*(\w+)")
+_BLOCKS = {"for", "if", "macro", "call", "filter", "with", "block", "autoescape", "raw", "trans"}
+
+
+def _syntax_message(text: str, exc: TemplateSyntaxError, is_expr: bool) -> tuple[str, int, Any]:
+    """The message, the template line, and what to look for on it."""
+    what = "expression" if is_expr else "template"
+    message = exc.message or "syntax error"
+    unclosed = re.search(r"innermost block that needs to be closed is '(\w+)'", message)
+    if unclosed and not is_expr:
+        opener = _innermost_open(text, unclosed.group(1))
+        if opener is not None:
+            name, lineno = unclosed.group(1), opener[0]
+            return (
+                f"Jinja {what} syntax error: {{% {name} %}} is never closed: add {{% end{name} %}}",
+                lineno,
+                re.compile(r"\{%[-+]?\s*" + name + r"\b"),
+            )
+    for jinja_name, shown in _TOKEN_NAMES.items():
+        message = message.replace(jinja_name, "the end of the expression" if is_expr and shown == "'}}'" else shown)
+    tag = re.search(r"unknown tag '(\w+)'", message)
+    pattern = re.compile(r"\{%[-+]?\s*" + tag.group(1) + r"\b") if tag else None
+    return f"Jinja {what} syntax error: {message}", exc.lineno or 1, pattern
+
+
+def _innermost_open(text: str, name: str) -> tuple[int] | None:
+    """Template line of the innermost block tag `name` that has no end tag."""
+    stack: list[tuple[str, int]] = []
+    for match in _BLOCK_TAG.finditer(text):
+        tag = match.group(1)
+        lineno = text.count("\n", 0, match.start()) + 1
+        if tag in _BLOCKS or tag == "set" and "=" not in text[match.end() : text.find("%}", match.end())]:
+            stack.append((tag, lineno))
+        elif tag.startswith("end") and stack and stack[-1][0] == tag[3:]:
+            stack.pop()
+    opened = [lineno for tag, lineno in stack if tag == name]
+    return (opened[-1],) if opened else None
+
+
+def _template_position(
+    source: Source, path: Path, lineno: int, pattern: re.Pattern[str] | None
+) -> tuple[int, int]:
+    """Where template line `lineno` (and `pattern` on it, if given) is in the file."""
     line, col = source.where(path)
-    block = path in source.block_scalars
-    file_line = line + lineno if block else line + lineno - 1
-    text_lines = source.text.splitlines()
-    if not 0 < file_line <= len(text_lines):
-        return line, col
-    content = text_lines[file_line - 1]
-    start = col - 1 if not block and lineno == 1 else len(content) - len(content.lstrip())
-    if ref is not None:
-        pattern = rf"\b{re.escape(ref.root)}\b"
-        if ref.key:
-            pattern += rf"\s*(\.\s*{re.escape(ref.key)}\b|\[\s*['\"]{re.escape(ref.key)}['\"])"
-        match = re.compile(pattern).search(content, start) or re.compile(rf"\b{ref.root}\b").search(content, start)
+    if path in source.block_scalars:  # `|`: template line n is the n-th line below the key
+        file_line = line + lineno
+        content = source.line(file_line)
+        indent = len(content) - len(content.lstrip())
+        match = pattern.search(content, indent) if pattern else None
+        return file_line, (match.start() if match else indent) + 1
+    end_line = source.ends.get(path, (line, col))[0]
+    for number in range(line, end_line + 1):  # quoted, plain or folded: YAML joined the lines
+        content = source.line(number)
+        match = pattern.search(content, col - 1 if number == line else 0) if pattern else None
         if match:
-            return file_line, match.start() + 1
-    return file_line, start + 1
-
-
-def _fmt(path: Path) -> str:
-    from stepchain.yaml_source import format_path
-
-    return format_path(path)
+            return number, match.start() + 1
+    if path not in source.folded and end_line == line:
+        return line, col
+    return min(line + lineno - 1, end_line), col if lineno == 1 else 1
 
 
 def _check_kind_fields(source: Source, i: int, step: dict[str, Any], checked: Checked) -> None:
@@ -234,7 +309,7 @@ def _check_kind_fields(source: Source, i: int, step: dict[str, Any], checked: Ch
         checked.problems.append(
             source.problem(
                 ("steps", i, name),
-                f"'{name}' only applies to {owner} steps, and this is a {kind} step",
+                f"'{name}' only applies to {owner} steps, and this is a {kind} step: remove it",
                 key=True,
             )
         )
@@ -250,16 +325,19 @@ def _check_tool_use(source: Source, i: int, step: dict[str, Any], tools: dict, c
         for j, name in enumerate(step["tools"]):
             if isinstance(name, str) and name not in tools:
                 checked.problems.append(
-                    source.problem(
-                        ("steps", i, "tools", j),
-                        f"unknown tool '{name}'{did_you_mean(name, set(tools))}: define it under `tools:`",
-                    )
+                    source.problem(("steps", i, "tools", j), _unknown_tool(name, tools))
                 )
+
+
+def _unknown_tool(name: str, tools: dict) -> str:
+    if name in _HOSTED:
+        return f"unknown tool '{name}': declare it under `tools:` as {name}: {{type: {name}}}"
+    return f"{_unknown('tool', name, set(tools), 'no tool has this name')}: define it under `tools:`"
 
 
 def _tool_step_problem(name: str, remote: str, tools: dict) -> str | None:
     if name not in tools:
-        return f"unknown tool '{name}'{did_you_mean(name, set(tools))}: define it under `tools:`"
+        return _unknown_tool(name, tools)
     tool = tools[name]
     if not isinstance(tool, dict):
         return None
@@ -268,38 +346,34 @@ def _tool_step_problem(name: str, remote: str, tools: dict) -> str | None:
         return f"'{name}' is a function tool: call it as tool: {name}"
     if kind == "mcp":
         if "server_url" in tool:
-            return f"'{name}' is a hosted MCP server run by the LLM provider; offer it to a prompt step"
+            return f"'{name}' is a hosted MCP server run by the LLM provider: offer it to a prompt step with tools: [{name}]"
         if not remote:
             return f"'{name}' is an MCP server: name the remote tool, e.g. tool: {name}.<tool name>"
         allowed = tool.get("allowed_tools")
         if isinstance(allowed, list) and remote not in allowed:
-            return f"MCP tool '{remote}' is not in allowed_tools of '{name}' ({', '.join(map(str, allowed))})"
-    if kind in ("web_search", "file_search", "code_interpreter"):
-        return f"'{name}' ({kind}) is run by the LLM provider; offer it to a prompt step with tools: [{name}]"
+            return (
+                f"MCP tool '{remote}' is not in allowed_tools of '{name}' "
+                f"({', '.join(map(str, allowed))}): use one of those, or add it to allowed_tools"
+            )
+    if kind in _HOSTED:
+        return f"'{name}' ({kind}) is run by the LLM provider: offer it to a prompt step with tools: [{name}]"
     return None
 
 
-def _check_output_schema(source: Source, i: int, step: dict[str, Any], checked: Checked) -> None:
-    schema = step.get("output_schema")
-    if not isinstance(schema, dict):
-        return
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        checked.problems.append(
-            source.problem(
-                ("steps", i, "output_schema", *exc.path),
-                f"output_schema is not a valid JSON Schema: {exc.message}",
-            )
-        )
-
-
 def _check_cycles(source: Source, steps: list[tuple[int, dict]], checked: Checked) -> None:
-    index = {}
+    index: dict[str, int] = {}
     for i, step in steps:
         index.setdefault(step["id"], i)
     graph = build_graph(checked.deps)
     for cycle in find_cycles(graph, list(index)):
-        checked.problems.append(
-            source.problem(("steps", index[cycle[0]], "id"), "cycle: " + " -> ".join(cycle))
-        )
+        if len(cycle) == 2:
+            message = (
+                f"cycle: {cycle[0]} -> {cycle[0]}: the step refers to its own output; "
+                "use an earlier step's output instead"
+            )
+        else:
+            message = (
+                f"cycle: {' -> '.join(cycle)}: a step cannot wait for itself; "
+                "remove one of these dependencies"
+            )
+        checked.problems.append(source.problem(("steps", index[cycle[0]], "id"), message))

@@ -254,7 +254,7 @@ def test_sigint_records_in_flight_steps_as_interrupted_and_exits_130(cli, write,
 
 
 def test_second_process_on_the_same_run_id_gets_a_clear_error(cli, write, calls_log):
-    path = write("chain.yaml", CHAIN)
+    path = write("chain.yaml", CHAIN.replace("seconds: 0.4}}\n  - {id: s2", "seconds: 60}}\n  - {id: s2"))
     first = cli.spawn("run", path, "--run-id", "busy")
     try:
         wait_for(lambda: "start s1" in calls(calls_log))
@@ -263,10 +263,12 @@ def test_second_process_on_the_same_run_id_gets_a_clear_error(cli, write, calls_
         assert "error: run 'busy' is being driven by another process" in second.stderr
         assert "Traceback" not in second.stderr
     finally:
-        first.communicate(timeout=30)
-    assert first.returncode == 0
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=90)
+    assert first.returncode == 130
     state = json.loads(cli("runs", "show", "busy", "--json").stdout)
-    assert [s["status"] for s in state["steps"].values()] == ["completed"] * 4
+    assert state["status"] == "interrupted"  # the first driver's record, untouched by the second
+    assert state["steps"]["s1"]["status"] == "interrupted"
 
 
 def test_resume_after_edit_reruns_changed_steps_and_their_dependents(cli, write, calls_log):
