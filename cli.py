@@ -63,6 +63,20 @@ class StepChainGroup(click.Group):
             if exc.hint:
                 click.echo(f"  hint: {exc.hint}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if os.environ.get("STEPCHAIN_DEBUG"):
+                raise
+            click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+            click.echo(
+                "  hint: this is a bug in StepChain; STEPCHAIN_DEBUG=1 shows the traceback",
+                err=True,
+            )
+            sys.exit(70)
 
 
 @click.group(cls=StepChainGroup)

@@ -85,13 +85,13 @@ def _names(value: Any) -> set[str]:
     return {v for v in value if isinstance(v, str)} if isinstance(value, list) else set()
 
 
-def _unknown(what: str, name: str, known: set[str], fallback: str) -> str:
+def _unknown(what: str, name: str, known: set[str], todo: str, context: str = "") -> str:
+    """unknown step 'x' (did you mean 'y'?), or what to do and, when few, the known names."""
     hint = did_you_mean(name, known)
     if hint:
-        return f"unknown {what} '{name}'{hint}"
-    if known and len(known) <= 8:
-        return f"unknown {what} '{name}': the {what}s are {', '.join(sorted(known))}"
-    return f"unknown {what} '{name}': {fallback}"
+        return f"unknown {what} '{name}'{context}{hint}"
+    listed = f" ({what}s: {', '.join(sorted(known))})" if 0 < len(known) <= 8 else ""
+    return f"unknown {what} '{name}'{context}: {todo}{listed}"
 
 
 def _check_ids(source: Source, steps: list[tuple[int, dict]], checked: Checked) -> set[str]:
@@ -120,8 +120,8 @@ def _check_needs(source: Source, i: int, step: dict, ids: set[str], checked: Che
         if isinstance(dep, str) and dep in ids:
             found.add(dep)
         elif isinstance(dep, str):
-            message = _unknown("step", dep, ids, "no step has this id; remove it from needs")
-            checked.problems.append(source.problem(("steps", i, "needs", j), f"{message} (in needs)"))
+            message = _unknown("step", dep, ids, "remove it, or add a step with this id", " in needs")
+            checked.problems.append(source.problem(("steps", i, "needs", j), message))
     return found
 
 
@@ -175,8 +175,11 @@ def _check_template(
         line, col = _template_position(source, path, lineno, opener)
         checked.problems.append(Problem(source.file, line, col, source.display(path), message))
         return set()
+    except RecursionError:
+        checked.problems.append(source.problem(path, "template nested too deeply to check: simplify it"))
+        return set()
     found: set[str] = set()
-    where = path[-1] if path[-1] in ("when", "foreach") else None
+    where = str(path[-1]) if is_expr else None
     for ref in refs:
         message = _reference_problem(ref, scope, where)
         if message:
@@ -199,7 +202,7 @@ def _reference_problem(ref: Reference, scope: _Scope, where: str | None) -> str 
                 'or steps["my-step"].output'
             )
         if key not in scope.ids:
-            return _unknown("step", key, scope.ids, "no step has this id")
+            return _unknown("step", key, scope.ids, "add a step with this id, or fix the reference")
         if ref.attr is not None and ref.attr not in _STEP_ATTRS:
             return f"steps.{key} has no '{ref.attr}': use steps.{key}.output or .status"
         return None
@@ -244,7 +247,7 @@ def _syntax_message(text: str, exc: TemplateSyntaxError, is_expr: bool) -> tuple
     what = "expression" if is_expr else "template"
     message = exc.message or "syntax error"
     unclosed = re.search(r"innermost block that needs to be closed is '(\w+)'", message)
-    if unclosed and not is_expr:
+    if unclosed and message.startswith("Unexpected end of template") and not is_expr:
         opener = _innermost_open(text, unclosed.group(1))
         if opener is not None:
             name, lineno = unclosed.group(1), opener[0]
@@ -254,7 +257,7 @@ def _syntax_message(text: str, exc: TemplateSyntaxError, is_expr: bool) -> tuple
                 re.compile(r"\{%[-+]?\s*" + name + r"\b"),
             )
     for jinja_name, shown in _TOKEN_NAMES.items():
-        message = message.replace(jinja_name, "the end of the expression" if is_expr and shown == "'}}'" else shown)
+        message = message.replace(jinja_name, "end of expression" if is_expr and shown == "'}}'" else shown)
     tag = re.search(r"unknown tag '(\w+)'", message)
     pattern = re.compile(r"\{%[-+]?\s*" + tag.group(1) + r"\b") if tag else None
     return f"Jinja {what} syntax error: {message}", exc.lineno or 1, pattern
@@ -332,7 +335,7 @@ def _check_tool_use(source: Source, i: int, step: dict[str, Any], tools: dict, c
 def _unknown_tool(name: str, tools: dict) -> str:
     if name in _HOSTED:
         return f"unknown tool '{name}': declare it under `tools:` as {name}: {{type: {name}}}"
-    return f"{_unknown('tool', name, set(tools), 'no tool has this name')}: define it under `tools:`"
+    return _unknown("tool", name, set(tools), "define it under `tools:`")
 
 
 def _tool_step_problem(name: str, remote: str, tools: dict) -> str | None:
