@@ -26,8 +26,16 @@ class Settings:
 
     def ensure_home(self) -> Path:
         """Create the state folder, private to the user (0700)."""
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.home.chmod(0o700)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.home.chmod(0o700)
+        except OSError as exc:
+            from stepchain.errors import StepChainError
+
+            raise StepChainError(
+                f"cannot use {self.home} as the state folder: {exc.strerror or exc}",
+                "set STEPCHAIN_HOME (or storage_path= in setup_stepchain()) to a writable folder",
+            ) from None
         return self.home
 
 

@@ -30,6 +30,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "STEPCHAIN_DASK_SCHEDULER",
     ):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STEPCHAIN_DEBUG", "1")  # a bug surfaces as a traceback in tests
     monkeypatch.chdir(tmp_path)
     token = settings_module._configured.set(None)
     yield home

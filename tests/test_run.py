@@ -358,3 +358,12 @@ def test_two_pipelines_with_same_named_tool_modules_in_one_process(write):
         )
     outputs = [Executor().run(f"{folder}/p.yaml").steps["s"].output for folder in ("one", "two")]
     assert outputs == ["first", "second"]
+
+
+def test_unusable_state_folder_is_a_clear_error(cli, write, monkeypatch):
+    path = write("p.yaml", "version: 1\nname: t\nsteps: [{id: a, template: x}]\n")
+    write("home", "a file where the state folder should be")
+    monkeypatch.setenv("STEPCHAIN_HOME", str(path.parent / "home"))
+    result = cli("run", path)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: cannot use {path.parent / 'home'} as the state folder")
