@@ -55,6 +55,7 @@ class Scheduler:
         self.previous = previous
         self.observe = observer or (lambda *_: None)
         self.results: dict[str, StepResult] = {}
+        self.visible: dict[str, dict[str, Any]] = {}  # what templates see as `steps`
         self.slots = asyncio.Semaphore(max(1, self.options.max_concurrent))
         self.running: dict[asyncio.Task, str] = {}
         self.stop_reason: str | None = None  # set by --fail-fast or an interrupt
@@ -120,6 +121,7 @@ class Scheduler:
         if result.step_id in self.results:
             return  # a skipped step recorded by _start
         self.results[result.step_id] = result
+        self.visible[result.step_id] = {"output": result.output, "status": result.status}
         step = self.pipeline.step(result.step_id)
         self.storage.save_step(self.rt.run_id, step.index, result)
         if result.status == "failed" and not step.continue_on_error and self.options.fail_fast:
@@ -175,11 +177,9 @@ class Scheduler:
         return result
 
     def _context(self, step: Step) -> dict[str, Any]:
-        context = self.rt.base_context()
-        context["steps"] = {
-            sid: {"output": r.output, "status": r.status} for sid, r in self.results.items()
-        }
-        return context
+        # Shared, not copied per step (that would be quadratic): templates cannot mutate it in
+        # the immutable sandbox, and a step renders before anything else can finish.
+        return {**self.rt.base_context(), "steps": self.visible}
 
     def _prepare(self, step: Step, context: dict[str, Any]) -> tuple[dict[str, Any], str]:
         request = kind_module(step.kind).render_request(step, context, self.rt)
@@ -305,13 +305,10 @@ class Scheduler:
             status = "failed"
         else:
             status = "completed"
-        return RunResult(self.rt.run_id, status, ordered, self._outputs(ordered), dict(self.spent))
+        return RunResult(self.rt.run_id, status, ordered, self._outputs(), dict(self.spent))
 
-    def _outputs(self, results: dict[str, StepResult]) -> dict[str, Any]:
-        context = self.rt.base_context()
-        context["steps"] = {
-            sid: {"output": r.output, "status": r.status} for sid, r in results.items()
-        }
+    def _outputs(self) -> dict[str, Any]:
+        context = {**self.rt.base_context(), "steps": self.visible}
         outputs = {}
         for name, template in self.pipeline.outputs.items():
             try:
