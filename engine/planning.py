@@ -85,7 +85,7 @@ def _plan_step(
     step: Step, runtime: Runtime, cache: ResultCache, known: dict[str, dict[str, Any]]
 ) -> tuple[Action, str | None]:
     context = runtime.base_context()
-    context["steps"] = dict(known)
+    context["steps"] = known  # shared: copying it per step would be quadratic
     missing = sorted(n for n in step.needs if n not in known)
     if missing:
         if step.when is not None and _known_false(step, context, runtime):
