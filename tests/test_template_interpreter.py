@@ -1,0 +1,159 @@
+"""The AST interpreter renders exactly what compiled Jinja renders, errors included."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jinja2 import nodes
+from stepchain.template_interpreter import Interpreter, supported
+from stepchain.templates import environment
+
+CONTEXT = {
+    "inputs": {"quarter": "Q4 2023", "top_n": 3, "flags": [True, False], "empty": []},
+    "steps": {
+        "orders": {
+            "output": [{"name": "a", "amount": 2.5}, {"name": "b", "amount": 4}],
+            "status": "completed",
+        },
+        "my-step": {"output": "text out", "status": "skipped"},
+        "none": {"output": None, "status": "failed"},
+    },
+    "env": {"REGION": "eu"},
+    "secrets": {},
+    "run": {"id": "r-1"},
+    "item": {"name": "kitchen", "tags": ["x", "y"]},
+    "index": 2,
+}
+
+TEMPLATES = [
+    "plain text, no tags",
+    "{{ inputs.quarter }}",
+    "Sales {{ inputs.quarter }} top {{ inputs.top_n }}",
+    "{{ steps.orders.output | tojson }}",
+    "{{ steps['my-step'].output | upper }}",
+    "{{ (steps.orders.output | string)[:16] }}",
+    "{{ steps.orders.output[0].name }}-{{ steps.orders.output[-1]['amount'] }}",
+    "{{ steps.orders.output | map(attribute='amount') | sum }}",
+    "{{ steps.orders.output | sum(attribute='amount') | round(1) }}",
+    "{{ steps.orders.output | length }} {{ inputs.empty | length }}",
+    "{% for o in steps.orders.output %}{{ loop.index }}. {{ o.name }}{% if not loop.last %}, {% endif %}{% endfor %}",
+    "{% for o in inputs.empty %}x{% else %}none{% endfor %}",
+    "{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}",
+    "{% set total = steps.orders.output | sum(attribute='amount') %}total {{ total * 2 }}",
+    "{% if inputs.top_n > 5 %}big{% elif inputs.top_n > 2 %}medium{% else %}small{% endif %}",
+    "{{ 'yes' if steps.none.output is none else 'no' }}",
+    "{{ item.name ~ '#' ~ index }} {{ item.tags | join('/') }}",
+    "{{ [1, 2, 3][1:] }} {{ (1, 2) }} {{ {'k': [inputs.top_n]} }}",
+    "{{ inputs.top_n // 2 }} {{ inputs.top_n % 2 }} {{ inputs.top_n ** 2 }} {{ -inputs.top_n }} {{ 7 / 2 }}",
+    "{{ inputs.quarter in ['Q4 2023'] and 'Q1' not in inputs.quarter }}",
+    "{{ steps.orders.status == 'completed' or false }}",
+    "{{ inputs.flags | select | list }} {{ inputs.flags | reject | list | count }}",
+    "{{ 'a' if false }}|",
+    "{{ inputs.missing }}",
+    "{{ steps.orders.output.missing.deeper }}",
+    "{{ steps.orders.output[7] }}",
+    "{{ inputs.top_n + 'x' }}",
+    "{{ inputs.quarter.__class__ }}",
+    "{{ inputs.quarter | nosuchfilter }}",
+    "{% for x in inputs.top_n %}{{ x }}{% endfor %}",
+    "  {%- if true -%}  trimmed  {%- endif -%}  ",
+    "{{ inputs.quarter | replace('Q', 'quarter ') | title }}",
+    "{{ steps.orders.output | selectattr('amount', 'gt', 3) | map(attribute='name') | first }}",
+    "{{ index is even }} {{ inputs is mapping }} {{ inputs.nope is defined }}",
+    "{{ range(3) | list }}",
+    "{{ lipsum(1) is string }}",
+]
+
+
+def outcome(func):
+    try:
+        return "ok", func()
+    except Exception as exc:  # both paths must fail the same way
+        return "error", f"{type(exc).__name__}: {exc}"
+
+
+def both(source: str, context: dict) -> tuple:
+    env = environment()
+    compiled = outcome(lambda: env.from_string(source).render(context))
+    tree = env.parse(source)
+    if not supported(tree, env):
+        return compiled, compiled
+    return compiled, outcome(lambda: Interpreter(env, tree).render(context))
+
+
+@pytest.mark.parametrize("source", TEMPLATES)
+def test_interpreter_matches_compiled_jinja(source):
+    compiled, interpreted = both(source, CONTEXT)
+    assert interpreted == compiled
+
+
+def test_most_templates_take_the_fast_path():
+    env = environment()
+    fast = [t for t in TEMPLATES if supported(env.parse(t), env)]
+    assert len(fast) >= len(TEMPLATES) - 6
+    assert not supported(env.parse("{{ range(3) | list }}"), env)  # calls are compiled
+
+
+def test_expressions_match_compile_expression():
+    env = environment()
+    for expr in ["inputs.top_n > 2", "steps.orders.output | length", "inputs.missing", "item.tags"]:
+        tree = env.parse("{{ " + expr + " }}").body[0].nodes[0]
+        expected = outcome(
+            lambda e=expr: _strict(env.compile_expression(e, undefined_to_none=False)(**CONTEXT))
+        )
+        assert outcome(lambda t=tree: Interpreter(env, t).evaluate(CONTEXT)) == expected
+
+
+def _strict(value):
+    from jinja2.runtime import Undefined
+
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    return value
+
+
+NAMES = st.sampled_from(
+    [
+        "inputs.top_n",
+        "inputs.quarter",
+        "index",
+        "item.name",
+        "steps.orders.output",
+        "inputs.flags",
+        "3",
+        "'s'",
+        "none",
+    ]
+)
+OPS = st.sampled_from(["+", "-", "*", "~", "==", "!=", "<", "and", "or", " in "])
+FILTERS = st.sampled_from(
+    ["", " | string", " | length", " | upper", " | first", " | tojson", " | list", " | int"]
+)
+
+
+@st.composite
+def expressions(draw, depth=2):
+    if depth == 0 or draw(st.booleans()):
+        return draw(NAMES) + draw(FILTERS)
+    left, right = draw(expressions(depth=depth - 1)), draw(expressions(depth=depth - 1))
+    return f"({left} {draw(OPS)} {right})" + draw(FILTERS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(expressions(), expressions())
+def test_random_expressions_agree(a, b):
+    source = "{{ " + a + " }} / {% if " + b + " %}T{% else %}F{% endif %}"
+    compiled, interpreted = both(source, CONTEXT)
+    assert interpreted == compiled
+
+
+def test_nodes_outside_the_subset_are_refused():
+    env = environment()
+    for source in [
+        "{% macro m() %}x{% endmacro %}{{ m() }}",
+        "{{ 'a'.upper() }}",
+        "{% for x in [1] recursive %}{% endfor %}",
+    ]:
+        assert not supported(env.parse(source), env), source
+    assert isinstance(env.parse("{{ a }}").body[0], nodes.Output)
