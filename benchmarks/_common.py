@@ -144,6 +144,22 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**MISSED**"
 
 
+def clear_engine_caches() -> int:
+    """Clear every functools cache in the loaded stepchain modules (compiled templates, parsed
+    references, schema validators...), so an in-process measurement starts as a fresh process would.
+    Returns how many caches were cleared."""
+    cleared = 0
+    for name, module in list(sys.modules.items()):
+        if not (name == "stepchain" or name.startswith("stepchain.")) or module is None:
+            continue
+        for value in list(vars(module).values()):
+            clear = getattr(value, "cache_clear", None)
+            if callable(clear) and getattr(value, "__module__", None) == name:
+                clear()
+                cleared += 1
+    return cleared
+
+
 # -- profiling -------------------------------------------------------------------------------
 def profile_cumulative(func: Callable[[], Any], *, top: int = 30) -> tuple[Any, str, str]:
     """Both views of one profiled call: by own time and by cumulative time."""

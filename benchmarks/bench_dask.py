@@ -15,6 +15,7 @@ Nothing here asserts anything.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,10 @@ def write_pipelines(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def timed_run(path: Path, inputs: dict, *, scheduler: str | None, max_concurrent: int = 8) -> float:
+def timed_run(
+    path: Path, inputs: dict, *, scheduler: str | None, max_concurrent: int = 8, client=None
+) -> dict[str, float]:
+    """Wall seconds of one cold run; with `client`, also CPU seconds: here, in workers, others."""
     from stepchain import Executor, Settings
 
     executor = Executor(
@@ -84,12 +88,30 @@ def timed_run(path: Path, inputs: dict, *, scheduler: str | None, max_concurrent
         executor="dask" if scheduler else "local",
         scheduler=scheduler,
     )
+    before = _cpu(client)
     start = time.perf_counter()
     result = executor.run(path, inputs=inputs)
-    elapsed = time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = _cpu(client)
     if result.status != "completed":
         raise SystemExit(f"benchmark run failed: {result.steps['fan'].error}")
-    return elapsed
+    used = {key: after[key] - before[key] for key in after}
+    used["others"] = used.pop("machine") - used["here"] - used["workers"]
+    return {"wall": wall, **used}
+
+
+def _cpu(client) -> dict[str, float]:
+    """CPU seconds so far: this process (coordinator, and an in-process scheduler), the Dask
+    workers, and the whole machine (from /proc/stat, so other processes' load shows)."""
+    here = os.times()
+    workers = sum(client.run(time.process_time).values()) if client is not None else 0.0
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    return {
+        "here": here.user + here.system,
+        "workers": workers,
+        "machine": busy / os.sysconf("SC_CLK_TCK"),
+    }
 
 
 def main() -> None:
@@ -100,7 +122,7 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
 
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
 
     info = machine()
     paths = write_pipelines(work_dir("dask"))
@@ -110,26 +132,31 @@ def main() -> None:
     print(machine_line(info))
     print(f"{args.items} items, {loops} loops each (~{args.ms:g} ms of pure-Python CPU)")
 
-    local_cpu = timed_run(paths["burn"], cpu_inputs, scheduler=None)
-    print(f"local executor, CPU-bound:        {local_cpu:8.2f} s")
-    local_noop = timed_run(paths["noop"], noop_inputs, scheduler=None)
-    local_noop_1 = timed_run(paths["noop"], noop_inputs, scheduler=None, max_concurrent=1)
+    local = timed_run(paths["burn"], cpu_inputs, scheduler=None, client=None)
+    print(f"local executor, CPU-bound:        {local['wall']:8.2f} s")
+    local_noop = timed_run(paths["noop"], noop_inputs, scheduler=None)["wall"]
+    local_noop_1 = timed_run(paths["noop"], noop_inputs, scheduler=None, max_concurrent=1)["wall"]
 
     start = time.perf_counter()
-    with LocalCluster(
-        n_workers=args.workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        host="127.0.0.1",
-    ) as cluster:
+    with (
+        LocalCluster(
+            n_workers=args.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         startup = time.perf_counter() - start
         address = cluster.scheduler_address
         timed_run(paths["noop"], {"items": 2 * args.workers}, scheduler=address)  # warm workers
-        dask_cpu = timed_run(paths["burn"], cpu_inputs, scheduler=address)
-        print(f"dask, {args.workers} workers, CPU-bound:    {dask_cpu:8.2f} s")
-        dask_noop = timed_run(paths["noop"], noop_inputs, scheduler=address)
-        dask_noop_1 = timed_run(paths["noop"], noop_inputs, scheduler=address, max_concurrent=1)
+        dask = timed_run(paths["burn"], cpu_inputs, scheduler=address, client=client)
+        print(f"dask, {args.workers} workers, CPU-bound:    {dask['wall']:8.2f} s")
+        dask_noop = timed_run(paths["noop"], noop_inputs, scheduler=address)["wall"]
+        dask_noop_1 = timed_run(paths["noop"], noop_inputs, scheduler=address, max_concurrent=1)[
+            "wall"
+        ]
 
     ideal = args.items * args.ms / 1000 / args.workers
     per_item = {
@@ -141,14 +168,21 @@ def main() -> None:
             "dask1": dask_noop_1,
         }.items()
     }
+
+    def row(name: str, run: dict[str, float]) -> list[str]:
+        return [
+            name,
+            f"{run['wall']:.2f}",
+            f"{local['wall'] / run['wall']:.2f}×",
+            f"{run['here']:.1f}",
+            f"{run['workers']:.1f}" if run is dask else "",
+            f"{run['others'] / run['wall']:.2f}",
+        ]
+
     cpu_rows = [
-        ["local executor (threads, GIL)", f"{local_cpu:.2f}", "1.00×"],
-        [
-            f"dask, {args.workers} worker processes",
-            f"{dask_cpu:.2f}",
-            f"{local_cpu / dask_cpu:.2f}×",
-        ],
-        [f"ideal for {args.workers} workers (no overhead)", f"{ideal:.2f}", ""],
+        row("local executor (threads, GIL)", local),
+        row(f"dask, {args.workers} worker processes", dask),
+        [f"ideal for {args.workers} workers (no overhead)", f"{ideal:.2f}", "", "", "", ""],
     ]
     overhead_rows = [
         [
@@ -162,17 +196,31 @@ def main() -> None:
             f"{per_item['dask1']:.2f}",
         ],
     ]
+    header = [
+        "executor",
+        "wall s",
+        "speed-up",
+        "CPU s, this process",
+        "CPU s, workers",
+        "other processes' load (cores)",
+    ]
     body = "\n\n".join(
         [
             "## Dask",
             f"`python benchmarks/bench_dask.py` — {machine_line(info)}",
             f"A `foreach` over {args.items} items of a pure-Python function tool "
-            f"(~{args.ms:g} ms of CPU each). Wall time of the whole run, cold cache:",
-            table(["executor", "wall s", "speed-up"], cpu_rows),
+            f"(~{args.ms:g} ms of CPU each). Wall time of the whole run, cold cache; CPU seconds "
+            "used by this process (the coordinator, plus the LocalCluster's scheduler and nannies, "
+            "which live in it) and by the worker processes; and the average load of everything "
+            "else on the machine during the run:",
+            table(header, cpu_rows),
             f"Per-item cost of a no-op tool over {args.items} items, ms "
             f"(the Dask path's overhead per task; LocalCluster start-up: {startup:.2f} s, "
             "not included):",
             table(["", "local ms/item", "dask ms/item"], overhead_rows),
+            f"Load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}. The "
+            "Dask run needs both cores free to approach the ideal; on a shared machine, other "
+            "processes' load comes straight off its speed-up.",
         ]
     )
     print()

@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    clear_engine_caches,
     env_with_home,
     fresh_home,
     machine,
@@ -105,14 +106,7 @@ def profiles(path: Path, home: Path, top: int) -> dict[str, tuple[str, str]]:
 
 
 def _reset_template_caches() -> None:
-    """Each command is a fresh process; clear in-process template caches between profiles."""
-    try:
-        from stepchain import templates
-
-        for name in ("compile_template", "compile_expression", "_references"):
-            getattr(getattr(templates, name), "cache_clear", lambda: None)()
-    except Exception:
-        pass
+    clear_engine_caches()
 
 
 def main() -> None:

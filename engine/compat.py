@@ -7,7 +7,11 @@ from typing import Any
 from stepchain.yaml_source import Source
 
 _RENAMED = {"dependencies": "needs", "max_retries": "retries"}
-_HOSTED = ("web_search", "file_search", "code_interpreter")  # 0.3 used these names without declaring
+_HOSTED = (
+    "web_search",
+    "file_search",
+    "code_interpreter",
+)  # 0.3 used these names without declaring
 
 
 def is_v03_plan(data: Any) -> bool:
@@ -68,7 +72,7 @@ def _rename(source: Source, old: tuple, new: tuple) -> None:
     for table in (source.positions, source.key_positions, source.ends):
         for path in [p for p in table if p[: len(old)] == old]:
             table[new + path[len(old) :]] = table.pop(path)
-    for table in (source.block_scalars, source.folded, source.ambiguous):
+    for table in (source.block_scalars, source.folded, source.reported):
         for path in [p for p in table if p[: len(old)] == old]:
             table.discard(path)
             table.add(new + path[len(old) :])

@@ -17,44 +17,24 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
-
 from stepchain.errors import Problem
 from stepchain.model import KINDS
 from stepchain.yaml_source import Path, Source
 
 # fields a v1 pipeline does not have, and what the writer most likely meant
+# fmt: off
 _SYNONYMS = {
-    "dependencies": "needs",
-    "depends_on": "needs",
-    "after": "needs",
-    "max_retries": "retries",
-    "retry": "retries",
-    "goal": "description",
-    "command": "run",
-    "cmd": "run",
-    "shell": "run",
-    "args": "with",
-    "arguments": "with",
-    "params": "with",
-    "condition": "when",
-    "if": "when",
-    "for_each": "foreach",
-    "loop": "foreach",
-    "user": "prompt",
-    "instructions": "system",
-    "schema": "output_schema",
-    "response_format": "output_schema",
-    "timeout_seconds": "timeout",
+    "dependencies": "needs", "depends_on": "needs", "after": "needs", "max_retries": "retries",
+    "retry": "retries", "goal": "description", "command": "run", "cmd": "run", "shell": "run",
+    "args": "with", "arguments": "with", "params": "with", "condition": "when", "if": "when",
+    "for_each": "foreach", "loop": "foreach", "user": "prompt", "instructions": "system",
+    "schema": "output_schema", "response_format": "output_schema", "timeout_seconds": "timeout",
 }
 _TYPE_NAMES = {
-    "string": "a string",
-    "integer": "an integer",
-    "number": "a number",
-    "boolean": "true or false",
-    "array": "a list",
-    "object": "a mapping",
-    "null": "empty",
+    "string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
+    "array": "a list", "object": "a mapping", "null": "empty",
 }
+# fmt: on
 
 
 def schema_text() -> str:
@@ -144,7 +124,7 @@ def did_you_mean(word: str, choices: list[str] | set[str] | tuple[str, ...]) -> 
 def _translate(source: Source, error: ValidationError, prefix: Path, root: Any) -> list[Problem]:
     rel = tuple(error.absolute_path)
     path = (*prefix, *rel)
-    if path in source.ambiguous:
+    if path in source.reported:
         return []  # the YAML 1.1 problem at this value already says what to write
     instance = _get(root, rel)
     schema = error.schema if isinstance(error.schema, dict) else {}
@@ -158,8 +138,12 @@ def _translate(source: Source, error: ValidationError, prefix: Path, root: Any) 
         ]
     if kind == "propertyNames":
         return [source.problem((*path, error.instance), _bad_name(path, error.instance), key=True)]
-    if kind == "oneOf" and not isinstance(instance, dict) and "id" in schema.get("properties", {}):
-        return []  # a step that is not a mapping: its type error says so
+    if kind == "oneOf" and "id" in schema.get("properties", {}):
+        if not isinstance(instance, dict):
+            return []  # a step that is not a mapping: its type error says so
+        allowed = schema.get("properties", {})
+        if any(did_you_mean(k, KINDS) for k in instance if k not in allowed):
+            return []  # `promt:` is reported as an unknown field, with the kind it meant
     return [source.problem(path, _message(path, kind, instance, schema, error))]
 
 
@@ -177,7 +161,7 @@ def _message(path: Path, kind: Any, instance: Any, schema: dict, error: Validati
     if kind == "required":
         return _missing(path, error.message.split("'")[1] if "'" in error.message else "")
     if kind == "type":
-        return _type_message(path, schema.get("type"), instance)
+        return type_message(path, schema.get("type"), instance)
     if kind == "oneOf":
         return _one_of_message(path, instance, schema)
     if kind == "const" and path == ("version",):
@@ -188,6 +172,11 @@ def _message(path: Path, kind: Any, instance: Any, schema: dict, error: Validati
         return _pattern_message(path, instance)
     if kind == "enum":
         choices = [str(c) for c in schema.get("enum", [])]
+        if len(path) == 3 and path[0] == "tools" and path[2] == "type":
+            return (
+                f"tool type {instance!r} is not one of {', '.join(choices)}"
+                f"{did_you_mean(str(instance), choices)}: Python code is type: function"
+            )
         return (
             f"{field} {instance!r} is not one of {', '.join(choices)}"
             f"{did_you_mean(str(instance), choices)}"
@@ -227,7 +216,10 @@ def _unknown_field(path: Path, key: str, allowed: set[str]) -> str:
         hint = f" (did you mean '{_SYNONYMS[key]}'?)"
     if hint:
         return f"unknown field '{key}'{hint}"
-    if len(allowed) <= 8:
+    defaults = pipeline_schema()["$defs"]["defaults"]["properties"]
+    if not path and key in defaults:
+        return f"unknown field '{key}': put it under `defaults:` to apply it to every step"
+    if len(allowed) <= 12:
         return f"unknown field '{key}': {_owner(path)} takes {', '.join(sorted(allowed))}"
     return f"unknown field '{key}': remove it (`stepchain schema` lists the fields {_owner(path)} takes)"
 
@@ -244,7 +236,8 @@ def _missing(path: Path, name: str) -> str:
     return f"missing required field '{name}': {hints.get(name, f'add {name}')}"
 
 
-def _type_message(path: Path, expected: Any, instance: Any) -> str:
+def type_message(path: Path, expected: Any, instance: Any) -> str:
+    """`field must be <type>, not <what it is>`, and how to fix the commonest slips."""
     types = expected if isinstance(expected, list) else [expected]
     wanted = " or ".join(_TYPE_NAMES.get(t, str(t)) for t in types)
     field = _field(path)
@@ -254,7 +247,7 @@ def _type_message(path: Path, expected: Any, instance: Any) -> str:
             f"not {_describe(instance)}"
         )
     if len(path) == 2 and path[0] == "inputs":
-        example = instance if instance in _TYPE_NAMES else "string"
+        example = instance if isinstance(instance, str) and instance in _TYPE_NAMES else "string"
         return (
             f"input '{path[1]}' must be a JSON Schema mapping such as {{type: {example}}}, "
             f"not {_describe(instance)}"
@@ -264,6 +257,8 @@ def _type_message(path: Path, expected: Any, instance: Any) -> str:
     if path == ("steps",) and isinstance(instance, dict):
         return "steps must be a list, not a mapping: start each step with '- id: ...'"
     message = f"{field} must be {wanted}, not {_describe(instance)}"
+    if field == "timeout":
+        return f"{message}: give seconds, e.g. timeout: 60"
     if isinstance(instance, str):
         text = instance.strip()
         if "array" in types and "\n" not in text:
@@ -275,6 +270,13 @@ def _type_message(path: Path, expected: Any, instance: Any) -> str:
     if "string" in types and isinstance(instance, (bool, int, float)):
         shown = str(instance).lower() if isinstance(instance, bool) else str(instance)
         return f'{message}: quote it ("{shown}")'
+    if types == ["integer"] and isinstance(instance, float):
+        return f"{message}: use a whole number"
+    if "array" in types and isinstance(instance, dict):
+        names = ", ".join(list(instance)[:3])
+        return f"{message}: write a list, e.g. {field}: [{names}]"
+    if "object" in types and isinstance(instance, list):
+        return f"{message}: write name: value pairs"
     return message
 
 
@@ -311,13 +313,16 @@ def _pattern_message(path: Path, instance: Any) -> str:
     if last == "url":
         return f"url {instance!r} must start with http:// or https://"
     if path and path[0] in ("env", "secrets"):
-        return f"{path[0]} name {instance!r} must use only letters, digits and _, and not start with a digit"
+        what = "environment variable" if path[0] == "env" else "secret"
+        return f"{what} name {instance!r} must use only letters, digits and _, and not start with a digit"
     return f"{instance!r} does not have the expected form"
 
 
 def _bad_name(path: Path, name: Any) -> str:
     if path == ("inputs",):
-        return f"input name {name!r} must use only letters, digits and _, and not start with a digit"
+        return (
+            f"input name {name!r} must use only letters, digits and _, and not start with a digit"
+        )
     if path == ("tools",):
         return f"tool name {name!r} must start with a letter or _ and use only letters, digits, _ and -"
     return f"name {name!r} does not have the expected form"
@@ -328,7 +333,9 @@ def _one_of_message(path: Path, instance: Any, schema: dict[str, Any]) -> str:
         kinds = [k for k in KINDS if k in instance]
         if not kinds:
             return "step has no kind: give exactly one of prompt, tool, run or template"
-        return f"step has several kinds ({', '.join(kinds)}): keep one, or split it into several steps"
+        return (
+            f"step has several kinds ({', '.join(kinds)}): keep one, or split it into several steps"
+        )
     if path and path[-1] == "cache":
         return f'cache must be true, false or a TTL like "12h" or "7d", not {instance!r}'
     if path and path[-1] == "run":
@@ -369,36 +376,52 @@ def user_schema_problems(source: Source, path: Path, schema: Any, what: str) -> 
     except (TypeError, ValueError):  # pragma: no cover - YAML only yields JSON types
         return []
     return [
-        source.problem((*path, *rel), f"{what} is not a valid JSON Schema: {message}")
-        for rel, message in _user_schema_findings(key)
+        source.problem((*path, *rel), f"{what}: {message}", key=True)
+        if typo
+        else source.problem((*path, *rel), f"{what} is not a valid JSON Schema: {message}")
+        for rel, message, typo in _user_schema_findings(key)
     ]
 
 
 @lru_cache(maxsize=1024)
-def _user_schema_findings(key: str) -> list[tuple[tuple, str]]:
+def _user_schema_findings(key: str) -> list[tuple[tuple, str, bool]]:
+    """(place in the schema, message, is a misspelt keyword) for one schema, as canonical JSON."""
     schema = json.loads(key)
-    findings: dict[tuple, str] = {}
-    for error in Draft202012Validator(Draft202012Validator.META_SCHEMA).iter_errors(schema):
-        rel = tuple(error.absolute_path)
-        findings.setdefault(rel, _meta_message(rel, error))
+    findings: dict[tuple, tuple[str, bool]] = {}
+    try:
+        for error in Draft202012Validator(Draft202012Validator.META_SCHEMA).iter_errors(schema):
+            rel = tuple(error.absolute_path)
+            findings.setdefault(rel, (_meta_message(rel, error), False))
+    except RecursionError:
+        return [((), "nested too deeply to check: simplify it", False)]
     for rel, word in _unknown_keywords(schema, ()):
-        findings.setdefault(
-            rel, f"unknown keyword '{word}'{did_you_mean(word, _KEYWORDS)}: a misspelt keyword is ignored"
+        message = (
+            f"unknown keyword '{word}'{did_you_mean(word, _KEYWORDS)}: "
+            "JSON Schema ignores unknown keywords, so this one checks nothing"
         )
-    return sorted(findings.items(), key=lambda item: [str(p) for p in item[0]])
+        findings.setdefault(rel, (message, True))
+    return sorted(
+        ((rel, *found) for rel, found in findings.items()), key=lambda f: [str(p) for p in f[0]]
+    )
 
 
 def _meta_message(rel: tuple, error: ValidationError) -> str:
     instance = error.instance
-    if rel and rel[-1] == "type" or len(rel) > 1 and rel[-2] == "type":
-        bad = [t for t in (instance if isinstance(instance, list) else [instance]) if t not in _JSON_TYPES]
+    if (rel and rel[-1] == "type") or (len(rel) > 1 and rel[-2] == "type"):
+        bad = [
+            t
+            for t in (instance if isinstance(instance, list) else [instance])
+            if t not in _JSON_TYPES
+        ]
         if bad and all(isinstance(t, str) for t in bad):
             return (
                 f"'{bad[0]}' is not a JSON Schema type{did_you_mean(bad[0], _JSON_TYPES)}: "
                 f"use {', '.join(_JSON_TYPES[:-1])} or null"
             )
+    if len(rel) > 1 and rel[-2] in _SCHEMA_MAPS and instance in _JSON_TYPES:
+        return f"'{rel[-1]}' must be a schema, e.g. {rel[-1]}: {{type: {instance}}}"
     if error.validator == "type":
-        return _type_message(rel, error.validator_value, instance)
+        return type_message(rel, error.validator_value, instance)
     return error.message
 
 

@@ -2,7 +2,8 @@
 
 A string that is exactly one `{{ expr }}` renders to the expression's native value (a list stays a
 list); anything else renders to text. References to `steps`, `inputs`, `env`, `secrets`, `item`
-and `index` are found by walking the Jinja AST, which is how dependencies are inferred.
+and `index` are found by walking the Jinja AST, which is how dependencies are inferred; so are
+names, filters and tests that would be undefined when the template renders.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 ROOTS = ("steps", "inputs", "env", "secrets", "item", "index", "run")
+FILTER, TEST = "|filter", "|test"  # roots of references to unknown filters and tests
 _SINGLE_EXPR = re.compile(r"^\s*\{\{-?(.*?)-?\}\}\s*$", re.DOTALL)
 
 
@@ -43,7 +45,6 @@ class Reference(NamedTuple):
     key: str | None  # step id, input name, variable name; None when not a literal
     attr: str | None  # for steps: output or status
     lineno: int
-    dynamic: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,9 @@ def compile_template(source: str) -> Compiled:
     env = environment()
     match = _SINGLE_EXPR.match(source)
     if match and _is_single_output(source):
-        return Compiled(source, native=env.compile_expression(match.group(1), undefined_to_none=False))
+        return Compiled(
+            source, native=env.compile_expression(match.group(1), undefined_to_none=False)
+        )
     return Compiled(source, text=env.from_string(source))
 
 
@@ -112,7 +115,9 @@ def references(source: str, *, expression: bool = False) -> list[Reference]:
         found = _indexed_references(shape)
     except TemplateSyntaxError:
         return _references(text)  # raises the error as the template itself would
-    return [ref if i < 0 else ref._replace(key=keys[i]) for ref, i in found]
+    return [
+        ref if i < 0 else Reference(ref.root, keys[i], ref.attr, ref.lineno) for ref, i in found
+    ]
 
 
 # A template's *skeleton*: its tags with every literal reference key replaced by a placeholder and
@@ -137,7 +142,7 @@ _NEWLINES = re.compile(r"\r\n|\r|\n")
 
 
 def _skeleton(text: str) -> tuple[str, list[str]] | None:
-    if "{%" in text and _RAW.search(text) or "__k" in text:
+    if ("{%" in text and _RAW.search(text)) or "__k" in text:
         return None  # {% raw %} changes the lexer; __k is what placeholders look like
     pieces = _SIMPLE_TAG.split(text)  # text, tag, text, tag, ..., text
     texts = pieces[::2]
@@ -206,9 +211,24 @@ def _references(text: str) -> list[Reference]:
     free = {
         (n.name, n.lineno)
         for n in tree.find_all(nodes.Name)
-        if n.ctx == "load" and n.name not in ROOTS and n.name not in bound and n.name not in _GLOBALS
+        if n.ctx == "load"
+        and n.name not in ROOTS
+        and n.name not in bound
+        and n.name not in _GLOBALS
     }
-    found += [Reference(name, None, None, lineno) for name, lineno in sorted(free, key=lambda f: f[1])]
+    found += [
+        Reference(name, None, None, lineno)
+        for name, lineno in sorted(free, key=lambda f: (f[1], f[0]))
+    ]
+    env = environment()
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        known = env.filters if isinstance(node, nodes.Filter) else env.tests
+        if node.name not in known:
+            found.append(
+                Reference(
+                    FILTER if isinstance(node, nodes.Filter) else TEST, node.name, None, node.lineno
+                )
+            )
     return found
 
 
@@ -233,7 +253,9 @@ def _walk(node: nodes.Node, found: list[Reference], locals_: set[str]) -> None:
         _walk(node.iter, found, locals_) if isinstance(node, nodes.For) else None
         bound = {n.name for n in node.find_all(nodes.Name) if n.ctx in ("store", "param")}
         inner = locals_ | bound
-        for child in node.iter_child_nodes(exclude=("iter",) if isinstance(node, nodes.For) else ()):
+        for child in node.iter_child_nodes(
+            exclude=("iter",) if isinstance(node, nodes.For) else ()
+        ):
             _walk(child, found, inner)
         return
     for child in node.iter_child_nodes():
@@ -266,9 +288,4 @@ def _dynamic_keys(node: nodes.Node) -> list[nodes.Node]:
 def _reference(base: nodes.Name, chain: list[tuple[str | None, nodes.Node]]) -> Reference:
     key = chain[0][0] if chain else None
     attr = chain[1][0] if len(chain) > 1 else None
-    return Reference(base.name, key, attr, base.lineno, dynamic=bool(chain) and key is None)
-
-
-def syntax_error_line(exc: TemplateSyntaxError) -> int:
-    """Template-relative line (1-based) of a Jinja syntax error."""
-    return exc.lineno or 1
+    return Reference(base.name, key, attr, base.lineno)

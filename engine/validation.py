@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jinja2 import TemplateSyntaxError
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
-
 from stepchain.errors import Problem
 from stepchain.graph import build_graph, find_cycles
 from stepchain.model import KINDS, LLM_FIELDS
-from stepchain.schema import did_you_mean, user_schema_problems
-from stepchain.templates import ROOTS, Reference, references
+from stepchain.schema import did_you_mean, type_message, user_schema_problems
+from stepchain.templates import FILTER, ROOTS, TEST, Reference, environment, references
 from stepchain.yaml_source import Path, Source
 
 _TEMPLATED_STEP_FIELDS = ("prompt", "system", "template", "model", "run", "with")
 _STEP_ATTRS = ("output", "status")
 _HOSTED = ("web_search", "file_search", "code_interpreter")
-_CONTEXT = "a template can use inputs, steps, env, secrets and run (and item, index in a foreach step)"
+_SUGGESTIONS = 100  # "did you mean" among many names is slow; 100 hints help enough
+_CONTEXT = (
+    "a template can use inputs, steps, env, secrets and run (and item, index in a foreach step)"
+)
 
 
 @dataclass
@@ -36,12 +38,14 @@ class Checked:
 class _Scope:
     """What a template may refer to."""
 
+    indexes: set[int]  # of the steps with an id
     ids: set[str]
     inputs: set[str]
     env: set[str]
     secrets: set[str]
     foreach: bool = False  # item and index are defined
     steps_allowed: bool = True
+    suggestions: list[int] = field(default_factory=lambda: [_SUGGESTIONS])  # shared budget
 
 
 def check_semantics(source: Source) -> Checked:
@@ -49,27 +53,31 @@ def check_semantics(source: Source) -> Checked:
     data = source.data if isinstance(source.data, dict) else {}
     checked = Checked()
     raw_steps = data.get("steps") if isinstance(data.get("steps"), list) else []
-    steps = [
-        (i, s) for i, s in enumerate(raw_steps) if isinstance(s, dict) and isinstance(s.get("id"), str)
-    ]
+    all_steps = [(i, s) for i, s in enumerate(raw_steps) if isinstance(s, dict)]
+    steps = [(i, s) for i, s in all_steps if isinstance(s.get("id"), str)]
     inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
     tools = data.get("tools") if isinstance(data.get("tools"), dict) else {}
     scope = _Scope(
-        _check_ids(source, steps, checked), set(inputs), _names(data.get("env")), _names(data.get("secrets"))
+        {i for i, _ in steps},
+        _check_ids(source, steps, checked),
+        set(inputs),
+        _names(data.get("env")),
+        _names(data.get("secrets")),
     )
     _check_inputs(source, inputs, checked)
-    for i, step in steps:
-        deps = checked.deps.setdefault(step["id"], set())
-        deps |= _check_needs(source, i, step, scope.ids, checked)
-        in_foreach = _Scope(**{**vars(scope), "foreach": "foreach" in step})
+    in_foreach = replace(scope, foreach=True)
+    for i, step in all_steps:  # a step without an id is still checked, though none can need it
+        deps = checked.deps.setdefault(step["id"], set()) if i in scope.indexes else set()
+        deps |= _check_needs(source, i, step, scope, checked)
+        step_scope = in_foreach if "foreach" in step else scope
         for path, text, is_expr in _templated(step, ("steps", i)):
-            deps |= _check_template(source, path, text, is_expr, in_foreach, checked)
+            deps |= _check_template(source, path, text, is_expr, step_scope, checked)
         _check_kind_fields(source, i, step, checked)
         _check_tool_use(source, i, step, tools, checked)
         checked.problems += user_schema_problems(
             source, ("steps", i, "output_schema"), step.get("output_schema"), "output_schema"
         )
-    tool_scope = _Scope(**{**vars(scope), "steps_allowed": False})
+    tool_scope = replace(scope, steps_allowed=False)
     for name, tool in tools.items():
         if isinstance(tool, dict) and isinstance(tool.get("env"), dict):
             for path, text in _strings(tool["env"], ("tools", name, "env")):
@@ -82,12 +90,24 @@ def check_semantics(source: Source) -> Checked:
 
 
 def _names(value: Any) -> set[str]:
-    return {v for v in value if isinstance(v, str)} if isinstance(value, list) else set()
+    """Declared env or secret names; a mapping's keys count, its shape is the schema's problem."""
+    return {v for v in value if isinstance(v, str)} if isinstance(value, (list, dict)) else set()
 
 
-def _unknown(what: str, name: str, known: set[str], todo: str, context: str = "") -> str:
+def _unknown(
+    what: str,
+    name: str,
+    known: set[str],
+    todo: str,
+    context: str = "",
+    budget: list[int] | None = None,
+) -> str:
     """unknown step 'x' (did you mean 'y'?), or what to do and, when few, the known names."""
-    hint = did_you_mean(name, known)
+    hint = ""
+    if budget is None or len(known) <= 50 or budget[0] > 0:
+        if budget is not None and len(known) > 50:
+            budget[0] -= 1
+        hint = did_you_mean(name, known)
     if hint:
         return f"unknown {what} '{name}'{context}{hint}"
     listed = f" ({what}s: {', '.join(sorted(known))})" if 0 < len(known) <= 8 else ""
@@ -111,16 +131,17 @@ def _check_ids(source: Source, steps: list[tuple[int, dict]], checked: Checked) 
     return set(first)
 
 
-def _check_needs(source: Source, i: int, step: dict, ids: set[str], checked: Checked) -> set[str]:
+def _check_needs(source: Source, i: int, step: dict, scope: _Scope, checked: Checked) -> set[str]:
     needs = step.get("needs")
     if not isinstance(needs, list):
         return set()  # the schema reports it
     found = set()
     for j, dep in enumerate(needs):
-        if isinstance(dep, str) and dep in ids:
+        if isinstance(dep, str) and dep in scope.ids:
             found.add(dep)
         elif isinstance(dep, str):
-            message = _unknown("step", dep, ids, "remove it, or add a step with this id", " in needs")
+            todo = "remove it, or add a step with this id"
+            message = _unknown("step", dep, scope.ids, todo, " in needs", scope.suggestions)
             checked.problems.append(source.problem(("steps", i, "needs", j), message))
     return found
 
@@ -132,15 +153,20 @@ def _check_inputs(source: Source, inputs: dict[str, Any], checked: Checked) -> N
         found = user_schema_problems(source, ("inputs", name), schema, f"input '{name}'")
         checked.problems += found
         if "default" in schema and not found:
-            error = best_match(Draft202012Validator(schema).iter_errors(schema["default"]))
-            if error is not None:
-                checked.problems.append(
-                    source.problem(
-                        ("inputs", name, "default"),
-                        f"default {schema['default']!r} does not match the input's schema "
-                        f"({error.message}): change the default or the schema",
-                    )
+            try:
+                error = best_match(Draft202012Validator(schema).iter_errors(schema["default"]))
+            except RecursionError:  # a schema nested hundreds deep: the run will say more
+                continue
+            if error is None:
+                continue
+            if error.validator == "type" and not error.absolute_path:
+                message = type_message(("default",), error.validator_value, schema["default"])
+            else:
+                message = (
+                    f"default {schema['default']!r} does not match the input's schema "
+                    f"({error.message}): change the default or the schema"
                 )
+            checked.problems.append(source.problem(("inputs", name, "default"), message))
 
 
 def _templated(step: dict[str, Any], base: Path) -> Iterator[tuple[Path, str, bool]]:
@@ -149,7 +175,7 @@ def _templated(step: dict[str, Any], base: Path) -> Iterator[tuple[Path, str, bo
             for path, text in _strings(step[key], (*base, key)):
                 yield path, text, False
     for key in ("when", "foreach"):
-        if isinstance(step.get(key), str):
+        if isinstance(step.get(key), str) and step[key]:  # the schema reports an empty one
             yield (*base, key), step[key], True
 
 
@@ -168,6 +194,17 @@ def _check_template(
     source: Source, path: Path, text: str, is_expr: bool, scope: _Scope, checked: Checked
 ) -> set[str]:
     """Problems of one template; returns the step ids it references."""
+    braces = re.fullmatch(r"\s*\{\{(.*)\}\}\s*", text, re.DOTALL) if is_expr else None
+    if braces:
+        field = path[-1]
+        checked.problems.append(
+            source.problem(
+                path,
+                f"{field} is an expression, not a template: drop the braces, "
+                f"e.g. {field}: {braces.group(1).strip()}",
+            )
+        )
+        return set()
     try:
         refs = references(text, expression=is_expr)
     except TemplateSyntaxError as exc:
@@ -176,7 +213,9 @@ def _check_template(
         checked.problems.append(Problem(source.file, line, col, source.display(path), message))
         return set()
     except RecursionError:
-        checked.problems.append(source.problem(path, "template nested too deeply to check: simplify it"))
+        checked.problems.append(
+            source.problem(path, "template nested too deeply to check: simplify it")
+        )
         return set()
     found: set[str] = set()
     where = str(path[-1]) if is_expr else None
@@ -202,29 +241,45 @@ def _reference_problem(ref: Reference, scope: _Scope, where: str | None) -> str 
                 'or steps["my-step"].output'
             )
         if key not in scope.ids:
-            return _unknown("step", key, scope.ids, "add a step with this id, or fix the reference")
+            todo = "add a step with this id, or fix the reference"
+            return _unknown("step", key, scope.ids, todo, budget=scope.suggestions)
         if ref.attr is not None and ref.attr not in _STEP_ATTRS:
             return f"steps.{key} has no '{ref.attr}': use steps.{key}.output or .status"
         return None
     if root in ("item", "index"):
+        if where == "foreach":
+            return f"'{root}' is not defined in foreach: foreach gives the list the items come from"
         if where is not None and scope.foreach:
-            return f"'{root}' is not defined in {where}: {where} is evaluated once, before the items"
+            return (
+                f"'{root}' is not defined in {where}: {where} is evaluated once, before the items; "
+                "filter the list in foreach instead"
+            )
         if scope.foreach:
             return None
         return f"'{root}' is only defined in a foreach step: add foreach: <list> to this step, or use a step output"
     if root == "run":
         return None if key in (None, "id") else f"run has no '{key}': only run.id"
+    if root in (FILTER, TEST):
+        what = "filter" if root == FILTER else "test"
+        known = environment().filters if root == FILTER else environment().tests
+        hint = did_you_mean(str(key), set(known))
+        return f"unknown Jinja {what} '{key}'" + (hint or f": use one of Jinja's built-in {what}s")
     if root not in ROOTS:
         return f"unknown name '{root}'{did_you_mean(root, ROOTS)}: {_CONTEXT}"
     declared = {"inputs": scope.inputs, "env": scope.env, "secrets": scope.secrets}[root]
     if key is None or key in declared:
         return None
     if root == "inputs":
-        return _unknown("input", key, declared, "declare it under `inputs:`")
+        return _unknown(
+            "input", key, declared, "declare it under `inputs:`", budget=scope.suggestions
+        )
     return f"{root}.{key} is not declared: add {key} to `{root}:` at the top of the pipeline"
 
 
 def _reference_pattern(ref: Reference) -> re.Pattern[str]:
+    if ref.root in (FILTER, TEST):
+        sign = r"\|" if ref.root == FILTER else r"\bis(?:\s+not)?"
+        return re.compile(rf"{sign}\s*{re.escape(str(ref.key))}\b")
     pattern = rf"(?<![\w.]){re.escape(ref.root)}\b"
     if ref.key:
         key = re.escape(ref.key)
@@ -239,6 +294,7 @@ _TOKEN_NAMES = {
     "'end of template'": "the end of the template",
 }
 _BLOCK_TAG = re.compile(r"\{%[-+]?\s*(\w+)")
+_ONE_TAG = re.compile(r"\{[{%](?!.*\{[{%])")  # the only tag opener on a line
 _BLOCKS = {"for", "if", "macro", "call", "filter", "with", "block", "autoescape", "raw", "trans"}
 
 
@@ -257,10 +313,22 @@ def _syntax_message(text: str, exc: TemplateSyntaxError, is_expr: bool) -> tuple
                 re.compile(r"\{%[-+]?\s*" + name + r"\b"),
             )
     for jinja_name, shown in _TOKEN_NAMES.items():
-        message = message.replace(jinja_name, "end of expression" if is_expr and shown == "'}}'" else shown)
+        message = message.replace(
+            jinja_name, "end of expression" if is_expr and shown == "'}}'" else shown
+        )
     tag = re.search(r"unknown tag '(\w+)'", message)
-    pattern = re.compile(r"\{%[-+]?\s*" + tag.group(1) + r"\b") if tag else None
-    return f"Jinja {what} syntax error: {message}", exc.lineno or 1, pattern
+    if tag:
+        wanted = re.findall(r"'(\w+)'", message.partition("looking for")[2].partition(".")[0])
+        name = tag.group(1)
+        message = f"unknown tag '{name}'{did_you_mean(name, wanted or _BLOCKS)}"
+        if wanted:
+            message += f": the open block needs one of {', '.join(wanted)}"
+        return (
+            f"Jinja {what} syntax error: {message}",
+            exc.lineno or 1,
+            re.compile(r"\{%[-+]?\s*" + name + r"\b"),
+        )
+    return f"Jinja {what} syntax error: {message}", exc.lineno or 1, _ONE_TAG
 
 
 def _innermost_open(text: str, name: str) -> tuple[int] | None:
@@ -269,7 +337,9 @@ def _innermost_open(text: str, name: str) -> tuple[int] | None:
     for match in _BLOCK_TAG.finditer(text):
         tag = match.group(1)
         lineno = text.count("\n", 0, match.start()) + 1
-        if tag in _BLOCKS or tag == "set" and "=" not in text[match.end() : text.find("%}", match.end())]:
+        if tag in _BLOCKS or (
+            tag == "set" and "=" not in text[match.end() : text.find("%}", match.end())]
+        ):
             stack.append((tag, lineno))
         elif tag.startswith("end") and stack and stack[-1][0] == tag[3:]:
             stack.pop()
@@ -318,7 +388,9 @@ def _check_kind_fields(source: Source, i: int, step: dict[str, Any], checked: Ch
         )
 
 
-def _check_tool_use(source: Source, i: int, step: dict[str, Any], tools: dict, checked: Checked) -> None:
+def _check_tool_use(
+    source: Source, i: int, step: dict[str, Any], tools: dict, checked: Checked
+) -> None:
     if isinstance(step.get("tool"), str):
         name, _, remote = step["tool"].partition(".")
         problem = _tool_step_problem(name, remote, tools)
@@ -371,7 +443,7 @@ def _check_cycles(source: Source, steps: list[tuple[int, dict]], checked: Checke
     for cycle in find_cycles(graph, list(index)):
         if len(cycle) == 2:
             message = (
-                f"cycle: {cycle[0]} -> {cycle[0]}: the step refers to its own output; "
+                f"cycle: {cycle[0]} -> {cycle[0]}: a step cannot depend on itself; "
                 "use an earlier step's output instead"
             )
         else:

@@ -16,9 +16,8 @@ from functools import cached_property
 from typing import Any
 
 import yaml
-from yaml import events as ev
-
 from stepchain.errors import Problem
+from yaml import events as ev
 
 try:  # libyaml is ~10x faster; its events carry the same positions
     from yaml._yaml import CParser as _Parser
@@ -67,7 +66,7 @@ class Source:
     ends: dict[Path, tuple[int, int]] = field(default_factory=dict)  # where each string ends
     block_scalars: set[Path] = field(default_factory=set)  # `|` strings: text starts a line below
     folded: set[Path] = field(default_factory=set)  # strings whose lines YAML joined (`>`, flow)
-    ambiguous: set[Path] = field(default_factory=set)  # values already reported as YAML 1.1 traps
+    reported: set[Path] = field(default_factory=set)  # values with a problem of their own
     renamed: dict[Path, Path] = field(default_factory=dict)  # upgraded path -> path as written
     problems: list[Problem] = field(default_factory=list)
 
@@ -125,15 +124,16 @@ def load_source(file: str, text: str) -> Source:
     try:
         source.data = builder.build(_Parser(text))
     except yaml.YAMLError as exc:
-        source.problems.append(syntax_problem(source, exc))
+        problem = syntax_problem(source, exc)
+        if not any((p.line, p.col) == (problem.line, problem.col) for p in source.problems):
+            source.problems.append(problem)
         source.data = None
     except _Refused as exc:
         source.problems.append(Problem(file, exc.line, exc.col, "", exc.message))
         source.data = None
     if source.data is None and not source.problems and builder.empty:
-        source.problems.append(
-            Problem(file, 1, 1, "", "the file is empty: a pipeline needs version: 1, name and steps")
-        )
+        empty = "the file is empty: a pipeline needs version: 1, name and steps"
+        source.problems.append(Problem(file, 1, 1, "", empty))
     source.positions.setdefault((), (1, 1))
     return source
 
@@ -153,9 +153,16 @@ class _Frame:
     path: Path | None  # None: the subtree is reported elsewhere and thrown away
     anchor: str | None
     start: tuple[int, int]
+    is_map: bool
     size: int = 1  # values as aliases expand them
     key: Any = None  # mapping: the pending key, or None while a key is expected
     raw_template: bool = False  # an unquoted {{ ... }} YAML took for a flow mapping
+
+
+_SCALAR, _ALIAS = ev.ScalarEvent, ev.AliasEvent
+_CLOSE = (ev.MappingEndEvent, ev.SequenceEndEvent)
+_STR = "tag:yaml.org,2002:str"
+_MAYBE_TYPED = set("~nNtTfFyYoO0123456789+-.") | {""}  # first characters of non-text plain scalars
 
 
 class _Builder:
@@ -163,24 +170,22 @@ class _Builder:
 
     def __init__(self, source: Source) -> None:
         self.source = source
-        self.total = 0
+        self.total = 0  # values so far, aliases expanded
         self.anchors: dict[str, tuple[Any, int]] = {}
         self.empty = False
 
     def build(self, parser: Any) -> Any:
         get = parser.get_event
         get()  # stream start
-        event = get()
-        if isinstance(event, ev.StreamEndEvent):
+        if isinstance(get(), ev.StreamEndEvent):
             self.empty = True
             return None
         root = self._document(get)
         event = get()  # the next document's start, or the stream's end
         if isinstance(event, ev.DocumentStartEvent):
-            mark = event.start_mark
             raise _Refused(
-                mark.line + 1,
-                mark.column + 1,
+                event.start_mark.line + 1,
+                event.start_mark.column + 1,
                 "a pipeline file holds one YAML document: remove this '---' and what follows, "
                 "or merge it into the first document",
             )
@@ -188,28 +193,35 @@ class _Builder:
 
     def _document(self, get: Any) -> Any:
         stack: list[_Frame] = []
+        positions = self.source.positions
+        value: Any = None
         while True:
             event = get()
             kind = type(event)
-            if kind is ev.DocumentEndEvent:
-                return value
+            mark = event.start_mark
+            start = (mark.line + 1, mark.column + 1)
             frame = stack[-1] if stack else None
-            start = (event.start_mark.line + 1, event.start_mark.column + 1)
-            if kind is ev.MappingEndEvent or kind is ev.SequenceEndEvent:
+            if kind in _CLOSE:
                 stack.pop()
-                value, size = self._close(frame, event)
-                self._count(1, start)
-            elif frame is not None and frame.key is None and isinstance(frame.container, dict):
-                frame.key = self._key(event, frame, get)
+                value, size, counted = *self._close(frame, event), 1
+            elif kind is ev.DocumentEndEvent:
+                return value
+            elif frame is not None and frame.is_map and frame.key is None:
+                frame.key = self._key(event, frame, get, start)
                 continue
             else:
-                path = self._child_path(frame)
+                if frame is None:
+                    path: Path | None = ()
+                elif frame.path is None or frame.key is _SKIP:
+                    path = None
+                else:
+                    path = (*frame.path, frame.key if frame.is_map else len(frame.container))
                 if path is not None:
-                    self.source.positions.setdefault(path, start)
-                if kind is ev.ScalarEvent:
-                    value, size = self._scalar(event, path), 1
-                elif kind is ev.AliasEvent:
-                    value, size = self._alias(event, path)
+                    positions.setdefault(path, start)
+                if kind is _SCALAR:
+                    value, size = self._scalar(event, path, start), 1
+                elif kind is _ALIAS:
+                    value, size = self._alias(event, path, start)
                 else:
                     if len(stack) >= MAX_DEPTH:
                         raise _Refused(
@@ -218,135 +230,102 @@ class _Builder:
                         )
                     stack.append(self._open(event, path, start))
                     continue
-                self._count(size, start)
+                counted = size
+            self.total += counted
+            if self.total > MAX_NODES:
+                raise _Refused(
+                    *start,
+                    f"the document expands to more than {MAX_NODES:,} values through aliases "
+                    "(an alias bomb?); refusing to load it: write the values out instead of aliasing",
+                )
             if stack:
-                self._add(stack[-1], value, size)
-
-    def _child_path(self, frame: _Frame | None) -> Path | None:
-        if frame is None:
-            return ()
-        if frame.path is None or frame.key is _SKIP:
-            return None
-        if isinstance(frame.container, dict):
-            return (*frame.path, frame.key)
-        return (*frame.path, len(frame.container))
+                parent = stack[-1]
+                parent.size += size
+                if not parent.is_map:
+                    parent.container.append(value)
+                else:
+                    if parent.key is not _SKIP:
+                        parent.container[parent.key] = value
+                    parent.key = None
 
     def _open(self, event: Any, path: Path | None, start: tuple[int, int]) -> _Frame:
-        is_map = isinstance(event, ev.MappingStartEvent)
+        is_map = type(event) is ev.MappingStartEvent
         self._check_tag(event, path, start, "map" if is_map else "seq")
-        frame = _Frame({} if is_map else [], path, event.anchor, start)
-        if is_map and event.flow_style and self.source.line(start[0])[start[1] - 1 :].startswith("{{"):
+        frame = _Frame({} if is_map else [], path, event.anchor, start, is_map)
+        if (
+            is_map
+            and event.flow_style
+            and self.source.text.startswith("{{", event.start_mark.index)
+        ):
             frame.raw_template, frame.path = True, None
-            if path is not None:
-                self.source.problems.append(
-                    Problem(
-                        self.source.file,
-                        *start,
-                        self.source.display(path),
-                        "a value starting with {{ must be quoted, or YAML reads it as a mapping: "
-                        "write '{{ ... }}' in quotes",
-                    )
-                )
+            self._report(
+                start,
+                path,
+                "a value starting with {{ must be quoted, or YAML reads it as a mapping: "
+                "write '{{ ... }}' in quotes",
+            )
         return frame
 
     def _close(self, frame: _Frame, event: Any) -> tuple[Any, int]:
         value = frame.container
-        if frame.raw_template:
+        if frame.raw_template:  # keep the text, so the template is still checked
             value = self._slice(frame.start, (event.end_mark.line + 1, event.end_mark.column + 1))
         if frame.anchor is not None:
             self.anchors[frame.anchor] = (value, frame.size)
         return value, frame.size
 
-    def _add(self, frame: _Frame, value: Any, size: int) -> None:
-        frame.size += size
-        if isinstance(frame.container, list):
-            frame.container.append(value)
-            return
-        if frame.key is not _SKIP:
-            frame.container[frame.key] = value
-        frame.key = None
-
-    def _count(self, size: int, start: tuple[int, int]) -> None:
-        self.total += size
-        if self.total > MAX_NODES:
-            raise _Refused(
-                *start,
-                f"the document expands to more than {MAX_NODES:,} values through aliases "
-                "(an alias bomb?); refusing to load it: write the values out instead of aliasing",
-            )
-
-    def _key(self, event: Any, frame: _Frame, get: Any) -> Any:
+    def _key(self, event: Any, frame: _Frame, get: Any, start: tuple[int, int]) -> Any:
         """The key for the next value; _SKIP (after reporting) when it cannot be one."""
-        kind = type(event)
-        kpos = (event.start_mark.line + 1, event.start_mark.column + 1)
-        where = frame.path
-        if kind is not ev.ScalarEvent:
-            if frame.path is not None:
-                self._report(kpos, where, "mapping keys must be plain names: quote this key")
-            if kind is not ev.AliasEvent:
+        if type(event) is not _SCALAR:
+            self._report(start, frame.path, "mapping keys must be plain names: quote this key")
+            if type(event) is not _ALIAS:
                 _skip_subtree(get)
             return _SKIP
-        key = event.value
-        plain = bool(event.implicit[0])
+        key, plain = event.value, event.implicit[0]
         if plain and key == "<<":
-            if frame.path is not None:
-                self._report(
-                    kpos, where, "merge keys (<<) are not supported: write the fields out"
-                )
+            self._report(
+                start, frame.path, "merge keys (<<) are not supported: write the fields out"
+            )
             return _SKIP
         child = None if frame.path is None else (*frame.path, key)
         if key in frame.container:
-            if child is not None:
-                first = self.source.key_positions.get(child, kpos)
-                self._report(
-                    kpos,
-                    self.source.display(child),
-                    f"duplicate key '{key}' (first defined at line {first[0]}): keep one of them",
-                )
+            first = self.source.key_positions.get(child, start) if child else start
+            message = f"duplicate key '{key}' (first defined at line {first[0]}): keep one of them"
+            self._report(start, child, message)
             return _SKIP
         if child is not None:
-            self.source.key_positions[child] = kpos
+            self.source.key_positions[child] = start
             if plain and key in _YAML11_BOOL:
-                self._report(
-                    kpos,
-                    self.source.display(child),
-                    f"ambiguous key '{key}': YAML 1.1 reads it as the boolean "
-                    f"{str(_YAML11_BOOL[key]).lower()}; quote it (\"{key}\")",
-                )
+                word = str(_YAML11_BOOL[key]).lower()
+                message = f"ambiguous key '{key}': YAML 1.1 reads it as the boolean {word}; quote it (\"{key}\")"
+                self._report(start, child, message)
         return key
 
-    def _alias(self, event: Any, path: Path | None) -> tuple[Any, int]:
+    def _alias(self, event: Any, path: Path | None, start: tuple[int, int]) -> tuple[Any, int]:
         if event.anchor in self.anchors:
             return self.anchors[event.anchor]
-        mark = event.start_mark
-        if path is not None:
-            self._report(
-                (mark.line + 1, mark.column + 1),
-                self.source.display(path),
-                f"unknown alias '*{event.anchor}': define &{event.anchor} before using it, "
-                "or quote the value if the * is text",
-            )
+        self._refuse(
+            path,
+            start,
+            f"unknown alias '*{event.anchor}': define &{event.anchor} before using it, "
+            "or quote the value if the * is text",
+        )
         return None, 1
 
-    def _scalar(self, event: Any, path: Path | None) -> Any:
+    def _scalar(self, event: Any, path: Path | None, start: tuple[int, int]) -> Any:
         value: str = event.value
-        start = (event.start_mark.line + 1, event.start_mark.column + 1)
-        if event.tag not in (None, "!", "tag:yaml.org,2002:str"):
+        tag = event.tag
+        if tag is not None and tag != "!" and tag != _STR:
             self._check_tag(event, path, start, "str")
             return value
-        if path is not None and isinstance(value, str):
-            self._record_string(event, path, start)
-        if not event.implicit[0]:
-            return value  # quoted, a block scalar, or tagged !!str
+        if path is not None:
+            end = event.end_mark
+            if end.line > event.start_mark.line:  # for positions inside multi-line text
+                self.source.ends[path] = (end.line + 1, end.column + 1)
+                (self.source.block_scalars if event.style == "|" else self.source.folded).add(path)
+        if not event.implicit[0] or value[:1] not in _MAYBE_TYPED:
+            return value  # quoted, a block scalar, tagged !!str, or plainly text
         return self._plain(value, path, start)
-
-    def _record_string(self, event: Any, path: Path, start: tuple[int, int]) -> None:
-        end = (event.end_mark.line + 1, event.end_mark.column + 1)
-        self.source.ends[path] = end
-        if event.style == "|":
-            self.source.block_scalars.add(path)
-        elif end[0] > start[0]:
-            self.source.folded.add(path)
 
     def _plain(self, value: str, path: Path | None, start: tuple[int, int]) -> Any:
         if value in _NULL:
@@ -354,6 +333,10 @@ class _Builder:
         if value in _BOOL:
             return _BOOL[value]
         if _INT.fullmatch(value) and not _OCTAL_LOOKING.fullmatch(value):
+            if len(value) > 400:  # beyond any real setting, and slow or refused by int()
+                return self._refuse(
+                    path, start, f"number with {len(value)} digits: quote it if it is text"
+                )
             return int(value, 0) if value[:2] in ("0o", "0x") else int(value)
         if _FLOAT.fullmatch(value) and not _OCTAL_LOOKING.fullmatch(value):
             low = value.lower()
@@ -361,21 +344,18 @@ class _Builder:
                 return float("-inf") if low.startswith("-") else float("inf")
             return float("nan") if "nan" in low else float(value)
         message = _yaml11_trap(value)
-        if message and path is not None:
-            self.source.ambiguous.add(path)
-            self._report(start, self.source.display(path), message)
+        if message:
+            self._refuse(path, start, message)
         return value
 
     def _check_tag(self, event: Any, path: Path | None, start: tuple[int, int], kind: str) -> None:
-        tag = event.tag
-        if tag in (None, "!", f"tag:yaml.org,2002:{kind}") or path is None:
-            return
-        shown = tag.replace("tag:yaml.org,2002:", "!!")
-        self._report(
-            start,
-            self.source.display(path),
-            f"YAML tag {shown} is not supported: remove it (quote the value if it is text)",
-        )
+        if event.tag not in (None, "!", f"tag:yaml.org,2002:{kind}"):
+            shown = event.tag.replace("tag:yaml.org,2002:", "!!")
+            self._refuse(
+                path,
+                start,
+                f"YAML tag {shown} is not supported: remove it (quote the value if it is text)",
+            )
 
     def _slice(self, start: tuple[int, int], end: tuple[int, int]) -> str:
         lines = self.source.lines[start[0] - 1 : end[0]]
@@ -383,12 +363,21 @@ class _Builder:
             return lines[0][start[1] - 1 : end[1] - 1]
         return "\n".join([lines[0][start[1] - 1 :], *lines[1:-1], lines[-1][: end[1] - 1]])
 
-    def _report(self, pos: tuple[int, int], path: Path | str, message: str) -> None:
-        shown = path if isinstance(path, str) else self.source.display(path)
-        self.source.problems.append(Problem(self.source.file, pos[0], pos[1], shown, message))
+    def _refuse(self, path: Path | None, start: tuple[int, int], message: str) -> None:
+        """Report a value; the schema then stays silent about it."""
+        if path is not None:
+            self.source.reported.add(path)
+        self._report(start, path, message)
+
+    def _report(self, start: tuple[int, int], path: Path | None, message: str) -> None:
+        if path is not None:  # None: inside something already reported
+            self.source.problems.append(
+                Problem(self.source.file, *start, self.source.display(path), message)
+            )
 
 
 def _skip_subtree(get: Any) -> None:
+    """Consume the events of a collection whose start was just read."""
     depth = 1
     while depth:
         event = get()
@@ -408,7 +397,11 @@ def _yaml11_trap(value: str) -> str | None:
         )
     if _OCTAL_LOOKING.fullmatch(value):
         digits = value.lstrip("+-0") or "0"
-        number = f"0o{digits} for octal" if set(digits) <= set("01234567") else f"{digits} for the number"
+        number = (
+            f"0o{digits} for octal"
+            if set(digits) <= set("01234567")
+            else f"{digits} for the number"
+        )
         return (
             f"ambiguous number '{value}': YAML 1.1 reads a leading zero as octal; "
             f'quote it ("{value}") for text, or write {number}'
@@ -424,81 +417,76 @@ def _yaml11_trap(value: str) -> str | None:
 def syntax_problem(source: Source, exc: yaml.YAMLError) -> Problem:
     """A parser error as a problem that says what to change, the same with or without libyaml."""
     if isinstance(exc, yaml.reader.ReaderError):
-        char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
-        index = source.text.find(char)
-        line, col = _position(source.text, max(index, 0))
-        return Problem(
-            source.file,
-            line,
-            col,
-            "",
-            f"YAML syntax error: character U+{ord(char[:1] or ' '):04X} is not allowed in YAML: "
-            "remove it",
-        )
-    if not isinstance(exc, yaml.MarkedYAMLError):  # pragma: no cover - every parser error is marked
-        return Problem(source.file, 1, 1, "", f"YAML syntax error: {exc}")
-    mark = exc.problem_mark or exc.context_mark
-    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-    at = exc.context_mark
-    context = (line, col) if at is None else (at.line + 1, at.column + 1)
-    found, place, message = _explain(source, exc, (line, col), context)
-    if not found:
-        detail = f" ({exc.context})" if exc.context else ""
-        message = f"{exc.problem or 'syntax error'}{detail}"
+        char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)[:1]
+        line, col = _position(source.text, max(source.text.find(char or "?"), 0))
+        message = f"character U+{ord(char or '?'):04X} is not allowed in YAML: remove it"
+        return Problem(source.file, line, col, "", f"YAML syntax error: {message}")
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    pos = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    opened = getattr(exc, "context_mark", None)
+    opened_at = (opened.line + 1, opened.column + 1) if opened else pos
+    problem, context = getattr(exc, "problem", None) or "", getattr(exc, "context", None) or ""
+    place, message = _explain(source, problem, context, pos, opened_at) or (
+        pos,
+        f"{problem or exc}" + (f" ({context})" if context else ""),
+    )
     return Problem(source.file, *place, "", f"YAML syntax error: {message}")
 
 
+_UNQUOTED_TEMPLATE = re.compile(r"(?:^|[:?-]\s+)(\{[{%#])")
+
+
 def _explain(
-    source: Source, exc: yaml.MarkedYAMLError, pos: tuple[int, int], context: tuple[int, int]
-) -> tuple[bool, tuple[int, int], str]:
-    problem, ctx = exc.problem or "", exc.context or ""
+    source: Source, problem: str, context: str, pos: tuple[int, int], opened: tuple[int, int]
+) -> tuple[tuple[int, int], str] | None:
+    """The commonest parser complaints, in words that say what to change."""
     text = source.line(pos[0])
     char = text[pos[1] - 1 : pos[1]]
-    opener = source.line(context[0])[context[1] - 1 : context[1]]
-    template = re.search(r"(?:^|[:\-?]\s+)(\{[{%#])", text)
+    opener = source.line(opened[0])[opened[1] - 1 : opened[1]]
+    template = _UNQUOTED_TEMPLATE.search(text)
     if char == "\t" or "tab" in problem:
-        return True, pos, "tab character used for indentation: indent with spaces"
+        return pos, "tab character used for indentation: indent with spaces"
     if template and not re.search(r"[\"']\s*\{[{%#]", text):
-        start = (pos[0], template.start(1) + 1)
-        return True, start, "a value starting with { must be quoted: write '{{ ... }}' in quotes"
-    if "end of stream" in problem and "quoted scalar" in ctx:
-        return True, context, f"this quoted string is never closed: add the closing {opener}"
-    if "alias" in ctx or "anchor" in ctx:
-        sign = "*" if "alias" in ctx else "&"
-        return True, context, f"a value starting with {sign} is read as an alias or anchor: quote it"
+        return (pos[0], template.start(1) + 1), (
+            "a value starting with { must be quoted: write '{{ ... }}' in quotes"
+        )
+    if "end of stream" in problem and "quoted scalar" in context:
+        return opened, f"this quoted string is never closed: add the closing {opener}"
+    if "alias" in context or "anchor" in context:
+        sign = "*" if "alias" in context else "&"
+        return opened, f"a value starting with {sign} is read as an alias or anchor: quote it"
     if "escape" in problem:
         if char != "\\" and text[pos[1] - 2 : pos[1] - 1] == "\\":
-            pos = (pos[0], pos[1] - 1)
-        escape = source.line(pos[0])[pos[1] - 1 : pos[1] + 1]
-        return True, pos, (
+            pos = (pos[0], pos[1] - 1)  # libyaml points at the backslash, PyYAML after it
+        escape = text[pos[1] - 1 : pos[1] + 1]
+        return pos, (
             f"unknown escape '{escape}' in a double-quoted string: use single quotes, "
             "or write \\\\ for a backslash"
         )
-    if "flow sequence" in ctx or "flow mapping" in ctx:
-        close = "]" if "sequence" in ctx else "}"
-        if pos[0] != context[0]:
-            return True, context, f"this '{opener}' is never closed: add '{close}'"
-        return True, pos, f"expected ',' or '{close}' here: separate items with ', '"
+    if "flow sequence" in context or "flow mapping" in context:
+        close = "]" if "sequence" in context else "}"
+        if pos[0] != opened[0]:
+            return opened, f"this '{opener}' is never closed: add '{close}'"
+        return pos, f"expected ',' or '{close}' here: separate items with ', '"
     if "cannot start any token" in problem:
-        return True, pos, f"a value cannot start with '{char}': quote the value"
+        return pos, f"a value cannot start with '{char}': quote the value"
     if "mapping values are not allowed" in problem:
-        return True, pos, (
-            "unexpected ':' in an unquoted value: quote the value, or fix the indentation "
-            "if this line starts a new field"
+        return pos, (
+            "unexpected ':' in an unquoted value: quote the value, "
+            "or fix the indentation if this line starts a new field"
         )
     if "expected ':'" in problem:
-        return True, context, "expected 'key: value' here: add the missing ': ' or quote the line"
-    if "block scalar" in ctx:
-        return True, pos, "after | or > the text starts on the next line: move it down"
-    if "block collection" in ctx or "block mapping" in ctx or "block end" in problem:
-        return True, pos, (
+        return opened, "expected 'key: value' here: add the missing ': ' or quote the line"
+    if "block scalar" in context:
+        return pos, "after | or > the text starts on the next line: move it down"
+    if "block collection" in context or "block mapping" in context or "block end" in problem:
+        return pos, (
             f"bad indentation: this line does not line up with the block that starts at "
-            f"line {context[0]}, column {context[1]}: align it with its siblings"
+            f"line {opened[0]}, column {opened[1]}: align it with its siblings"
         )
-    return False, pos, ""
+    return None
 
 
 def _position(text: str, index: int) -> tuple[int, int]:
-    before = text[:index]
-    lines = _LINE_BREAK.split(before)
+    lines = _LINE_BREAK.split(text[:index])
     return len(lines), len(lines[-1]) + 1
