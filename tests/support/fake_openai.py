@@ -401,6 +401,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 128  # the default backlog of 5 resets bursts of concurrent requests
     fake: FakeOpenAI
 
     def handle_error(self, request: Any, client_address: Any) -> None:
