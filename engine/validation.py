@@ -11,7 +11,6 @@ from jinja2 import TemplateSyntaxError
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from stepchain.errors import Problem
-from stepchain.graph import build_graph, find_cycles
 from stepchain.model import KINDS, LLM_FIELDS
 from stepchain.schema import did_you_mean, type_message, user_schema_problems
 from stepchain.templates import FILTER, ROOTS, TEST, Reference, environment, references
@@ -439,6 +438,10 @@ def _check_cycles(source: Source, steps: list[tuple[int, dict]], checked: Checke
     index: dict[str, int] = {}
     for i, step in steps:
         index.setdefault(step["id"], i)
+    if all(index[dep] < index[sid] for sid, deps in checked.deps.items() for dep in deps):
+        return  # every step needs only steps above it, so there is no cycle to look for
+    from stepchain.graph import build_graph, find_cycles  # networkx only when it can matter
+
     graph = build_graph(checked.deps)
     for cycle in find_cycles(graph, list(index)):
         if len(cycle) == 2:
