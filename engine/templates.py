@@ -15,7 +15,10 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.parser import Parser
+from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from stepchain.template_interpreter import Interpreter, supported
 
 ROOTS = ("steps", "inputs", "env", "secrets", "item", "index", "run")
 FILTER, TEST = "|filter", "|test"  # roots of references to unknown filters and tests
@@ -49,43 +52,80 @@ class Reference(NamedTuple):
 
 @dataclass(frozen=True)
 class Compiled:
-    """A template compiled once: either a native expression or a text template."""
+    """A template prepared once: a native expression, a text template, or a literal.
+
+    Templates made of common nodes are kept as parsed trees and interpreted (no compilation,
+    see template_interpreter); the rest are compiled by Jinja.
+    """
 
     source: str
     native: Any = None  # compiled expression when the string is exactly one {{ expr }}
     text: Any = None  # jinja2.Template otherwise
     literal: bool = False  # no template syntax at all
+    tree: Any = None  # a parsed tree the interpreter renders (an expression when is_native)
+    is_native: bool = False
 
     def render(self, context: dict[str, Any]) -> Any:
         if self.literal:
             return self.source
+        if self.tree is not None:
+            interpreter = Interpreter(environment(), self.tree)
+            return interpreter.evaluate(context) if self.is_native else interpreter.render(context)
         if self.native is not None:
-            return self.native(**context)
+            return _defined(self.native(**context))
         return self.text.render(**context)
+
+
+def _defined(value: Any) -> Any:
+    """A native value must not be Undefined: fail as rendering it would."""
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    return value
 
 
 @lru_cache(maxsize=65536)
 def compile_template(source: str) -> Compiled:
-    """Compile a template string; raises jinja2.TemplateSyntaxError."""
+    """Prepare a template string; raises jinja2.TemplateSyntaxError."""
     if "{{" not in source and "{%" not in source and "{#" not in source:
         return Compiled(source, literal=True)
     env = environment()
+    tree = env.parse(source)
     match = _SINGLE_EXPR.match(source)
-    if match and _is_single_output(source):
+    if match and _is_single_output(tree):
+        expr = _expression_tree(match.group(1))
+        if supported(expr, env):
+            return Compiled(source, tree=expr, is_native=True)
         return Compiled(
             source, native=env.compile_expression(match.group(1), undefined_to_none=False)
         )
+    if supported(tree, env):
+        return Compiled(source, tree=tree)
     return Compiled(source, text=env.from_string(source))
 
 
 @lru_cache(maxsize=65536)
 def compile_expression(expr: str) -> Any:
-    """Compile a `when`/`foreach` expression (no braces)."""
-    return environment().compile_expression(expr, undefined_to_none=False)
+    """Prepare a `when`/`foreach` expression (no braces): a callable taking the context."""
+    env = environment()
+    tree = _expression_tree(expr)
+    if supported(tree, env):
+        return lambda **context: Interpreter(env, tree).evaluate(context)
+    compiled = env.compile_expression(expr, undefined_to_none=False)
+    return lambda **context: _defined(compiled(**context))
 
 
-def _is_single_output(source: str) -> bool:
-    body = environment().parse(source).body
+def _expression_tree(expr: str) -> nodes.Expr:
+    # Parsed as Jinja's compile_expression parses it, so syntax errors read the same.
+    parser = Parser(environment(), expr, state="variable")
+    tree = parser.parse_expression()
+    if not parser.stream.eos:
+        parser.fail("chunk after expression", parser.stream.current.lineno, TemplateSyntaxError)
+    tree.set_environment(environment())
+    return tree
+
+
+def _is_single_output(tree: nodes.Template) -> bool:
+    body = tree.body
     exprs = [n for n in body if not (isinstance(n, nodes.Output) and _is_blank(n))]
     return (
         len(exprs) == 1
