@@ -123,8 +123,10 @@ class Pipeline:
         from stepchain.yaml_source import format_path
 
         file = str(self.path) if self.path else "<pipeline>"
-        line, col = self.source.where(path) if self.source else (1, 1)
-        return f"{file}:{line}:{col}: {format_path(path)}"
+        if self.source is None:
+            return f"{file}:1:1: {format_path(path)}"
+        line, col = self.source.where(path)
+        return f"{file}:{line}:{col}: {self.source.display(path)}"
 
     @property
     def base_dir(self) -> Path:
