@@ -147,6 +147,8 @@ def _fingerprint(func: Callable[..., Any]) -> str:
 
 
 def _wrap(name: str, exc: Exception) -> StepError:
+    if isinstance(exc, StepError):  # already classified (e.g. a Dask worker that died)
+        return exc
     message = f"tool '{name}' raised {type(exc).__name__}: {exc}"
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return RetryableStepError(message)
