@@ -234,6 +234,20 @@ def layered_ids(n_steps: int, width: int) -> list[list[str]]:
     return layers
 
 
+_OPS = ("+", "-", "*", "//")
+
+
+def distinct_expr(base: str, number: int, digits: int = 7) -> str:
+    """`base` wrapped in arithmetic whose shape spells `number` in base 4, e.g.
+    ((((x + 1) * 3) - 2) // 1): step numbers below 4**digits give structurally different
+    expressions, not just different constants."""
+    expr = base
+    for _ in range(digits):
+        number, digit = divmod(number, 4)
+        expr = f"({expr} {_OPS[digit]} {digit + 1})"
+    return expr
+
+
 def template_pipeline(
     n_steps: int,
     width: int,
@@ -255,8 +269,9 @@ def template_pipeline(
     are block scalars with a `{% for %}` loop. All `when`s are true, so every step runs.
 
     With `distinct=False` the templates are what a generator writes: a handful of shapes that
-    differ only in step ids. With `distinct=True` every template and expression also carries a
-    number of its own (`+ 1234`), so no two have the same structure: the worst case for any
+    differ only in step ids. With `distinct=True` every template and `when` also holds an
+    arithmetic expression whose operators spell the step's number (see distinct_expr), so no two
+    have the same structure, even with ids and constants abstracted away: the worst case for any
     cache of parsed or compiled templates, and closer to a hand-written pipeline.
     """
     rng = random.Random(seed)
@@ -283,7 +298,6 @@ def template_pipeline(
     for k, layer in enumerate(layers):
         for sid in layer:
             counter += 1
-            plus = f" + {counter}" if distinct else ""
             refs: list[str] = []
             if k > 0:
                 refs.append(layers[k - 1][rng.randrange(len(layers[k - 1]))])
@@ -293,23 +307,28 @@ def template_pipeline(
                     if other not in refs:
                         refs.append(other)
             edges += len(refs)
+
+            def shaped(expr: str, number: int = counter) -> str:
+                return distinct_expr(expr, number) if distinct else expr
+
             lines.append(f"  - id: {sid}")
             if counter % when_every == 0:
                 when_steps += 1
+                check = f" and {shaped('inputs.n')} is number" if distinct else ""
                 if refs and counter % 2 == 0:
                     lines.append(
-                        f"    when: steps.{refs[0]}.status == 'completed' and inputs.n{plus} > 0"
+                        f"    when: steps.{refs[0]}.status == 'completed' and inputs.n > 0{check}"
                     )
                 else:
-                    lines.append(f"    when: inputs.enabled and inputs.n{plus} > 0")
+                    lines.append(f"    when: inputs.enabled and inputs.n > 0{check}")
             parts = [f"{{{{ (steps.{r}.output | string)[:16] }}}}" for r in refs]
             if counter % foreach_every == 0:
                 foreach_steps += 1
                 lines.append("    foreach: inputs.colors")
-                body = f"{{{{ item }}}}#{{{{ index{plus} }}}} {sid} " + " ".join(parts)
+                body = f"{{{{ item }}}}#{{{{ {shaped('index')} }}}} {sid} " + " ".join(parts)
                 lines.append(f"    template: {q(body)}")
             elif refs and counter % native_every == 0:
-                extra = f", {counter}" if distinct else ""
+                extra = f", {shaped('inputs.n')}" if distinct else ""
                 native = f"{{{{ ['{sid}', (steps.{refs[0]}.output | string)[:16]{extra}] }}}}"
                 lines.append(f"    template: {q(native)}")
             elif counter % block_every == 0:
@@ -318,14 +337,17 @@ def template_pipeline(
                 lines.append(
                     "      {% for r in [" + ", ".join(f"steps.{r}.output" for r in refs) + "] %}"
                 )
-                lines.append(f"      - {{{{ (r | string)[:12] }}}} {{{{ loop.index{plus} }}}}")
+                lines.append(
+                    f"      - {{{{ (r | string)[:12] }}}} {{{{ {shaped('loop.index')} }}}}"
+                )
                 lines.append("      {% endfor %}")
             else:
                 body = f"{sid} {{{{ inputs.label }}}} " + " ".join(parts)
                 if refs:
-                    body += f" len={{{{ (steps.{refs[-1]}.output | string | length){plus} }}}}"
+                    length = f"(steps.{refs[-1]}.output | string | length)"
+                    body += f" len={{{{ {shaped(length)} }}}}"
                 elif distinct:
-                    body += f"{{{{ inputs.n{plus} }}}}"
+                    body += f"{{{{ {shaped('inputs.n')} }}}}"
                 lines.append(f"    template: {q(body)}")
     last = layers[-1][0]
     lines += ["outputs:", f"  final: {q('{{ steps.' + last + '.output }}')}"]

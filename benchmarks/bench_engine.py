@@ -570,7 +570,7 @@ def main() -> None:
             "Engine time = `Executor(max_concurrent=8).run(pipeline, run_id=..., inputs={})` alone, "
             f"in a fresh process with a fresh `STEPCHAIN_HOME`; {args.repeat} repetitions. "
             "Templates *repetitive*: a few shapes differing only in step ids (generator-like); "
-            "*distinct*: no two templates alike. *Templates already compiled*: the same cold run "
+            "*distinct*: no two templates share a structure. *Templates already compiled*: the same cold run "
             "after a first run in a throwaway home in the same process — what is left of the "
             "engine's time when compiling templates costs nothing.",
             "",

@@ -228,7 +228,8 @@ def main() -> None:
         f"{shape['edges']:,} `steps.X.output` references, {shape['foreach_steps']:,} foreach steps, "
         f"{shape['when_steps']:,} `when`s; {shape['mb']:.1f} MB of YAML. Two template styles: "
         "*repetitive* (a few shapes differing only in step ids, as a generator writes them) and "
-        "*distinct* (every template and expression carries its own number, so no two are alike). "
+        "*distinct* (every template holds arithmetic spelling its step number, so no two share a "
+        "structure). "
         f"Whole commands, wall-clock seconds, {args.repeat} runs each; `plan` with a cold cache.",
         "",
         table(

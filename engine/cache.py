@@ -69,6 +69,19 @@ class ResultCache:
         except _BROKEN as exc:
             log.warning("could not write cache entry %s (%s)", key[:12], exc)
 
+    def set_many(self, entries: list[tuple[str, Any, dict[str, int] | None, float | None]]) -> None:
+        """Store several results in one transaction (one commit instead of one per result)."""
+        if not entries:
+            return
+        try:
+            cache = self._open()
+            with cache.transact():
+                for key, output, usage, ttl in entries:
+                    entry = {"output": output, "usage": usage or {}, "created_at": time.time()}
+                    cache.set(key, entry, expire=ttl)
+        except _BROKEN as exc:
+            log.warning("could not write %d cache entries (%s)", len(entries), exc)
+
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
 

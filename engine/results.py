@@ -40,7 +40,9 @@ class StepResult:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        doc = dataclasses.asdict(self)
+        # shallow: asdict() would deep-copy every output just to serialise it
+        doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        doc["usage"] = dict(self.usage)
         doc["started_at"] = _iso(self.started_at)
         doc["finished_at"] = _iso(doc.pop("completed_at"))
         doc["duration_s"] = self.duration_s

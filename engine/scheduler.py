@@ -56,6 +56,7 @@ class Scheduler:
         self.observe = observer or (lambda *_: None)
         self.results: dict[str, StepResult] = {}
         self.visible: dict[str, dict[str, Any]] = {}  # what templates see as `steps`
+        self.unwritten: list[tuple[str, Any, dict[str, int] | None, float | None]] = []
         self.slots = asyncio.Semaphore(max(1, self.options.max_concurrent))
         self.running: dict[asyncio.Task, str] = {}
         self.stop_reason: str | None = None  # set by --fail-fast or an interrupt
@@ -85,9 +86,15 @@ class Scheduler:
                     if not waiting[dep]:
                         ready.append(dep)
             self.storage.commit()  # durable before any dependent starts
+            self._flush_cache()
         self._mark_not_started()
         self.storage.commit()
+        self._flush_cache()
         return self._result()
+
+    def _flush_cache(self) -> None:
+        entries, self.unwritten = self.unwritten, []
+        self.cache.set_many(entries)
 
     def _start(self, sid: str) -> None:
         step = self.pipeline.step(sid)
@@ -252,7 +259,11 @@ class Scheduler:
         outcome, attempts = await self._attempts(step, request)
         add_usage(self.spent, outcome.usage)
         if step.cache:
-            self.cache.set(key, self.rt.mask(outcome.output), outcome.usage, step.cache_ttl)
+            # written with the next record commit, in one transaction; a crash before then
+            # only costs a recomputation
+            self.unwritten.append(
+                (key, self.rt.mask(outcome.output), outcome.usage, step.cache_ttl)
+            )
         return outcome, attempts, False
 
     async def _attempts(self, step: Step, request: dict) -> tuple[Outcome, int]:
@@ -290,7 +301,13 @@ class Scheduler:
                 else (step.backoff.delay(attempt) * random.uniform(0.5, 1.0))
             )
             message = self.rt.describe_error(error)
-            log.info("step %s attempt %d failed (%s); retrying in %.2fs", step.id, attempt, message, delay)
+            log.info(
+                "step %s attempt %d failed (%s); retrying in %.2fs",
+                step.id,
+                attempt,
+                message,
+                delay,
+            )
             await asyncio.sleep(delay)
 
     # -- the end --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ undefined behave the same. Anything else returns None from `plan()` and is compi
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from jinja2 import nodes
 from jinja2.runtime import LoopContext, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+_MARK = re.compile("\x00([0-9]+)\x00")
+_PLACEHOLDER = re.compile("__k([0-9]+)__")
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     nodes.Add: operator.add,
     nodes.Sub: operator.sub,
@@ -73,7 +76,7 @@ _SUPPORTED = (
 
 def supported(tree: nodes.Node, env: ImmutableSandboxedEnvironment) -> bool:
     """Whether every node of `tree` is one this interpreter evaluates."""
-    for node in tree.find_all(nodes.Node):
+    for node in (tree, *tree.find_all(nodes.Node)):  # find_all leaves out the root itself
         if not isinstance(node, _SUPPORTED):
             return False
         if isinstance(node, nodes.For) and (node.recursive or node.test is not None):
@@ -90,9 +93,17 @@ def supported(tree: nodes.Node, env: ImmutableSandboxedEnvironment) -> bool:
 class Interpreter:
     """Evaluates one parsed template (or expression) against a context."""
 
-    def __init__(self, env: ImmutableSandboxedEnvironment, tree: nodes.Node) -> None:
+    def __init__(
+        self,
+        env: ImmutableSandboxedEnvironment,
+        tree: nodes.Node,
+        texts: tuple[str, ...] = (),
+        keys: tuple[str, ...] = (),
+    ) -> None:
         self.env = env
         self.tree = tree
+        self.texts = texts  # a shared shape's text segments, for its \x00N\x00 markers
+        self.keys = keys  # a shared shape's names, for its __kN__ placeholders
         self.eval_ctx = nodes.EvalContext(env)
         self.context: Any = None  # a jinja2 Context, for filters that take one (map, sum, ...)
 
@@ -118,7 +129,10 @@ class Interpreter:
             if isinstance(node, nodes.Output):
                 for child in node.nodes:
                     if isinstance(child, nodes.TemplateData):
-                        out.append(child.data)
+                        data = child.data
+                        if self.texts and "\x00" in data:
+                            data = _MARK.sub(lambda m: self.texts[int(m.group(1))], data)
+                        out.append(data)
                     else:
                         out.append(str(self._expr(child, scope)))
             elif isinstance(node, nodes.If):
@@ -169,7 +183,10 @@ class Interpreter:
     def _expr(self, node: nodes.Node, scope: dict[str, Any]) -> Any:
         env = self.env
         if isinstance(node, nodes.Const):
-            return node.value
+            value = node.value
+            if self.keys and isinstance(value, str) and value.startswith("__k"):
+                return self._key(value)
+            return value
         if isinstance(node, nodes.Name):
             if node.name in scope:
                 return scope[node.name]
@@ -177,7 +194,10 @@ class Interpreter:
                 return env.globals[node.name]
             return env.undefined(name=node.name)
         if isinstance(node, nodes.Getattr):
-            return env.getattr(self._expr(node.node, scope), node.attr)
+            attr = node.attr
+            if self.keys and attr.startswith("__k"):
+                attr = self._key(attr)
+            return env.getattr(self._expr(node.node, scope), attr)
         if isinstance(node, nodes.Getitem):
             obj = self._expr(node.node, scope)
             return env.getitem(obj, self._expr(node.arg, scope))
@@ -239,6 +259,10 @@ class Interpreter:
         if isinstance(node, nodes.Dict):
             return {self._expr(p.key, scope): self._expr(p.value, scope) for p in node.items}
         raise TypeError(f"cannot interpret {type(node).__name__}")  # pragma: no cover
+
+    def _key(self, placeholder: str) -> str:
+        match = _PLACEHOLDER.fullmatch(placeholder)
+        return self.keys[int(match.group(1))] if match else placeholder
 
     def _args(self, node: nodes.Filter | nodes.Test, scope: dict[str, Any]) -> tuple[list, dict]:
         args = [self._expr(a, scope) for a in node.args]

@@ -64,12 +64,14 @@ class Compiled:
     literal: bool = False  # no template syntax at all
     tree: Any = None  # a parsed tree the interpreter renders (an expression when is_native)
     is_native: bool = False
+    texts: tuple[str, ...] = ()  # for a shared shape: the text between tags, by marker
+    keys: tuple[str, ...] = ()  # for a shared shape: the names its placeholders stand for
 
     def render(self, context: dict[str, Any]) -> Any:
         if self.literal:
             return self.source
         if self.tree is not None:
-            interpreter = Interpreter(environment(), self.tree)
+            interpreter = Interpreter(environment(), self.tree, self.texts, self.keys)
             return interpreter.evaluate(context) if self.is_native else interpreter.render(context)
         if self.native is not None:
             return _defined(self.native(**context))
@@ -88,6 +90,9 @@ def compile_template(source: str) -> Compiled:
     """Prepare a template string; raises jinja2.TemplateSyntaxError."""
     if "{{" not in source and "{%" not in source and "{#" not in source:
         return Compiled(source, literal=True)
+    shaped = _shaped(source)
+    if shaped is not None:
+        return shaped
     env = environment()
     tree = env.parse(source)
     match = _SINGLE_EXPR.match(source)
@@ -112,6 +117,80 @@ def compile_expression(expr: str) -> Any:
         return lambda **context: Interpreter(env, tree).evaluate(context)
     compiled = env.compile_expression(expr, undefined_to_none=False)
     return lambda **context: _defined(compiled(**context))
+
+
+# Rendering by *shape*. Parsing a template costs about a millisecond (Jinja's lexer), and a
+# pipeline's templates mostly differ only in their text and in which steps or inputs they name.
+# A template whose tags split cleanly (see _SIMPLE_TAG) is reduced to a shape: each text segment
+# becomes a marker \x00N\x00 and each literal key (steps.X, inputs["Y"]) a placeholder __kN__.
+# The shape is parsed once; the interpreter puts the texts and keys back while it renders.
+# Whitespace control (`-`) changes text next to tags, and \r is normalised by the lexer, so
+# templates using either are parsed whole, as are any whose shape the interpreter cannot take.
+_MARKS = re.compile("\x00")
+
+
+def _shaped(source: str) -> Compiled | None:
+    if "\r" in source or "\x00" in source or "__k" in source or "{#" in source:
+        return None
+    if "{%" in source and _RAW.search(source):
+        return None
+    pieces = _SIMPLE_TAG.split(source)
+    texts, tags = pieces[::2], pieces[1::2]
+    if any("{{" in t or "{%" in t or "{#" in t for t in texts):
+        return None
+    if any(tag[2] in "-+" or tag[-3] == "-" for tag in tags):
+        return None
+    keys: list[str] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        keys.append(match.group(2) or match.group(4))
+        if match.group(2):
+            return f"{match.group(1)}.__k{len(keys) - 1}__"
+        return f"{match.group(1)}['__k{len(keys) - 1}__']"
+
+    shaped_tags = [_KEY.sub(placeholder, tag) for tag in tags]
+    native = (
+        len(tags) == 1
+        and tags[0].startswith("{{")
+        and not texts[0].strip()
+        and not texts[1].strip()
+    )
+    if native:
+        tree = _shape_tree(shaped_tags[0][2:-2], expression=True)
+        return (
+            None if tree is None else Compiled(source, tree=tree, is_native=True, keys=tuple(keys))
+        )
+    shape = "".join(
+        (f"\x00{i}\x00" if text else "") + (shaped_tags[i] if i < len(tags) else "")
+        for i, text in enumerate(texts)
+    )
+    tree = _shape_tree(shape, expression=False)
+    if tree is None:
+        return None
+    return Compiled(source, tree=tree, texts=tuple(texts), keys=tuple(keys))
+
+
+@lru_cache(maxsize=4096)
+def _shape_tree(shape: str, *, expression: bool) -> Any:
+    """A shape's parsed tree, or None when it must be rendered the ordinary way."""
+    env = environment()
+    try:
+        tree = _expression_tree(shape) if expression else env.parse(shape)
+    except TemplateSyntaxError:
+        return None  # parsing the template itself reports the error as the user wrote it
+    if not supported(tree, env):
+        return None
+    for node in (tree, *tree.find_all((nodes.Const, nodes.Getattr, nodes.Name))):
+        if not isinstance(node, nodes.Const | nodes.Getattr | nodes.Name):
+            continue
+        text = (
+            node.value
+            if isinstance(node, nodes.Const)
+            else getattr(node, "attr", None) or node.name
+        )
+        if isinstance(text, str) and "__k" in text and not _PLACEHOLDER.fullmatch(text):
+            return None  # a placeholder inside a string literal: not a key after all
+    return tree
 
 
 def _expression_tree(expr: str) -> nodes.Expr:

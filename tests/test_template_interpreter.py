@@ -143,9 +143,12 @@ def expressions(draw, depth=2):
 @settings(max_examples=300, deadline=None)
 @given(expressions(), expressions())
 def test_random_expressions_agree(a, b):
+    from stepchain.templates import compile_template
+
     source = "{{ " + a + " }} / {% if " + b + " %}T{% else %}F{% endif %}"
     compiled, interpreted = both(source, CONTEXT)
     assert interpreted == compiled
+    assert outcome(lambda: compile_template(source).render(CONTEXT)) == compiled
 
 
 def test_nodes_outside_the_subset_are_refused():
@@ -157,3 +160,40 @@ def test_nodes_outside_the_subset_are_refused():
     ]:
         assert not supported(env.parse(source), env), source
     assert isinstance(env.parse("{{ a }}").body[0], nodes.Output)
+
+
+SHAPED = [
+    *TEMPLATES,
+    "s1 {{ steps.orders.output[0].name }} and {{ steps['my-step'].output | length }}\nnext",
+    "x {{ 'inputs.quarter' }} {{ inputs.quarter }}",
+    '{% for o in steps.orders.output %}<{{ o.name }}>{% endfor %} {{ inputs["quarter"] }}',
+    "{{ inputs.top_n }}{{ inputs.quarter }}",
+    "line one\r\n{{ inputs.quarter }}",
+    "{{- inputs.quarter -}}  \n",
+    "a {# comment #} {{ env.REGION }}",
+]
+
+
+@pytest.mark.parametrize("source", SHAPED)
+def test_templates_render_like_jinja_whatever_path_they_take(source):
+    from stepchain.templates import _SINGLE_EXPR, compile_template
+
+    env = environment()
+    native = _SINGLE_EXPR.match(source) and source.count("{{") == 1 and "{%" not in source
+    if native:
+        inner = _SINGLE_EXPR.match(source).group(1)
+        expected = outcome(
+            lambda: _strict(env.compile_expression(inner, undefined_to_none=False)(**CONTEXT))
+        )
+    else:
+        expected = outcome(lambda: env.from_string(source).render(CONTEXT))
+    assert outcome(lambda: compile_template(source).render(CONTEXT)) == expected
+
+
+def test_templates_that_differ_only_in_names_and_text_share_one_parse():
+    from stepchain.templates import _shape_tree, compile_template
+
+    _shape_tree.cache_clear()
+    for i in range(50):
+        compile_template(f"step {i}: {{{{ steps.s{i}.output | upper }}}} for {{{{ inputs.q{i} }}}}")
+    assert _shape_tree.cache_info().currsize == 1

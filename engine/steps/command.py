@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from typing import Any
@@ -24,7 +25,9 @@ def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[st
     return {"argv": [a if isinstance(a, str) else _json(a) for a in argv]}
 
 
-async def execute(step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None) -> Outcome:
+async def execute(
+    step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None
+) -> Outcome:
     cwd = str(runtime.pipeline.base_dir)
     try:
         if runtime.backend is not None:  # --executor dask: the command runs on a worker
@@ -64,10 +67,8 @@ async def _run_here(request: dict[str, Any], cwd: str) -> tuple[int, bytes, byte
 
 
 def _kill_group(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _json(value: Any) -> str:
