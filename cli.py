@@ -169,21 +169,10 @@ def run(
 @run_flags
 def resume(run_id: str, **flags: Any) -> None:
     """Resume a run: reuse its completed steps and run the rest."""
-    from stepchain.loader import load_pipeline, load_pipeline_text
-    from stepchain.records import Storage
+    from stepchain.executor import recorded_pipeline
 
-    storage = Storage()
-    state = storage.load_run_state(run_id)
-    storage.close()
-    path = Path(state.pipeline_path) if state.pipeline_path else None
-    if path and path.exists():
-        pipeline = load_pipeline(path)
-    else:
-        pipeline = load_pipeline_text(
-            state.pipeline_text, path.name if path else "<recorded>", path and path.parent
-        )
     flags["run_id"] = run_id
-    _run(pipeline, {}, True, **flags)
+    _run(recorded_pipeline(run_id), {}, True, **flags)
 
 
 def _run(

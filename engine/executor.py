@@ -161,19 +161,23 @@ def execute(
 def resume_run(run_id: str, executor: Executor | None = None, **options: Any) -> RunResult:
     """Resume a recorded run from its file (or, if the file is gone, from the recorded text)."""
     executor = executor or Executor()
-    storage = Storage(current_settings(executor.settings))
+    pipeline = recorded_pipeline(run_id, executor.settings)
+    return executor.run(pipeline, run_id=run_id, resume=True, **options)
+
+
+def recorded_pipeline(run_id: str, settings: Settings | None = None) -> Pipeline:
+    """The pipeline a run ran: its file as it is now, or the recorded text if the file is gone."""
+    storage = Storage(current_settings(settings))
     try:
         state = storage.load_run_state(run_id)
     finally:
         storage.close()
     path = Path(state.pipeline_path) if state.pipeline_path else None
     if path and path.exists():
-        pipeline = load_pipeline(path)
-    else:
-        pipeline = load_pipeline_text(
-            state.pipeline_text, path.name if path else "<recorded>", path.parent if path else None
-        )
-    return executor.run(pipeline, run_id=run_id, resume=True, **options)
+        return load_pipeline(path)
+    return load_pipeline_text(
+        state.pipeline_text, path.name if path else "<recorded>", path.parent if path else None
+    )
 
 
 @contextmanager

@@ -141,14 +141,7 @@ def _shaped(source: str) -> Compiled | None:
     if any(tag[2] in "-+" or tag[-3] == "-" for tag in tags):
         return None
     keys: list[str] = []
-
-    def placeholder(match: re.Match[str]) -> str:
-        keys.append(match.group(2) or match.group(4))
-        if match.group(2):
-            return f"{match.group(1)}.__k{len(keys) - 1}__"
-        return f"{match.group(1)}['__k{len(keys) - 1}__']"
-
-    shaped_tags = [_KEY.sub(placeholder, tag) for tag in tags]
+    shaped_tags = [_with_placeholders(tag, keys) for tag in tags]
     native = (
         len(tags) == 1
         and tags[0].startswith("{{")
@@ -270,6 +263,11 @@ def _skeleton(text: str) -> tuple[str, list[str]] | None:
         return None  # a tag the regex could not split: leave it to Jinja
     parts = [_lines(p) if i % 2 == 0 or p.startswith("{#") else p for i, p in enumerate(pieces)]
     keys: list[str] = []
+    return _blank_strings(_with_placeholders("".join(parts), keys)), keys
+
+
+def _with_placeholders(text: str, keys: list[str]) -> str:
+    """Replace each literal key (steps.X, inputs["Y"]) by __kN__, appending the keys."""
 
     def placeholder(match: re.Match[str]) -> str:
         keys.append(match.group(2) or match.group(4))
@@ -277,7 +275,7 @@ def _skeleton(text: str) -> tuple[str, list[str]] | None:
             return f"{match.group(1)}.__k{len(keys) - 1}__"
         return f"{match.group(1)}['__k{len(keys) - 1}__']"
 
-    return _blank_strings(_KEY.sub(placeholder, "".join(parts))), keys
+    return _KEY.sub(placeholder, text)
 
 
 def _lines(text: str) -> str:

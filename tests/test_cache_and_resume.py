@@ -254,7 +254,9 @@ def test_sigint_records_in_flight_steps_as_interrupted_and_exits_130(cli, write,
 
 
 def test_second_process_on_the_same_run_id_gets_a_clear_error(cli, write, calls_log):
-    path = write("chain.yaml", CHAIN.replace("seconds: 0.4}}\n  - {id: s2", "seconds: 60}}\n  - {id: s2"))
+    path = write(
+        "chain.yaml", CHAIN.replace("seconds: 0.4}}\n  - {id: s2", "seconds: 60}}\n  - {id: s2")
+    )
     first = cli.spawn("run", path, "--run-id", "busy")
     try:
         wait_for(lambda: "start s1" in calls(calls_log))

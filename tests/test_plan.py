@@ -26,14 +26,26 @@ def plan(cli, *args):
 
 def test_cold_plan_runs_roots_and_marks_downstream_unknown(cli, write, calls_log):
     path = write("p.yaml", PIPE)
-    assert plan(cli, path) == {"a": "run", "b": "unknown", "shout": "skip", "fan": "run", "c": "unknown"}
+    assert plan(cli, path) == {
+        "a": "run",
+        "b": "unknown",
+        "shout": "skip",
+        "fan": "run",
+        "c": "unknown",
+    }
     assert not calls_log.exists()  # planning calls no tool
 
 
 def test_plan_after_a_run_replays_everything(cli, write, calls_log):
     path = write("p.yaml", PIPE)
     cli("run", path)
-    assert plan(cli, path) == {"a": "replay", "b": "replay", "shout": "skip", "fan": "replay", "c": "replay"}
+    assert plan(cli, path) == {
+        "a": "replay",
+        "b": "replay",
+        "shout": "skip",
+        "fan": "replay",
+        "c": "replay",
+    }
     text = cli("plan", path).stdout
     assert "layer 0: a, fan\nlayer 1: b\nlayer 2: c, shout\n" in text
     assert "critical path: a -> b -> " in text  # three steps long (c and shout tie)

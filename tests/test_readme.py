@@ -40,5 +40,7 @@ def test_readme_setup_runs_the_main_job():
     setup = re.search(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
     assert "stepchain run pipelines/sales-report.yaml" in setup
     ci = (REPO / ".ci" / "run").read_text()
-    test_command = next(line for line in setup.splitlines() if "pytest" in line).split("#")[0].strip()
+    test_command = (
+        next(line for line in setup.splitlines() if "pytest" in line).split("#")[0].strip()
+    )
     assert test_command in ci
