@@ -181,84 +181,79 @@ class Interpreter:
 
     # -- expressions ----------------------------------------------------------------------
     def _expr(self, node: nodes.Node, scope: dict[str, Any]) -> Any:
-        env = self.env
-        if isinstance(node, nodes.Const):
-            value = node.value
-            if self.keys and isinstance(value, str) and value.startswith("__k"):
-                return self._key(value)
-            return value
-        if isinstance(node, nodes.Name):
-            if node.name in scope:
-                return scope[node.name]
-            if node.name in env.globals:
-                return env.globals[node.name]
-            return env.undefined(name=node.name)
-        if isinstance(node, nodes.Getattr):
-            attr = node.attr
-            if self.keys and attr.startswith("__k"):
-                attr = self._key(attr)
-            return env.getattr(self._expr(node.node, scope), attr)
-        if isinstance(node, nodes.Getitem):
-            obj = self._expr(node.node, scope)
-            return env.getitem(obj, self._expr(node.arg, scope))
-        if isinstance(node, nodes.Slice):
-            return slice(
-                *(
-                    None if n is None else self._expr(n, scope)
-                    for n in (node.start, node.stop, node.step)
-                )
+        return _EVALUATORS[type(node)](self, node, scope)
+
+    def _const(self, node: nodes.Const, scope: dict[str, Any]) -> Any:
+        value = node.value
+        if self.keys and isinstance(value, str) and value.startswith("__k"):
+            return self._key(value)
+        return value
+
+    def _name(self, node: nodes.Name, scope: dict[str, Any]) -> Any:
+        if node.name in scope:
+            return scope[node.name]
+        if node.name in self.env.globals:
+            return self.env.globals[node.name]
+        return self.env.undefined(name=node.name)
+
+    def _getattr(self, node: nodes.Getattr, scope: dict[str, Any]) -> Any:
+        attr = node.attr
+        if self.keys and attr.startswith("__k"):
+            attr = self._key(attr)
+        return self.env.getattr(self._expr(node.node, scope), attr)
+
+    def _getitem(self, node: nodes.Getitem, scope: dict[str, Any]) -> Any:
+        return self.env.getitem(self._expr(node.node, scope), self._expr(node.arg, scope))
+
+    def _slice(self, node: nodes.Slice, scope: dict[str, Any]) -> Any:
+        parts = (node.start, node.stop, node.step)
+        return slice(*(None if n is None else self._expr(n, scope) for n in parts))
+
+    def _filter(self, node: nodes.Filter, scope: dict[str, Any]) -> Any:
+        value = self._expr(node.node, scope) if node.node is not None else None
+        args, kwargs = self._args(node, scope)
+        return self.env.call_filter(
+            node.name, value, args, kwargs, context=self.context, eval_ctx=self.eval_ctx
+        )
+
+    def _test(self, node: nodes.Test, scope: dict[str, Any]) -> Any:
+        value = self._expr(node.node, scope)
+        args, kwargs = self._args(node, scope)
+        return self.env.call_test(
+            node.name, value, args, kwargs, context=self.context, eval_ctx=self.eval_ctx
+        )
+
+    def _compare(self, node: nodes.Compare, scope: dict[str, Any]) -> Any:
+        left = self._expr(node.expr, scope)
+        for op in node.ops:
+            right = self._expr(op.expr, scope)
+            if not _COMPARE[op.op](left, right):
+                return False
+            left = right
+        return True
+
+    def _and(self, node: nodes.And, scope: dict[str, Any]) -> Any:
+        left = self._expr(node.left, scope)
+        return self._expr(node.right, scope) if left else left
+
+    def _or(self, node: nodes.Or, scope: dict[str, Any]) -> Any:
+        left = self._expr(node.left, scope)
+        return left if left else self._expr(node.right, scope)
+
+    def _binary(self, node: nodes.BinExpr, scope: dict[str, Any]) -> Any:
+        return _BINARY[type(node)](self._expr(node.left, scope), self._expr(node.right, scope))
+
+    def _concat(self, node: nodes.Concat, scope: dict[str, Any]) -> Any:
+        return "".join(str(self._expr(n, scope)) for n in node.nodes)
+
+    def _cond(self, node: nodes.CondExpr, scope: dict[str, Any]) -> Any:
+        if self._expr(node.test, scope):
+            return self._expr(node.expr1, scope)
+        if node.expr2 is None:  # compiled Jinja uses the lenient Undefined here, not env's
+            return Undefined(
+                "the inline if-expression evaluated to false and no else section was defined."
             )
-        if isinstance(node, nodes.Filter):
-            value = self._expr(node.node, scope) if node.node is not None else None
-            args, kwargs = self._args(node, scope)
-            return env.call_filter(
-                node.name, value, args, kwargs, context=self.context, eval_ctx=self.eval_ctx
-            )
-        if isinstance(node, nodes.Test):
-            value = self._expr(node.node, scope)
-            args, kwargs = self._args(node, scope)
-            return env.call_test(
-                node.name, value, args, kwargs, context=self.context, eval_ctx=self.eval_ctx
-            )
-        if isinstance(node, nodes.Compare):
-            left = self._expr(node.expr, scope)
-            for op in node.ops:
-                right = self._expr(op.expr, scope)
-                if not _COMPARE[op.op](left, right):
-                    return False
-                left = right
-            return True
-        if isinstance(node, nodes.And):
-            left = self._expr(node.left, scope)
-            return self._expr(node.right, scope) if left else left
-        if isinstance(node, nodes.Or):
-            left = self._expr(node.left, scope)
-            return left if left else self._expr(node.right, scope)
-        if isinstance(node, nodes.Not):
-            return not self._expr(node.node, scope)
-        if isinstance(node, nodes.Neg):
-            return -self._expr(node.node, scope)
-        if isinstance(node, nodes.Pos):
-            return +self._expr(node.node, scope)
-        if type(node) in _BINARY:
-            return _BINARY[type(node)](self._expr(node.left, scope), self._expr(node.right, scope))
-        if isinstance(node, nodes.Concat):
-            return "".join(str(self._expr(n, scope)) for n in node.nodes)
-        if isinstance(node, nodes.CondExpr):
-            if self._expr(node.test, scope):
-                return self._expr(node.expr1, scope)
-            if node.expr2 is None:  # compiled Jinja uses the lenient Undefined here, not env's
-                return Undefined(
-                    "the inline if-expression evaluated to false and no else section was defined."
-                )
-            return self._expr(node.expr2, scope)
-        if isinstance(node, nodes.List):
-            return [self._expr(n, scope) for n in node.items]
-        if isinstance(node, nodes.Tuple):
-            return tuple(self._expr(n, scope) for n in node.items)
-        if isinstance(node, nodes.Dict):
-            return {self._expr(p.key, scope): self._expr(p.value, scope) for p in node.items}
-        raise TypeError(f"cannot interpret {type(node).__name__}")  # pragma: no cover
+        return self._expr(node.expr2, scope)
 
     def _key(self, placeholder: str) -> str:
         match = _PLACEHOLDER.fullmatch(placeholder)
@@ -268,3 +263,28 @@ class Interpreter:
         args = [self._expr(a, scope) for a in node.args]
         kwargs = {k.key: self._expr(k.value, scope) for k in node.kwargs}
         return args, kwargs
+
+
+_EVALUATORS: dict[type, Callable[[Interpreter, Any, dict[str, Any]], Any]] = {
+    nodes.Const: Interpreter._const,
+    nodes.Name: Interpreter._name,
+    nodes.Getattr: Interpreter._getattr,
+    nodes.Getitem: Interpreter._getitem,
+    nodes.Slice: Interpreter._slice,
+    nodes.Filter: Interpreter._filter,
+    nodes.Test: Interpreter._test,
+    nodes.Compare: Interpreter._compare,
+    nodes.And: Interpreter._and,
+    nodes.Or: Interpreter._or,
+    nodes.Not: lambda self, node, scope: not self._expr(node.node, scope),
+    nodes.Neg: lambda self, node, scope: -self._expr(node.node, scope),
+    nodes.Pos: lambda self, node, scope: +self._expr(node.node, scope),
+    nodes.Concat: Interpreter._concat,
+    nodes.CondExpr: Interpreter._cond,
+    nodes.List: lambda self, node, scope: [self._expr(n, scope) for n in node.items],
+    nodes.Tuple: lambda self, node, scope: tuple(self._expr(n, scope) for n in node.items),
+    nodes.Dict: lambda self, node, scope: {
+        self._expr(p.key, scope): self._expr(p.value, scope) for p in node.items
+    },
+    **dict.fromkeys(_BINARY, Interpreter._binary),
+}
