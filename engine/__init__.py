@@ -1,38 +1,44 @@
-"""StepChain: declarative YAML pipelines for LLM and tool workflows, validated, cached, resumable."""
+"""StepChain: declarative YAML pipelines for LLM and tool workflows, validated, cached, resumable.
 
-from stepchain.errors import PipelineInvalid, StepChainError
-from stepchain.executor import Executor, execute, resume_run
-from stepchain.loader import load_pipeline
-from stepchain.model import Pipeline, Step
-from stepchain.records import RunState, Storage
-from stepchain.results import RunResult, StepResult
-from stepchain.settings import Settings, setup_stepchain
+The public names are imported on first use, so `stepchain validate` does not pay for the
+executor, the cache or the LLM client.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "1.0.0"
 
+_PUBLIC = {
+    "Executor": "stepchain.executor",
+    "execute": "stepchain.executor",
+    "resume_run": "stepchain.executor",
+    "load_pipeline": "stepchain.loader",
+    "Pipeline": "stepchain.model",
+    "Step": "stepchain.model",
+    "RunState": "stepchain.records",
+    "Storage": "stepchain.records",
+    "RunResult": "stepchain.results",
+    "StepResult": "stepchain.results",
+    "Settings": "stepchain.settings",
+    "setup_stepchain": "stepchain.settings",
+    "PipelineInvalid": "stepchain.errors",
+    "StepChainError": "stepchain.errors",
+    "decompose": "stepchain.decomposer",
+}
 
-def decompose(task: str, **kwargs):
-    """Turn a task in plain words into a validated pipeline (see stepchain.decomposer)."""
-    from stepchain.decomposer import decompose as _decompose
-
-    return _decompose(task, **kwargs)
+__all__ = [*sorted(_PUBLIC), "__version__"]
 
 
-__all__ = [
-    "Executor",
-    "Pipeline",
-    "PipelineInvalid",
-    "RunResult",
-    "RunState",
-    "Settings",
-    "Step",
-    "StepChainError",
-    "StepResult",
-    "Storage",
-    "__version__",
-    "decompose",
-    "execute",
-    "load_pipeline",
-    "resume_run",
-    "setup_stepchain",
-]
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'stepchain' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -22,7 +22,9 @@ from stepchain.validation import check_semantics
 from stepchain.yaml_source import Source, load_source
 
 
-def check_text(file: str, text: str) -> tuple[list[Problem], Pipeline | None]:
+def check_text(
+    file: str, text: str, *, build: bool = True
+) -> tuple[list[Problem], Pipeline | None]:
     """All problems of a pipeline text, sorted; the Pipeline when there are none."""
     source = load_source(file, text)
     if source.data is None and source.problems:
@@ -35,7 +37,7 @@ def check_text(file: str, text: str) -> tuple[list[Problem], Pipeline | None]:
     problems = list(source.problems) + schema_problems(source)
     checked = check_semantics(source)
     problems = sorted(set(problems + checked.problems))
-    if problems:
+    if problems or not build:
         return problems, None
     return [], build_pipeline(source, checked.deps)
 
@@ -138,4 +140,4 @@ def _build_tool(name: str, raw: dict[str, Any]) -> ToolSpec:
 
 def check_file(path: str | Path) -> list[Problem]:
     """Every problem of one pipeline file (what `stepchain validate` prints)."""
-    return check_text(str(path), read_text(path))[0]
+    return check_text(str(path), read_text(path), build=False)[0]

@@ -18,6 +18,7 @@ from stepchain.render import evaluate
 from stepchain.runtime import RunOptions, Runtime
 from stepchain.settings import Settings, current_settings
 from stepchain.steps import kind_module
+from stepchain.templates import Vars
 
 Action = Literal["replay", "run", "unknown", "skip", "error"]
 
@@ -60,7 +61,7 @@ def plan_pipeline(
     resolved = resolve_inputs(pipeline, inputs or {})
     runtime = Runtime(pipeline, current_settings(settings), RunOptions(), "plan", resolved)
     cache = ResultCache(runtime.settings)
-    known: dict[str, dict[str, Any]] = {}  # step id -> {"output", "status"} once predictable
+    known: dict[str, dict[str, Any]] = Vars()  # step id -> {"output", "status"} once predictable
     plan = Plan(pipeline.name, generations, critical_path(graph))
     try:
         for sid in _topological(pipeline, generations):
@@ -104,7 +105,10 @@ def _plan_step(
             items = evaluate(
                 step.foreach, context, runtime.path_of(step, "foreach"), runtime.locate
             )
-            items = list(items.items()) if isinstance(items, dict) else list(items)
+            if isinstance(items, dict):
+                items = list(items.items())
+            if not isinstance(items, (list, tuple)):
+                return "error", f"foreach must give a list, got {type(items).__name__}"
             requests = [
                 module.render_request(step, {**context, "item": it, "index": i}, runtime)
                 for i, it in enumerate(items)

@@ -34,14 +34,17 @@ class LiveTable:
         self.started: dict[str, float] = {}
         self.many = len(pipeline.steps) > 60  # a huge table helps nobody: summarise instead
         self.shown = False
-        self.live = Live(self.table(), console=self.console, refresh_per_second=8, transient=False)
+        # Live redraws from table() at most 8 times a second; events only update the rows,
+        # so a 2,000-step run does not build 6,000 tables.
+        self.live = Live(
+            console=self.console, get_renderable=self.table, refresh_per_second=8, transient=False
+        )
 
     def __enter__(self) -> LiveTable:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.shown:
-            self.live.update(self.table())
             self.live.__exit__(*exc)
 
     def __call__(self, event: str, step_id: str, result: StepResult | None) -> None:
@@ -61,7 +64,6 @@ class LiveTable:
             tokens = result.usage.get("total_tokens")
             row["tokens"] = str(tokens) if tokens else ""
             row["seconds"] = f"{result.duration_s:.2f}" if result.duration_s is not None else ""
-        self.live.update(self.table())
 
     def table(self) -> Table:
         table = Table(title=f"stepchain · {self.pipeline.name}", title_justify="left")

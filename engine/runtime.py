@@ -15,6 +15,7 @@ from stepchain.function_tools import FunctionTool, load_function_tool
 from stepchain.model import Pipeline, Step
 from stepchain.secrets import Masker
 from stepchain.settings import Settings
+from stepchain.templates import Vars
 from stepchain.threads import run_in_thread
 
 
@@ -58,6 +59,7 @@ class Runtime:
         self._function_tools: dict[str, FunctionTool] = {}
         self._mcp_pool: Any = None
         self._llm: Any = None
+        self._roots: dict[str, Any] | None = None  # the template context's fixed roots
         self.approval_lock = asyncio.Lock()  # one approval question at a time
         self.backend: Any = None  # a DaskBackend with --executor dask, else None (local)
 
@@ -96,12 +98,14 @@ class Runtime:
 
     # -- templates ------------------------------------------------------------------------
     def base_context(self) -> dict[str, Any]:
-        return {
-            "inputs": self.inputs,
-            "env": self.env,
-            "secrets": self.secrets,
-            "run": {"id": self.run_id},
-        }
+        if self._roots is None:
+            self._roots = {
+                "inputs": Vars(self.inputs),
+                "env": Vars(self.env),
+                "secrets": Vars(self.secrets),
+                "run": Vars(id=self.run_id),
+            }
+        return dict(self._roots)
 
     @staticmethod
     def path_of(step: Step, *fields: str | int) -> tuple:

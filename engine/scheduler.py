@@ -21,6 +21,7 @@ from stepchain.results import RunResult, StepResult, add_usage, now
 from stepchain.runtime import Runtime
 from stepchain.settings import LOGGER_NAME
 from stepchain.steps import Outcome, kind_module
+from stepchain.templates import Vars
 
 log = logging.getLogger(LOGGER_NAME)
 Observer = Callable[[str, str, StepResult | None], None]  # (event, step_id, result)
@@ -55,7 +56,7 @@ class Scheduler:
         self.previous = previous
         self.observe = observer or (lambda *_: None)
         self.results: dict[str, StepResult] = {}
-        self.visible: dict[str, dict[str, Any]] = {}  # what templates see as `steps`
+        self.visible: dict[str, dict[str, Any]] = Vars()  # what templates see as `steps`
         self.unwritten: list[tuple[str, Any, dict[str, int] | None, float | None]] = []
         self.slots = asyncio.Semaphore(max(1, self.options.max_concurrent))
         self.running: dict[asyncio.Task, str] = {}

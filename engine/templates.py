@@ -41,6 +41,19 @@ def environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
+class Vars(dict):
+    """A context root (inputs, env, steps, ...) where names win over dict methods.
+
+    Jinja looks attributes up before items, so `inputs.items` would be dict.items; here an
+    input, variable or step called `items`, `keys`, `values` or `get` is what it names.
+    """
+
+    def __getattribute__(self, name: str) -> Any:
+        if dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        return super().__getattribute__(name)
+
+
 class Reference(NamedTuple):
     """One use of a context root in a template, e.g. steps.orders.output at template line 3."""
 

@@ -367,3 +367,28 @@ def test_unusable_state_folder_is_a_clear_error(cli, write, monkeypatch):
     result = cli("run", path)
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: cannot use {path.parent / 'home'} as the state folder")
+
+
+def test_inputs_and_steps_named_like_dict_methods_are_what_they_name(cli, write):
+    path = write(
+        "p.yaml",
+        """
+        version: 1
+        name: t
+        inputs: {items: {type: array, default: [a, b]}, keys: {type: string, default: k}}
+        steps:
+          - {id: values, foreach: inputs.items, template: "{{ item }}-{{ inputs.keys }}"}
+          - {id: get, template: "{{ steps.values.output | join(',') }}"}
+          - {id: last, template: "{{ steps.get.output }}"}
+        """,
+    )
+    assert cli("validate", path).exit_code == 0
+    plan = json.loads(cli("plan", path, "--json").stdout)["steps"]
+    assert {k: v["action"] for k, v in plan.items()} == {
+        "values": "run",
+        "get": "run",
+        "last": "run",
+    }
+    doc = cli.json("run", path)
+    assert doc["steps"]["values"]["output"] == ["a-k", "b-k"]
+    assert doc["steps"]["last"]["output"] == "a-k,b-k"
