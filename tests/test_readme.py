@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 
 import pytest
@@ -44,3 +45,23 @@ def test_readme_setup_runs_the_main_job():
         next(line for line in setup.splitlines() if "pytest" in line).split("#")[0].strip()
     )
     assert test_command in ci
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    """The Python API block runs as written, from a folder holding the example pipelines."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"```python\n(from stepchain import .*?)```", text, re.S).group(1)
+    shutil.copytree(REPO / "pipelines", tmp_path / "pipelines")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STEPCHAIN_HOME")  # the example passes storage_path itself
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    statuses = {r.step_id: r.status for r in namespace["results"]}
+    assert statuses.pop("chart") == "skipped"  # `when: inputs.top_n >= 5` with top_n 3
+    assert set(statuses.values()) == {"completed"}
+    assert all(r.attempts == 0 for r in namespace["results"])  # the resumed run reran nothing
+    assert namespace["failed"] == []
+    assert namespace["run"].status == "completed"
+    recorded = {r.step_id: r.status for r in namespace["state"].results}
+    assert recorded == {r.step_id: r.status for r in namespace["results"]}
+    assert (tmp_path / ".stepchain").is_dir()
