@@ -13,8 +13,8 @@ import click
 from stepchain import __version__
 from stepchain.errors import PipelineInvalid, StepChainError, UsageError
 
+RUN_ID_FLAG = click.option("--run-id", help="Name the run (default: <name>-<UTC time>-<4 hex>).")
 RUN_FLAGS = [
-    click.option("--run-id", help="Name the run (default: <name>-<UTC time>-<4 hex>)."),
     click.option("--max-concurrent", type=click.IntRange(min=1), default=8, show_default=True),
     click.option("--fail-fast", is_flag=True, help="Start nothing new after the first failure."),
     click.option("--no-cache", is_flag=True, help="Ignore cache hits (results are still stored)."),
@@ -34,6 +34,7 @@ RUN_FLAGS = [
 
 
 def run_flags(func: Any) -> Any:
+    """The flags of `run` and `resume` (`resume` takes the run id as its argument instead)."""
     for option in reversed(RUN_FLAGS):
         func = option(func)
     return func
@@ -150,6 +151,7 @@ def graph(file: str, fmt: str) -> None:
 @main.command()
 @click.argument("file", type=click.Path())
 @input_flags
+@RUN_ID_FLAG
 @run_flags
 @click.option("--resume", is_flag=True, help="Reuse the completed steps of --run-id.")
 def run(

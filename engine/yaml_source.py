@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - PyYAML without libyaml
 Path = tuple[str | int, ...]
 MAX_NODES = 1_000_000  # values as aliases expand them; a real pipeline is far below
 MAX_DEPTH = 200  # nesting; a real pipeline stays under 20
+_TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep: flatten the structure"
 
 _NULL = {"", "~", "null", "Null", "NULL"}
 _BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
@@ -226,7 +227,7 @@ class _Builder:
                     if len(stack) >= MAX_DEPTH:
                         raise _Refused(
                             *start,
-                            f"nested more than {MAX_DEPTH} levels deep: flatten the structure",
+                            _TOO_DEEP,
                         )
                     stack.append(self._open(event, path, start))
                     continue
@@ -426,6 +427,8 @@ def syntax_problem(source: Source, exc: yaml.YAMLError) -> Problem:
     opened = getattr(exc, "context_mark", None)
     opened_at = (opened.line + 1, opened.column + 1) if opened else pos
     problem, context = getattr(exc, "problem", None) or "", getattr(exc, "context", None) or ""
+    if "maximum nesting depth" in problem:  # libyaml >= 0.2.6 (PyYAML 6.0.4) stops at 1,000 levels
+        return Problem(source.file, *pos, "", _TOO_DEEP)
     place, message = _explain(source, problem, context, pos, opened_at) or (
         pos,
         f"{problem or exc}" + (f" ({context})" if context else ""),
