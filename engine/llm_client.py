@@ -26,6 +26,7 @@ get back a `Turn`; this module turns it into either wire format and back.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
@@ -38,6 +39,8 @@ from stepchain.errors import CredentialsMissing, RetryableStepError, StepError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 API_MODES = ("auto", "responses", "chat")
+_BEARER = {"bearer_auth": True}  # the auth the SDK's own responses/chat `create` ask for
+_ssl_contexts: dict[tuple[str | None, str | None], Any] = {}
 _CLOSED_ONLY = {"allOf", "oneOf", "not", "if", "then", "else", "patternProperties",
                 "dependentRequired", "dependentSchemas", "unevaluatedProperties",
                 "propertyNames", "minProperties", "maxProperties"}  # fmt: skip
@@ -51,6 +54,23 @@ def check_credentials() -> None:
             "server such as Ollama or vLLM; a local server without auth accepts any value, "
             "e.g. OPENAI_API_KEY=local)"
         )
+
+
+def shared_ssl_context() -> Any:
+    """The HTTP library's default TLS context, built once per process and shared by clients.
+
+    Building it loads the CA store (~50 ms of CPU); every client would otherwise build its own.
+    Keyed by SSL_CERT_FILE / SSL_CERT_DIR, which the default context reads.
+    """
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    if key not in _ssl_contexts:
+        http = next(
+            c for c in openai.DefaultAsyncHttpxClient.__mro__ if c.__name__ == "AsyncClient"
+        )  # httpx2 or httpx, whichever this SDK version is built on
+        _ssl_contexts[key] = importlib.import_module(
+            http.__module__.split(".")[0]
+        ).create_ssl_context()
+    return _ssl_contexts[key]
 
 
 @dataclass(frozen=True)
@@ -93,7 +113,10 @@ class LLMClient:
 
     def __init__(self, api_key: str, base_url: str | None = None) -> None:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self._client = openai.AsyncOpenAI(api_key=api_key, base_url=self.base_url, max_retries=0)
+        http_client = openai.DefaultAsyncHttpxClient(verify=shared_ssl_context())
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=self.base_url, max_retries=0, http_client=http_client
+        )
         self._api_by_url: dict[str, str] = {}  # base URL -> "chat" once /responses was missing
 
     @classmethod
@@ -158,23 +181,21 @@ class LLMClient:
             kwargs["text"] = {"format": call.output_format}
         if call.tools:
             kwargs["tools"] = call.tools
-        response = await self._client.responses.create(**kwargs, timeout=call.timeout)
-        turn = Turn(text="", usage=_usage(getattr(response, "usage", None), "responses"))
-        texts = []
-        for item in getattr(response, "output", None) or []:
-            kind = getattr(item, "type", None)
-            if kind == "message":
-                for part in getattr(item, "content", None) or []:
-                    if getattr(part, "type", None) == "output_text":
-                        texts.append(part.text)
-                    elif getattr(part, "type", None) == "refusal":
-                        turn.refusal = part.refusal
-            elif kind == "function_call":
-                turn.calls.append(ToolCall(item.call_id, item.name, item.arguments or "{}"))
-        turn.text = "".join(texts)
-        details = getattr(response, "incomplete_details", None)
-        turn.truncated = getattr(details, "reason", None) == "max_output_tokens"
-        return turn
+        return _responses_turn(await self._post("/responses", kwargs, call.timeout))
+
+    async def _post(self, path: str, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        """POST through the SDK (its auth, headers, errors, timeouts); the JSON object back.
+
+        The body goes as built (it is already in wire form: the SDK's request transform would
+        return it unchanged) and the answer is read as plain JSON, not the SDK's models.
+        """
+        raw = await self._client.post(
+            path, cast_to=bytes, body=body, options={"timeout": timeout, "security": _BEARER}
+        )
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise _malformed(self.base_url)
+        return data
 
     # -- Chat Completions -------------------------------------------------------------------
     async def _chat(self, call: ModelCall) -> Turn:
@@ -199,19 +220,54 @@ class LLMClient:
             kwargs["response_format"] = fmt
         if call.tools:
             kwargs["tools"] = [_chat_tool(t) for t in call.tools]
-        completion = await self._client.chat.completions.create(**kwargs, timeout=call.timeout)
-        choice = (getattr(completion, "choices", None) or [None])[0]
-        message = getattr(choice, "message", None)
-        turn = Turn(
-            text=getattr(message, "content", None) or "",
-            usage=_usage(getattr(completion, "usage", None), "chat"),
-            refusal=getattr(message, "refusal", None),
-            truncated=getattr(choice, "finish_reason", None) == "length",
-        )
-        for tc in getattr(message, "tool_calls", None) or []:
-            if getattr(tc, "type", "function") == "function":
-                turn.calls.append(ToolCall(tc.id, tc.function.name, tc.function.arguments or "{}"))
-        return turn
+        return _chat_turn(await self._post("/chat/completions", kwargs, call.timeout))
+
+
+# -- answers --------------------------------------------------------------------------------
+def _responses_turn(response: dict[str, Any]) -> Turn:
+    turn = Turn(text="", usage=_usage(response.get("usage"), "responses"))
+    texts = []
+    for item in _items(response.get("output")):
+        kind = item.get("type")
+        if kind == "message":
+            for part in _items(item.get("content")):
+                if part.get("type") == "output_text":
+                    texts.append(part.get("text") or "")
+                elif part.get("type") == "refusal":
+                    turn.refusal = part.get("refusal")
+        elif kind == "function_call":
+            turn.calls.append(_tool_call(item.get("call_id"), item))
+    turn.text = "".join(texts)
+    turn.truncated = _field(response.get("incomplete_details"), "reason") == "max_output_tokens"
+    return turn
+
+
+def _chat_turn(completion: dict[str, Any]) -> Turn:
+    choice = next(iter(_items(completion.get("choices"))), {})
+    message = _field(choice, "message") or {}
+    turn = Turn(
+        text=_field(message, "content") or "",
+        usage=_usage(completion.get("usage"), "chat"),
+        refusal=_field(message, "refusal"),
+        truncated=choice.get("finish_reason") == "length",
+    )
+    for tc in _items(_field(message, "tool_calls")):
+        if tc.get("type", "function") == "function":
+            turn.calls.append(_tool_call(tc.get("id"), _field(tc, "function") or {}))
+    return turn
+
+
+def _tool_call(call_id: Any, function: dict[str, Any]) -> ToolCall:
+    return ToolCall(call_id or "", function.get("name") or "", function.get("arguments") or "{}")
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    """The objects of a JSON array (anything else in it, or a non-array, is skipped)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _field(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, dict) else None
 
 
 # -- conversation conversion ----------------------------------------------------------------
@@ -265,16 +321,16 @@ def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 def _usage(usage: Any, api: str) -> dict[str, int]:
     """{input_tokens, output_tokens, cached_tokens, total_tokens} from either API's usage."""
-    if usage is None:
+    if not isinstance(usage, dict):
         return {}
     if api == "responses":
         names = ("input_tokens", "output_tokens", "input_tokens_details")
     else:
         names = ("prompt_tokens", "completion_tokens", "prompt_tokens_details")
-    inp = getattr(usage, names[0], None) or 0
-    out = getattr(usage, names[1], None) or 0
-    cached = getattr(getattr(usage, names[2], None), "cached_tokens", None) or 0
-    total = getattr(usage, "total_tokens", None) or inp + out
+    inp = usage.get(names[0]) or 0
+    out = usage.get(names[1]) or 0
+    cached = _field(usage.get(names[2]), "cached_tokens") or 0
+    total = usage.get("total_tokens") or inp + out
     return {
         "input_tokens": inp,
         "output_tokens": out,
@@ -314,8 +370,12 @@ def _classify(exc: Exception, base_url: str) -> Exception:
             "check the step's model, temperature, max_output_tokens, output_schema and tools",
         )
     if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
-        return RetryableStepError(f"the LLM server at {base_url} sent a malformed response")
+        return _malformed(base_url)
     return exc
+
+
+def _malformed(base_url: str) -> RetryableStepError:
+    return RetryableStepError(f"the LLM server at {base_url} sent a malformed response")
 
 
 def _server_message(exc: openai.APIStatusError) -> str:
