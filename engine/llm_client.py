@@ -169,19 +169,20 @@ class LLMClient:
 
     # -- Responses API ----------------------------------------------------------------------
     async def _responses(self, call: ModelCall) -> Turn:
-        kwargs: dict[str, Any] = {"model": call.model, "input": _responses_input(call.messages)}
-        kwargs["store"] = False
+        # Fields in the order the SDK's `responses.create` sends them: the same bytes on the wire.
+        body: dict[str, Any] = {"model": call.model, "input": _responses_input(call.messages)}
         if call.system:
-            kwargs["instructions"] = call.system
-        if call.temperature is not None:
-            kwargs["temperature"] = call.temperature
+            body["instructions"] = call.system
         if call.max_output_tokens is not None:
-            kwargs["max_output_tokens"] = call.max_output_tokens
+            body["max_output_tokens"] = call.max_output_tokens
+        body["store"] = False
+        if call.temperature is not None:
+            body["temperature"] = call.temperature
         if call.output_format:
-            kwargs["text"] = {"format": call.output_format}
+            body["text"] = {"format": call.output_format}
         if call.tools:
-            kwargs["tools"] = call.tools
-        return _responses_turn(await self._post("/responses", kwargs, call.timeout))
+            body["tools"] = call.tools
+        return _responses_turn(await self._post("/responses", body, call.timeout))
 
     async def _post(self, path: str, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         """POST through the SDK (its auth, headers, errors, timeouts); the JSON object back.
@@ -207,20 +208,21 @@ class LLMClient:
                 "use api: responses with a provider that hosts them, or remove them from tools:",
             )
         messages = _chat_messages(call.system, call.messages)
-        kwargs: dict[str, Any] = {"model": call.model, "messages": messages}
-        if call.temperature is not None:
-            kwargs["temperature"] = call.temperature
+        # Fields in the order the SDK's `chat.completions.create` sends them.
+        body: dict[str, Any] = {"model": call.model, "messages": messages}
         if call.max_output_tokens is not None:
-            kwargs["max_tokens"] = call.max_output_tokens
+            body["max_tokens"] = call.max_output_tokens
         fmt = call.output_format
         if fmt and fmt["type"] == "json_schema":
             inner = {k: fmt[k] for k in ("name", "schema", "strict") if k in fmt}
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": inner}
+            body["response_format"] = {"type": "json_schema", "json_schema": inner}
         elif fmt:
-            kwargs["response_format"] = fmt
+            body["response_format"] = fmt
+        if call.temperature is not None:
+            body["temperature"] = call.temperature
         if call.tools:
-            kwargs["tools"] = [_chat_tool(t) for t in call.tools]
-        return _chat_turn(await self._post("/chat/completions", kwargs, call.timeout))
+            body["tools"] = [_chat_tool(t) for t in call.tools]
+        return _chat_turn(await self._post("/chat/completions", body, call.timeout))
 
 
 # -- answers --------------------------------------------------------------------------------
