@@ -26,9 +26,11 @@ get back a `Turn`; this module turns it into either wire format and back.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -41,6 +43,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 API_MODES = ("auto", "responses", "chat")
 _BEARER = {"bearer_auth": True}  # the auth the SDK's own responses/chat `create` ask for
 _ssl_contexts: dict[tuple[str | None, str | None], Any] = {}
+_ssl_lock = threading.Lock()
 _CLOSED_ONLY = {"allOf", "oneOf", "not", "if", "then", "else", "patternProperties",
                 "dependentRequired", "dependentSchemas", "unevaluatedProperties",
                 "propertyNames", "minProperties", "maxProperties"}  # fmt: skip
@@ -59,18 +62,32 @@ def check_credentials() -> None:
 def shared_ssl_context() -> Any:
     """The HTTP library's default TLS context, built once per process and shared by clients.
 
-    Building it loads the CA store (~50 ms of CPU); every client would otherwise build its own.
+    Building it loads the CA store (~50 ms); every client would otherwise build its own.
     Keyed by SSL_CERT_FILE / SSL_CERT_DIR, which the default context reads.
     """
     key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-    if key not in _ssl_contexts:
-        http = next(
-            c for c in openai.DefaultAsyncHttpxClient.__mro__ if c.__name__ == "AsyncClient"
-        )  # httpx2 or httpx, whichever this SDK version is built on
-        _ssl_contexts[key] = importlib.import_module(
-            http.__module__.split(".")[0]
-        ).create_ssl_context()
-    return _ssl_contexts[key]
+    with _ssl_lock:  # a warm_up_tls() thread may be building it: wait for that one
+        if key not in _ssl_contexts:
+            http = next(
+                c for c in openai.DefaultAsyncHttpxClient.__mro__ if c.__name__ == "AsyncClient"
+            )  # httpx2 or httpx, whichever this SDK version is built on
+            module = importlib.import_module(http.__module__.split(".")[0])
+            _ssl_contexts[key] = module.create_ssl_context()
+        return _ssl_contexts[key]
+
+
+def warm_up_tls() -> None:
+    """Start building the shared TLS context in the background, before the first client.
+
+    OpenSSL reads the CA store without holding the GIL, so this overlaps with the run's own
+    start-up (records, scheduler, first prompts). A failure is left for the client to raise.
+    """
+
+    def build() -> None:
+        with contextlib.suppress(Exception):
+            shared_ssl_context()
+
+    threading.Thread(target=build, name="stepchain-tls", daemon=True).start()
 
 
 @dataclass(frozen=True)

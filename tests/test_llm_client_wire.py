@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -23,6 +25,7 @@ from stepchain.llm_client import (
     Turn,
     json_schema_format,
     shared_ssl_context,
+    warm_up_tls,
 )
 
 from tests.support.fake_openai import FakeOpenAI, Reply
@@ -333,3 +336,17 @@ def test_clients_share_one_tls_context_and_use_the_sdk_defaults(fake):
         assert sdk.timeout == reference.timeout
         assert sdk._client.follow_redirects is True
     asyncio.run(reference.close())
+
+
+def test_tls_warm_up_builds_the_context_the_clients_share(monkeypatch):
+    paths = ssl.get_default_verify_paths()
+    cafile = next(
+        (f for f in (paths.cafile, paths.openssl_cafile) if f and Path(f).is_file()), None
+    )
+    if cafile is None:
+        pytest.skip("no CA file on this machine")
+    monkeypatch.setenv("SSL_CERT_FILE", cafile)  # a key no other test has built
+    warm_up_tls()
+    context = shared_ssl_context()  # waits for the warm-up thread, or builds it
+    assert context is shared_ssl_context()
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
