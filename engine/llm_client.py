@@ -14,6 +14,13 @@ get back a `Turn`; this module turns it into either wire format and back.
   (`RetryableStepError`, with `retry_after` from `retry-after-ms`/`Retry-After`); bad
   credentials, bad requests and unknown models fail at once with what to fix.
 - The SDK never retries (`max_retries=0`): the scheduler owns retries and backoff.
+- Requests go through the SDK's `client.post` (its auth, headers, timeouts and error types)
+  with the body already in wire form, in the field order of the SDK's own `create()` (the
+  same bytes); the answer is read as plain JSON. That skips the SDK's per-request params
+  transform and its response models (~2 ms of CPU per request, serial on the event loop).
+  tests/test_llm_client_wire.py checks both against the SDK's `create()` and models.
+- One TLS context per process, shared by every client (`shared_ssl_context`), and built in a
+  background thread from the run's preflight (`warm_up_tls`).
 - Structured output: strict mode needs every object closed (`additionalProperties: false`)
   with all its properties required, and a subset of JSON Schema. A user's schema is sent
   with `strict: true` only when it meets those rules; otherwise it is sent with
