@@ -14,6 +14,13 @@ get back a `Turn`; this module turns it into either wire format and back.
   (`RetryableStepError`, with `retry_after` from `retry-after-ms`/`Retry-After`); bad
   credentials, bad requests and unknown models fail at once with what to fix.
 - The SDK never retries (`max_retries=0`): the scheduler owns retries and backoff.
+- Requests go through the SDK's `client.post` (its auth, headers, timeouts and error types)
+  with the body already in wire form, in the field order of the SDK's own `create()` (the
+  same bytes); the answer is read as plain JSON. That skips the SDK's per-request params
+  transform and its response models (~2 ms of CPU per request, serial on the event loop).
+  tests/test_llm_client_wire.py checks both against the SDK's `create()` and models.
+- One TLS context per process, shared by every client (`shared_ssl_context`), and built in a
+  background thread from the run's preflight (`warm_up_tls`).
 - Structured output: strict mode needs every object closed (`additionalProperties: false`)
   with all its properties required, and a subset of JSON Schema. A user's schema is sent
   with `strict: true` only when it meets those rules; otherwise it is sent with
@@ -26,8 +33,11 @@ get back a `Turn`; this module turns it into either wire format and back.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -38,6 +48,9 @@ from stepchain.errors import CredentialsMissing, RetryableStepError, StepError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 API_MODES = ("auto", "responses", "chat")
+_BEARER = {"bearer_auth": True}  # the auth the SDK's own responses/chat `create` ask for
+_ssl_contexts: dict[tuple[str | None, str | None], Any] = {}
+_ssl_lock = threading.Lock()
 _CLOSED_ONLY = {"allOf", "oneOf", "not", "if", "then", "else", "patternProperties",
                 "dependentRequired", "dependentSchemas", "unevaluatedProperties",
                 "propertyNames", "minProperties", "maxProperties"}  # fmt: skip
@@ -51,6 +64,37 @@ def check_credentials() -> None:
             "server such as Ollama or vLLM; a local server without auth accepts any value, "
             "e.g. OPENAI_API_KEY=local)"
         )
+
+
+def shared_ssl_context() -> Any:
+    """The HTTP library's default TLS context, built once per process and shared by clients.
+
+    Building it loads the CA store (~50 ms); every client would otherwise build its own.
+    Keyed by SSL_CERT_FILE / SSL_CERT_DIR, which the default context reads.
+    """
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    with _ssl_lock:  # a warm_up_tls() thread may be building it: wait for that one
+        if key not in _ssl_contexts:
+            http = next(
+                c for c in openai.DefaultAsyncHttpxClient.__mro__ if c.__name__ == "AsyncClient"
+            )  # httpx2 or httpx, whichever this SDK version is built on
+            module = importlib.import_module(http.__module__.split(".")[0])
+            _ssl_contexts[key] = module.create_ssl_context()
+        return _ssl_contexts[key]
+
+
+def warm_up_tls() -> None:
+    """Start building the shared TLS context in the background, before the first client.
+
+    OpenSSL reads the CA store without holding the GIL, so this overlaps with the run's own
+    start-up (records, scheduler, first prompts). A failure is left for the client to raise.
+    """
+
+    def build() -> None:
+        with contextlib.suppress(Exception):
+            shared_ssl_context()
+
+    threading.Thread(target=build, name="stepchain-tls", daemon=True).start()
 
 
 @dataclass(frozen=True)
@@ -93,7 +137,10 @@ class LLMClient:
 
     def __init__(self, api_key: str, base_url: str | None = None) -> None:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self._client = openai.AsyncOpenAI(api_key=api_key, base_url=self.base_url, max_retries=0)
+        http_client = openai.DefaultAsyncHttpxClient(verify=shared_ssl_context())
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=self.base_url, max_retries=0, http_client=http_client
+        )
         self._api_by_url: dict[str, str] = {}  # base URL -> "chat" once /responses was missing
 
     @classmethod
@@ -146,35 +193,34 @@ class LLMClient:
 
     # -- Responses API ----------------------------------------------------------------------
     async def _responses(self, call: ModelCall) -> Turn:
-        kwargs: dict[str, Any] = {"model": call.model, "input": _responses_input(call.messages)}
-        kwargs["store"] = False
+        # Fields in the order the SDK's `responses.create` sends them: the same bytes on the wire.
+        body: dict[str, Any] = {"model": call.model, "input": _responses_input(call.messages)}
         if call.system:
-            kwargs["instructions"] = call.system
-        if call.temperature is not None:
-            kwargs["temperature"] = call.temperature
+            body["instructions"] = call.system
         if call.max_output_tokens is not None:
-            kwargs["max_output_tokens"] = call.max_output_tokens
+            body["max_output_tokens"] = call.max_output_tokens
+        body["store"] = False
+        if call.temperature is not None:
+            body["temperature"] = call.temperature
         if call.output_format:
-            kwargs["text"] = {"format": call.output_format}
+            body["text"] = {"format": call.output_format}
         if call.tools:
-            kwargs["tools"] = call.tools
-        response = await self._client.responses.create(**kwargs, timeout=call.timeout)
-        turn = Turn(text="", usage=_usage(getattr(response, "usage", None), "responses"))
-        texts = []
-        for item in getattr(response, "output", None) or []:
-            kind = getattr(item, "type", None)
-            if kind == "message":
-                for part in getattr(item, "content", None) or []:
-                    if getattr(part, "type", None) == "output_text":
-                        texts.append(part.text)
-                    elif getattr(part, "type", None) == "refusal":
-                        turn.refusal = part.refusal
-            elif kind == "function_call":
-                turn.calls.append(ToolCall(item.call_id, item.name, item.arguments or "{}"))
-        turn.text = "".join(texts)
-        details = getattr(response, "incomplete_details", None)
-        turn.truncated = getattr(details, "reason", None) == "max_output_tokens"
-        return turn
+            body["tools"] = call.tools
+        return _responses_turn(await self._post("/responses", body, call.timeout))
+
+    async def _post(self, path: str, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        """POST through the SDK (its auth, headers, errors, timeouts); the JSON object back.
+
+        The body goes as built (it is already in wire form: the SDK's request transform would
+        return it unchanged) and the answer is read as plain JSON, not the SDK's models.
+        """
+        raw = await self._client.post(
+            path, cast_to=bytes, body=body, options={"timeout": timeout, "security": _BEARER}
+        )
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise _malformed(self.base_url)
+        return data
 
     # -- Chat Completions -------------------------------------------------------------------
     async def _chat(self, call: ModelCall) -> Turn:
@@ -186,32 +232,68 @@ class LLMClient:
                 "use api: responses with a provider that hosts them, or remove them from tools:",
             )
         messages = _chat_messages(call.system, call.messages)
-        kwargs: dict[str, Any] = {"model": call.model, "messages": messages}
-        if call.temperature is not None:
-            kwargs["temperature"] = call.temperature
+        # Fields in the order the SDK's `chat.completions.create` sends them.
+        body: dict[str, Any] = {"model": call.model, "messages": messages}
         if call.max_output_tokens is not None:
-            kwargs["max_tokens"] = call.max_output_tokens
+            body["max_tokens"] = call.max_output_tokens
         fmt = call.output_format
         if fmt and fmt["type"] == "json_schema":
             inner = {k: fmt[k] for k in ("name", "schema", "strict") if k in fmt}
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": inner}
+            body["response_format"] = {"type": "json_schema", "json_schema": inner}
         elif fmt:
-            kwargs["response_format"] = fmt
+            body["response_format"] = fmt
+        if call.temperature is not None:
+            body["temperature"] = call.temperature
         if call.tools:
-            kwargs["tools"] = [_chat_tool(t) for t in call.tools]
-        completion = await self._client.chat.completions.create(**kwargs, timeout=call.timeout)
-        choice = (getattr(completion, "choices", None) or [None])[0]
-        message = getattr(choice, "message", None)
-        turn = Turn(
-            text=getattr(message, "content", None) or "",
-            usage=_usage(getattr(completion, "usage", None), "chat"),
-            refusal=getattr(message, "refusal", None),
-            truncated=getattr(choice, "finish_reason", None) == "length",
-        )
-        for tc in getattr(message, "tool_calls", None) or []:
-            if getattr(tc, "type", "function") == "function":
-                turn.calls.append(ToolCall(tc.id, tc.function.name, tc.function.arguments or "{}"))
-        return turn
+            body["tools"] = [_chat_tool(t) for t in call.tools]
+        return _chat_turn(await self._post("/chat/completions", body, call.timeout))
+
+
+# -- answers --------------------------------------------------------------------------------
+def _responses_turn(response: dict[str, Any]) -> Turn:
+    turn = Turn(text="", usage=_usage(response.get("usage"), "responses"))
+    texts = []
+    for item in _items(response.get("output")):
+        kind = item.get("type")
+        if kind == "message":
+            for part in _items(item.get("content")):
+                if part.get("type") == "output_text":
+                    texts.append(part.get("text") or "")
+                elif part.get("type") == "refusal":
+                    turn.refusal = part.get("refusal")
+        elif kind == "function_call":
+            turn.calls.append(_tool_call(item.get("call_id"), item))
+    turn.text = "".join(texts)
+    turn.truncated = _field(response.get("incomplete_details"), "reason") == "max_output_tokens"
+    return turn
+
+
+def _chat_turn(completion: dict[str, Any]) -> Turn:
+    choice = next(iter(_items(completion.get("choices"))), {})
+    message = _field(choice, "message") or {}
+    turn = Turn(
+        text=_field(message, "content") or "",
+        usage=_usage(completion.get("usage"), "chat"),
+        refusal=_field(message, "refusal"),
+        truncated=choice.get("finish_reason") == "length",
+    )
+    for tc in _items(_field(message, "tool_calls")):
+        if tc.get("type", "function") == "function":
+            turn.calls.append(_tool_call(tc.get("id"), _field(tc, "function") or {}))
+    return turn
+
+
+def _tool_call(call_id: Any, function: dict[str, Any]) -> ToolCall:
+    return ToolCall(call_id or "", function.get("name") or "", function.get("arguments") or "{}")
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    """The objects of a JSON array (anything else in it, or a non-array, is skipped)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _field(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, dict) else None
 
 
 # -- conversation conversion ----------------------------------------------------------------
@@ -265,16 +347,16 @@ def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 def _usage(usage: Any, api: str) -> dict[str, int]:
     """{input_tokens, output_tokens, cached_tokens, total_tokens} from either API's usage."""
-    if usage is None:
+    if not isinstance(usage, dict):
         return {}
     if api == "responses":
         names = ("input_tokens", "output_tokens", "input_tokens_details")
     else:
         names = ("prompt_tokens", "completion_tokens", "prompt_tokens_details")
-    inp = getattr(usage, names[0], None) or 0
-    out = getattr(usage, names[1], None) or 0
-    cached = getattr(getattr(usage, names[2], None), "cached_tokens", None) or 0
-    total = getattr(usage, "total_tokens", None) or inp + out
+    inp = usage.get(names[0]) or 0
+    out = usage.get(names[1]) or 0
+    cached = _field(usage.get(names[2]), "cached_tokens") or 0
+    total = usage.get("total_tokens") or inp + out
     return {
         "input_tokens": inp,
         "output_tokens": out,
@@ -314,8 +396,12 @@ def _classify(exc: Exception, base_url: str) -> Exception:
             "check the step's model, temperature, max_output_tokens, output_schema and tools",
         )
     if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
-        return RetryableStepError(f"the LLM server at {base_url} sent a malformed response")
+        return _malformed(base_url)
     return exc
+
+
+def _malformed(base_url: str) -> RetryableStepError:
+    return RetryableStepError(f"the LLM server at {base_url} sent a malformed response")
 
 
 def _server_message(exc: openai.APIStatusError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import threading
 import time
@@ -449,6 +450,40 @@ def test_stop_releases_a_client_still_waiting_on_a_hung_request():
     t.join(timeout=5)
     assert not t.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], openai.APIConnectionError)
+
+
+def _post_twice(fake: FakeOpenAI) -> tuple[list[str | None], http.client.HTTPConnection]:
+    """Two requests on one connection (the second only if the first left it open)."""
+    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+    headers = {"Content-Type": "application/json"}
+    seen: list[str | None] = []
+    for _ in range(2):
+        conn.request("POST", "/v1/responses", json.dumps({"model": "m", "input": "x"}), headers)
+        reply = conn.getresponse()
+        reply.read()
+        assert reply.status == 200
+        seen.append(reply.getheader("Connection"))
+        if reply.getheader("Connection") == "close":
+            break
+    return seen, conn
+
+
+def test_every_answer_closes_its_connection_by_default(fake):
+    seen, conn = _post_twice(fake)
+    conn.close()
+    assert seen == ["close"]
+
+
+def test_keep_alive_serves_several_requests_on_one_connection_and_stop_closes_it():
+    fake = FakeOpenAI(keep_alive=True).start()
+    try:
+        seen, conn = _post_twice(fake)
+        assert seen == [None, None] and len(fake.requests) == 2
+    finally:
+        fake.stop()
+    assert conn.sock is not None
+    assert conn.sock.recv(1) == b""  # the idle connection was closed by stop()
+    conn.close()
 
 
 # ---------------------------------------------------------------------------------------------

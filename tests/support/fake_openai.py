@@ -412,9 +412,20 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: never hold one back
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.fake._opened(self)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.fake._closed(self)
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -430,8 +441,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         fake = self.server.fake
-        # One request per connection: no idle keep-alive threads outlive a test.
-        self.close_connection = True
+        # One request per connection unless keep_alive: no idle connection outlives a test.
+        if not fake.keep_alive:
+            self.close_connection = True
         fake._enter(self)
         try:
             fake._handle(self)
@@ -468,7 +480,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.send_header("x-request-id", f"req_fake_{id(self):x}")
         for name, value in headers:
             self.send_header(name, value)
@@ -494,6 +507,7 @@ class FakeOpenAI:
         responder: Responder | None = None,
         api_key: str | None = None,
         models: Iterable[str] = ("gpt-fake",),
+        keep_alive: bool = False,
     ) -> None:
         """
         :param responses_api: serve ``/v1/responses``; False emulates a chat-only server.
@@ -503,6 +517,8 @@ class FakeOpenAI:
         :param responder: ``fn(request_json) -> Reply | str | dict | list | None``.
         :param api_key: when set, requests without ``Authorization: Bearer <api_key>`` get 401.
         :param models: ids listed by ``GET /v1/models``.
+        :param keep_alive: keep a connection open for the client's next request (HTTP/1.1
+            keep-alive, as api.openai.com does); by default every answer closes it.
         """
         self.responses_api = responses_api
         self.chat_api = chat_api
@@ -511,6 +527,7 @@ class FakeOpenAI:
         self.responder: Responder | None = responder
         self.api_key = api_key
         self.models = list(models)
+        self.keep_alive = keep_alive
 
         self._lock = threading.Lock()
         self._queues: dict[str | None, deque[Any]] = {
@@ -524,6 +541,7 @@ class FakeOpenAI:
         self._in_flight = 0
         self._max_in_flight = 0
         self._handlers: set[_Handler] = set()
+        self._connections: set[_Handler] = set()  # open connections, idle or not
         self._stop_event = threading.Event()
         self._request_cond = threading.Condition(self._lock)
         self._server: _Server | None = None
@@ -555,7 +573,7 @@ class FakeOpenAI:
         self._stop_event.set()
         server.shutdown()
         with self._lock:
-            handlers = list(self._handlers)
+            handlers = list(self._handlers | self._connections)
         for handler in handlers:
             with contextlib.suppress(OSError):
                 handler.connection.shutdown(socket.SHUT_RDWR)
@@ -702,6 +720,14 @@ class FakeOpenAI:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
 
+    def _opened(self, handler: _Handler) -> None:
+        with self._lock:
+            self._connections.add(handler)
+
+    def _closed(self, handler: _Handler) -> None:
+        with self._lock:
+            self._connections.discard(handler)
+
     def _leave(self, handler: _Handler) -> None:
         with self._lock:
             self._handlers.discard(handler)
@@ -797,6 +823,8 @@ class FakeOpenAI:
         self, h: _Handler, req: RecordedRequest, reply: Reply, endpoint: str | None
     ) -> None:
         req.reply = reply
+        if reply.kind in ("hang", "disconnect"):
+            h.close_connection = True  # no answer: the connection is not reused
         if reply.delay > 0 and self._stop_event.wait(reply.delay):
             return  # stopped while sleeping: just drop the connection
         if reply.kind == "hang":
