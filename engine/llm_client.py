@@ -21,12 +21,8 @@ get back a `Turn`; this module turns it into either wire format and back.
   tests/test_llm_client_wire.py checks both against the SDK's `create()` and models.
 - One TLS context per process, shared by every client (`shared_ssl_context`), and built in a
   background thread from the run's preflight (`warm_up_tls`).
-- Structured output: strict mode needs every object closed (`additionalProperties: false`)
-  with all its properties required, and a subset of JSON Schema. A user's schema is sent
-  with `strict: true` only when it meets those rules; otherwise it is sent with
-  `strict: false` as guidance, and the answer is validated locally with jsonschema (a
-  mismatch is retried with the validation error fed back). A schema whose root is not an
-  object is wrapped as `{"value": ...}` on the wire, since providers require an object root.
+- Structured output formats come from `llm_schema`; the wire shapes of the conversation and
+  the answers from `llm_wire`.
 - Chat Completions gets `max_tokens` (what compatible servers such as Ollama, vLLM and
   llama.cpp accept) and cannot carry hosted tools.
 """
@@ -39,21 +35,29 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
 from stepchain.errors import CredentialsMissing, RetryableStepError, StepError
+from stepchain.llm_wire import (
+    ModelCall,
+    ToolCall,
+    Turn,
+    chat_messages,
+    chat_tool,
+    chat_turn,
+    responses_input,
+    responses_turn,
+)
+
+__all__ = ["LLMClient", "ModelCall", "ToolCall", "Turn", "check_credentials", "warm_up_tls"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 API_MODES = ("auto", "responses", "chat")
 _BEARER = {"bearer_auth": True}  # the auth the SDK's own responses/chat `create` ask for
 _ssl_contexts: dict[tuple[str | None, str | None], Any] = {}
 _ssl_lock = threading.Lock()
-_CLOSED_ONLY = {"allOf", "oneOf", "not", "if", "then", "else", "patternProperties",
-                "dependentRequired", "dependentSchemas", "unevaluatedProperties",
-                "propertyNames", "minProperties", "maxProperties"}  # fmt: skip
 
 
 def check_credentials() -> None:
@@ -95,41 +99,6 @@ def warm_up_tls() -> None:
             shared_ssl_context()
 
     threading.Thread(target=build, name="stepchain-tls", daemon=True).start()
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A function call the model asked for; `arguments` is the JSON text it sent."""
-
-    id: str
-    name: str
-    arguments: str
-
-
-@dataclass
-class Turn:
-    """One model answer: text and/or tool calls, with normalised token usage."""
-
-    text: str
-    calls: list[ToolCall] = field(default_factory=list)
-    usage: dict[str, int] = field(default_factory=dict)
-    refusal: str | None = None
-    truncated: bool = False  # cut off by max_output_tokens
-
-
-@dataclass
-class ModelCall:
-    """One request. `messages` are neutral: user, assistant (with `calls`), tool (`call_id`)."""
-
-    model: str
-    messages: list[dict[str, Any]]
-    system: str | None = None
-    temperature: float | None = None
-    max_output_tokens: int | None = None
-    output_format: dict[str, Any] | None = None  # json_schema_format() or {"type": "json_object"}
-    tools: list[dict[str, Any]] = field(default_factory=list)  # Responses-shaped definitions
-    api: str = "auto"
-    timeout: float | None = None
 
 
 class LLMClient:
@@ -194,7 +163,7 @@ class LLMClient:
     # -- Responses API ----------------------------------------------------------------------
     async def _responses(self, call: ModelCall) -> Turn:
         # Fields in the order the SDK's `responses.create` sends them: the same bytes on the wire.
-        body: dict[str, Any] = {"model": call.model, "input": _responses_input(call.messages)}
+        body: dict[str, Any] = {"model": call.model, "input": responses_input(call.messages)}
         if call.system:
             body["instructions"] = call.system
         if call.max_output_tokens is not None:
@@ -206,7 +175,7 @@ class LLMClient:
             body["text"] = {"format": call.output_format}
         if call.tools:
             body["tools"] = call.tools
-        return _responses_turn(await self._post("/responses", body, call.timeout))
+        return responses_turn(await self._post("/responses", body, call.timeout))
 
     async def _post(self, path: str, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         """POST through the SDK (its auth, headers, errors, timeouts); the JSON object back.
@@ -231,7 +200,7 @@ class LLMClient:
                 f"uses Chat Completions at {self.base_url}",
                 "use api: responses with a provider that hosts them, or remove them from tools:",
             )
-        messages = _chat_messages(call.system, call.messages)
+        messages = chat_messages(call.system, call.messages)
         # Fields in the order the SDK's `chat.completions.create` sends them.
         body: dict[str, Any] = {"model": call.model, "messages": messages}
         if call.max_output_tokens is not None:
@@ -245,124 +214,8 @@ class LLMClient:
         if call.temperature is not None:
             body["temperature"] = call.temperature
         if call.tools:
-            body["tools"] = [_chat_tool(t) for t in call.tools]
-        return _chat_turn(await self._post("/chat/completions", body, call.timeout))
-
-
-# -- answers --------------------------------------------------------------------------------
-def _responses_turn(response: dict[str, Any]) -> Turn:
-    turn = Turn(text="", usage=_usage(response.get("usage"), "responses"))
-    texts = []
-    for item in _items(response.get("output")):
-        kind = item.get("type")
-        if kind == "message":
-            for part in _items(item.get("content")):
-                if part.get("type") == "output_text":
-                    texts.append(part.get("text") or "")
-                elif part.get("type") == "refusal":
-                    turn.refusal = part.get("refusal")
-        elif kind == "function_call":
-            turn.calls.append(_tool_call(item.get("call_id"), item))
-    turn.text = "".join(texts)
-    turn.truncated = _field(response.get("incomplete_details"), "reason") == "max_output_tokens"
-    return turn
-
-
-def _chat_turn(completion: dict[str, Any]) -> Turn:
-    choice = next(iter(_items(completion.get("choices"))), {})
-    message = _field(choice, "message") or {}
-    turn = Turn(
-        text=_field(message, "content") or "",
-        usage=_usage(completion.get("usage"), "chat"),
-        refusal=_field(message, "refusal"),
-        truncated=choice.get("finish_reason") == "length",
-    )
-    for tc in _items(_field(message, "tool_calls")):
-        if tc.get("type", "function") == "function":
-            turn.calls.append(_tool_call(tc.get("id"), _field(tc, "function") or {}))
-    return turn
-
-
-def _tool_call(call_id: Any, function: dict[str, Any]) -> ToolCall:
-    return ToolCall(call_id or "", function.get("name") or "", function.get("arguments") or "{}")
-
-
-def _items(value: Any) -> list[dict[str, Any]]:
-    """The objects of a JSON array (anything else in it, or a non-array, is skipped)."""
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
-def _field(value: Any, name: str) -> Any:
-    return value.get(name) if isinstance(value, dict) else None
-
-
-# -- conversation conversion ----------------------------------------------------------------
-def _responses_input(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    for m in messages:
-        if m["role"] == "tool":
-            items.append(
-                {"type": "function_call_output", "call_id": m["call_id"], "output": m["content"]}
-            )
-            continue
-        if m.get("content"):
-            items.append({"role": m["role"], "content": m["content"]})
-        for c in m.get("calls", ()):
-            items.append(
-                {"type": "function_call", "call_id": c.id, "name": c.name, "arguments": c.arguments}
-            )
-    return items
-
-
-def _chat_messages(system: str | None, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-    for m in messages:
-        if m["role"] == "tool":
-            out.append({"role": "tool", "tool_call_id": m["call_id"], "content": m["content"]})
-        elif m.get("calls"):
-            calls = [
-                {
-                    "id": c.id,
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments},
-                }
-                for c in m["calls"]
-            ]
-            out.append(
-                {"role": "assistant", "content": m.get("content") or None, "tool_calls": calls}
-            )
-        else:
-            out.append({"role": m["role"], "content": m["content"]})
-    return out
-
-
-def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
-    function = {
-        k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None
-    }
-    if tool.get("strict"):
-        function["strict"] = True
-    return {"type": "function", "function": function}
-
-
-def _usage(usage: Any, api: str) -> dict[str, int]:
-    """{input_tokens, output_tokens, cached_tokens, total_tokens} from either API's usage."""
-    if not isinstance(usage, dict):
-        return {}
-    if api == "responses":
-        names = ("input_tokens", "output_tokens", "input_tokens_details")
-    else:
-        names = ("prompt_tokens", "completion_tokens", "prompt_tokens_details")
-    inp = usage.get(names[0]) or 0
-    out = usage.get(names[1]) or 0
-    cached = _field(usage.get(names[2]), "cached_tokens") or 0
-    total = usage.get("total_tokens") or inp + out
-    return {
-        "input_tokens": inp,
-        "output_tokens": out,
-        "cached_tokens": cached,
-        "total_tokens": total,
-    }
+            body["tools"] = [chat_tool(t) for t in call.tools]
+        return chat_turn(await self._post("/chat/completions", body, call.timeout))
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -431,41 +284,3 @@ def _retry_after(headers: Any) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
-
-
-# -- structured output ----------------------------------------------------------------------
-def json_schema_format(schema: dict[str, Any], name: str = "output") -> tuple[dict[str, Any], bool]:
-    """The `text.format` for a user schema, and whether the root was wrapped as {"value": ...}."""
-    wrapped = schema.get("type") != "object"
-    wire = schema
-    if wrapped:
-        inner = {k: v for k, v in schema.items() if k not in ("$defs", "definitions")}
-        wire = {"type": "object", "properties": {"value": inner}, "required": ["value"]}
-        wire["additionalProperties"] = False
-        wire.update({k: schema[k] for k in ("$defs", "definitions") if k in schema})
-    fmt = {"type": "json_schema", "name": name, "schema": wire, "strict": strict_compatible(wire)}
-    return fmt, wrapped
-
-
-def strict_compatible(schema: Any) -> bool:
-    """Whether a schema meets strict structured output's rules (closed, all-required objects)."""
-    if not isinstance(schema, dict):
-        return False  # boolean schemas are not allowed in strict mode
-    if _CLOSED_ONLY & set(schema):
-        return False
-    types = schema.get("type")
-    is_object = types == "object" or (isinstance(types, list) and "object" in types)
-    if is_object or "properties" in schema:
-        props = schema.get("properties") or {}
-        if schema.get("additionalProperties") is not False or set(
-            schema.get("required") or []
-        ) != set(props):
-            return False
-    children: list[Any] = list((schema.get("properties") or {}).values())
-    children += list((schema.get("$defs") or {}).values()) + list(
-        (schema.get("definitions") or {}).values()
-    )
-    children += list(schema.get("anyOf") or []) + list(schema.get("prefixItems") or [])
-    if "items" in schema:
-        children.append(schema["items"])
-    return all(strict_compatible(child) for child in children)

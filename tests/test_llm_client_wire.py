@@ -23,10 +23,10 @@ from stepchain.llm_client import (
     ModelCall,
     ToolCall,
     Turn,
-    json_schema_format,
     shared_ssl_context,
     warm_up_tls,
 )
+from stepchain.llm_schema import json_schema_format
 
 from tests.support.fake_openai import FakeOpenAI, Reply
 from tests.support.fake_openai import ToolCall as FakeCall

@@ -17,7 +17,8 @@ from typing import Any
 from jsonschema import validators
 from jsonschema.exceptions import best_match
 from stepchain.errors import RetryableStepError, StepError
-from stepchain.llm_client import ModelCall, ToolCall, json_schema_format, strict_compatible
+from stepchain.llm_schema import json_schema_format, strict_compatible
+from stepchain.llm_wire import ModelCall, ToolCall
 from stepchain.model import DEFAULT_MODEL, Step, ToolSpec
 from stepchain.render import render_text, render_value
 from stepchain.results import add_usage
