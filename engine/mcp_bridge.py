@@ -42,8 +42,33 @@ def approval_servers(runtime: Any) -> list[str]:
     return sorted(name for name in used if _needs_approval(runtime.pipeline.tools.get(name)))
 
 
+def hosted_approval_servers(runtime: Any) -> list[str]:
+    """Hosted MCP servers with require_approval: always that some prompt step offers."""
+    used = {name for step in runtime.pipeline.steps for name in step.get("tools") or []}
+    tools = runtime.pipeline.tools
+    return sorted(
+        name
+        for name in used
+        if (spec := tools.get(name))
+        and spec.type == "mcp"
+        and spec.hosted
+        and spec.require_approval == "always"
+    )
+
+
 def check_approval_possible(runtime: Any) -> None:
-    """Before anything runs: approval needs --approve or a terminal to ask on."""
+    """Before anything runs: approval needs --approve or a terminal to ask on.
+
+    The provider calls a hosted MCP server itself, in the middle of a stateless request, so
+    StepChain cannot ask per call: those need --approve even on a terminal.
+    """
+    hosted = hosted_approval_servers(runtime)
+    if hosted and not runtime.options.approve:
+        raise StepChainError(
+            f"hosted MCP server(s) {', '.join(hosted)} require approval for every call, "
+            "which the provider would ask for in the middle of a request",
+            "review what they may do, then approve their calls up front with --approve",
+        )
     servers = approval_servers(runtime)
     if servers and not runtime.options.approve and not _interactive():
         raise StepChainError(

@@ -129,3 +129,37 @@ def test_decompose_without_credentials_is_one_clear_line(cli):
     result = cli("decompose", "anything")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: LLM steps need credentials")
+
+
+HOSTED_MCP = """version: 1
+name: hosted-mcp
+tools:
+  docs:
+    type: mcp
+    server_url: https://mcp.example.invalid/sse
+    require_approval: always
+steps:
+  - id: first
+    prompt: A step without tools.
+  - id: ask
+    prompt: Look it up in the docs.
+    tools: [docs]
+"""
+
+
+def test_hosted_mcp_needing_approval_fails_before_anything_runs(cli, write, fake):
+    """The provider would ask mid-request, where nobody can answer: --approve, up front."""
+    path = write("hosted.yaml", HOSTED_MCP)
+    refused = cli("run", path, "--run-id", "refused")
+    assert refused.exit_code == 1
+    assert "hosted MCP server(s) docs require approval for every call" in refused.stderr
+    assert "--approve" in refused.stderr
+    assert fake.requests == []  # not even the step that offers no tools ran
+    assert "refused" not in cli("runs", "list").stdout
+
+    fake.responder = lambda request: Reply.text("docs" if "tools" in request else "plain")
+    approved = cli.json("run", path, "--approve")
+    assert approved["steps"]["ask"]["output"] == "docs"
+    [tool] = next(r.json for r in fake.requests if "tools" in r.json)["tools"]
+    assert tool["type"] == "mcp" and tool["server_url"] == "https://mcp.example.invalid/sse"
+    assert tool["require_approval"] == "never"  # approved up front
