@@ -19,8 +19,13 @@ log = logging.getLogger(LOGGER_NAME)
 _BROKEN = (sqlite3.DatabaseError, OSError, ValueError, zlib.error, KeyError, TypeError)
 
 
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)  # one encoder: json.dumps with options builds a new one per call
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL.encode(value)
 
 
 def cache_key(kind: str, request: Any) -> str:

@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS steps (
 """
 
 
+_ENCODER = json.JSONEncoder(default=str)  # what json.dumps(..., default=str) uses, built once
+
+
 @dataclass
 class RunState:
     """A run as recorded: `plan` is the pipeline it ran, `results` its steps' results."""
@@ -135,7 +138,7 @@ class Storage:
                 run_id,
                 result.step_id,
                 position,
-                json.dumps(result.to_dict(), default=str),
+                _ENCODER.encode(result.to_dict()),
                 result.status,
                 result.cache_key,
             )
