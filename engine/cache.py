@@ -14,6 +14,8 @@ from typing import Any
 import diskcache
 from stepchain.settings import LOGGER_NAME, Settings
 
+FLUSH_ENTRIES = 1000  # PendingWrites: write after this many results ...
+FLUSH_SECONDS = 1.0  # ... or this long after the last write, whichever comes first
 CACHE_FORMAT = 1  # bump when what goes into a key or an entry changes meaning
 log = logging.getLogger(LOGGER_NAME)
 _BROKEN = (sqlite3.DatabaseError, OSError, ValueError, zlib.error, KeyError, TypeError)
@@ -169,6 +171,8 @@ class ResultCache:
     def set_many(self, entries: list[tuple[str, Any, dict[str, int] | None, float | None]]) -> None:
         """Store several results in one transaction (one commit instead of one per result).
 
+        A result that is not JSON is left out (with a warning), not the whole batch.
+
         New small entries are inserted with one statement for all (the rows `Cache.set` would
         write, byte for byte); a key already present or a value big enough for a file goes
         through `Cache.set`. Expired entries are culled once per batch instead of once per entry.
@@ -190,7 +194,12 @@ class ResultCache:
                 for key, (output, usage, ttl) in latest.items():
                     entry = {"output": output, "usage": usage or {}, "created_at": now}
                     db_key = db_keys[key]
-                    data = zlib.compress(json.dumps(entry).encode(), disk.compress_level)
+                    try:
+                        text = json.dumps(entry)
+                    except (TypeError, ValueError) as exc:  # not JSON: this entry only
+                        log.warning("could not write cache entry %s (%s)", key[:12], exc)
+                        continue
+                    data = zlib.compress(text.encode(), disk.compress_level)
                     if db_key in present or len(data) >= disk.min_file_size:
                         slow[key] = (output, usage, ttl)
                         continue
@@ -211,7 +220,10 @@ class ResultCache:
     def _set_each(cache: diskcache.Cache, entries: dict[str, tuple], now: float) -> None:
         for key, (output, usage, ttl) in entries.items():
             entry = {"output": output, "usage": usage or {}, "created_at": now}
-            cache.set(key, entry, expire=ttl)
+            try:
+                cache.set(key, entry, expire=ttl)
+            except (TypeError, ValueError) as exc:  # not JSON (raised before any write)
+                log.warning("could not write cache entry %s (%s)", key[:12], exc)
 
     @staticmethod
     def _present(cache: diskcache.Cache, db_keys: list[bytes]) -> set[bytes]:
@@ -243,3 +255,66 @@ class ResultCache:
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+
+
+class PendingWrites:
+    """A run's new results on their way to the cache, batched, and lookups that already see them.
+
+    Results are written in one transaction per FLUSH_ENTRIES results or FLUSH_SECONDS, and at the
+    end of the run. Until then a lookup finds them here as JSON gives them back, so a step gets
+    exactly the hit it would get if they were written already. A process killed before a write
+    loses only those cache entries (resume takes completed steps from the run record).
+    """
+
+    def __init__(self, cache: ResultCache) -> None:
+        self.cache = cache
+        self._pending: dict[str, tuple[Any, dict[str, int] | None, float | None, float]] = {}
+        self._written_at = time.monotonic()
+
+    def add(self, key: str, output: Any, usage: dict[str, int] | None, ttl: float | None) -> None:
+        self._pending[key] = (output, usage, ttl, time.time())
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        entry = self._pending_entry(key)
+        return entry if entry is not None else self.cache.get(key)
+
+    def lookup_many(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        found = {}
+        for key in keys:
+            if key in self._pending and (entry := self._pending_entry(key)) is not None:
+                found[key] = entry
+        rest = [key for key in keys if key not in found]
+        if rest:
+            found.update(self.cache.lookup_many(rest))
+        return found
+
+    def flush(self, *, force: bool = False) -> None:
+        if not self._pending:
+            return
+        due = time.monotonic() - self._written_at >= FLUSH_SECONDS
+        if force or due or len(self._pending) >= FLUSH_ENTRIES:
+            pending, self._pending = self._pending, {}
+            now = time.time()
+            entries = []
+            for key, (output, usage, ttl, added) in pending.items():
+                if ttl is not None:  # the TTL counts from when the result was made
+                    ttl -= now - added
+                    if ttl <= 0:
+                        continue
+                entries.append((key, output, usage, ttl))
+            self.cache.set_many(entries)
+            self._written_at = time.monotonic()
+
+    def _pending_entry(self, key: str) -> dict[str, Any] | None:
+        item = self._pending.get(key)
+        if item is None:
+            return None
+        output, usage, ttl, written = item
+        if ttl is not None and written + ttl <= time.time():
+            return None  # expired, as diskcache would say
+        try:  # what a read of the written entry gives (JSONDisk: json.dumps, no default)
+            return json.loads(
+                json.dumps({"output": output, "usage": usage or {}, "created_at": written})
+            )
+        except (TypeError, ValueError):
+            return None  # not JSON: the write will fail too

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from stepchain.cache import ResultCache, cache_key
+from stepchain.cache import PendingWrites, ResultCache, cache_key
 from stepchain.errors import RetryableStepError, StepChainError, StepError, StepTimeout
 from stepchain.model import Step
 from stepchain.records import Storage
@@ -58,7 +58,7 @@ class Scheduler:
         self.observe = observer or (lambda *_: None)
         self.results: dict[str, StepResult] = {}
         self.visible: dict[str, dict[str, Any]] = Vars()  # what templates see as `steps`
-        self.unwritten: list[tuple[str, Any, dict[str, int] | None, float | None]] = []
+        self.writes = PendingWrites(cache)  # new cache entries, written in batches
         self.slots = asyncio.Semaphore(max(1, self.options.max_concurrent))
         self.running: dict[asyncio.Task, str] = {}
         self.stop_reason: str | None = None  # set by --fail-fast or an interrupt
@@ -98,15 +98,11 @@ class Scheduler:
                     if not waiting[dep]:
                         ready.append(dep)
             self.storage.commit()  # durable before any dependent starts
-            self._flush_cache()
+            self.writes.flush()
         self._mark_not_started()
         self.storage.commit()
-        self._flush_cache()
+        self.writes.flush(force=True)
         return self._result()
-
-    def _flush_cache(self) -> None:
-        entries, self.unwritten = self.unwritten, []
-        self.cache.set_many(entries)
 
     def _start_ready(self, ready: list[str]) -> list[str]:
         """Start the ready steps; returns those that finished at once (skipped, or inline)."""
@@ -275,7 +271,7 @@ class Scheduler:
         self, step: Step, request: dict, key: str
     ) -> tuple[Outcome, int, bool]:
         if self._use_cache(step):
-            entry = self.cache.get(key)
+            entry = self.writes.get(key)
             if entry is not None:
                 return Outcome(entry["output"], entry.get("usage") or {}), 0, True
         outcome, attempts = await self._attempts(step, request)
@@ -288,11 +284,9 @@ class Scheduler:
     def _executed(self, step: Step, key: str, outcome: Outcome) -> None:
         add_usage(self.spent, outcome.usage)
         if step.cache:
-            # written with the next record commit, in one transaction; a crash before then
-            # only costs a recomputation
-            self.unwritten.append(
-                (key, self.rt.mask(outcome.output), outcome.usage, step.cache_ttl)
-            )
+            # written in a batch soon (see PendingWrites); a crash before then only costs a
+            # recomputation
+            self.writes.add(key, self.rt.mask(outcome.output), outcome.usage, step.cache_ttl)
 
     async def _attempts(self, step: Step, request: dict) -> tuple[Outcome, int]:
         module = kind_module(step.kind)
@@ -351,7 +345,7 @@ class Scheduler:
             else:
                 pending.append((step, result, work))
         keys = [key for step, _, work in pending if self._use_cache(step) for _, key in work]
-        hits = self.cache.lookup_many(keys) if keys else {}
+        hits = self.writes.lookup_many(keys) if keys else {}
         for step, result, work in pending:
             self._guarded(step, result, lambda s, r, w=work: self._template_outcomes(s, r, w, hits))
             self._complete(result)

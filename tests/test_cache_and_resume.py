@@ -434,3 +434,43 @@ def test_lookup_many_gives_what_get_gives(isolated_home):
     assert "short" not in found and "missing" not in found and "big" in found
     assert found["k7"]["output"] == "v7"
     cache.close()
+
+
+def test_pending_writes_are_seen_as_written_entries_would_be(isolated_home):
+    from stepchain.cache import PendingWrites, ResultCache
+    from stepchain.settings import Settings
+
+    cache = ResultCache(Settings.from_env())
+    writes = PendingWrites(cache)
+    writes.add("k", {"n": (1, 2), 3: "x"}, {"total_tokens": 2}, None)
+    writes.add("brief", "soon gone", None, 0.01)
+    writes.add("odd", object(), None, None)  # not JSON: never a hit, and the write fails softly
+    time.sleep(0.05)
+    pending = writes.lookup_many(["k", "brief", "odd", "missing"])
+    assert set(pending) == {"k"} and writes.get("odd") is None
+    assert pending["k"]["output"] == {"n": [1, 2], "3": "x"}  # as JSON gives it back
+    assert cache.get("k") is None  # not written yet
+    writes.flush(force=True)
+    assert cache.get("k")["output"] == pending["k"]["output"]
+    assert cache.get("k")["usage"] == pending["k"]["usage"] == writes.get("k")["usage"]
+    assert cache.get("brief") is None and cache.get("odd") is None
+    cache.close()
+
+
+def test_same_request_twice_in_one_run_is_a_hit_the_second_time(write, calls_log):
+    path = write(
+        "p.yaml",
+        """
+        version: 1
+        name: twice
+        tools: {echo: {type: function, function: "tools:echo"}}
+        steps:
+          - {id: a, tool: echo, with: {value: same}}
+          - {id: b, needs: [a], tool: echo, with: {value: same}}
+          - {id: c, needs: [b], template: "{{ steps.b.output }}"}
+          - {id: d, needs: [c], template: "{{ steps.a.output }}"}
+        """,
+    )
+    steps = Executor().run(path).steps
+    assert [steps[s].cached for s in "abcd"] == [False, True, False, True]
+    assert len(calls(calls_log)) == 1
