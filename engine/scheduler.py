@@ -81,11 +81,12 @@ class Scheduler:
         while ready or self.running:
             finished = self._start_ready(ready)  # skipped and inline steps finish at once
             ready = []
-            if not self.running:
-                done: set[asyncio.Task] | list[asyncio.Task] = []
-            elif finished:  # do not block: what they release may start now
-                await asyncio.sleep(0)  # but let the started tasks take their first steps
-                done = [task for task in self.running if task.done()]
+            if finished or not self.running:  # do not block: what they release may start now
+                if finished:  # but let started tasks and signal handlers (interrupt) run
+                    await asyncio.sleep(0)
+                done: set[asyncio.Task] | list[asyncio.Task] = [
+                    task for task in self.running if task.done()
+                ]
             else:
                 done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
