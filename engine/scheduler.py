@@ -12,9 +12,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from stepchain.cache import PendingWrites, ResultCache, cache_key
+from stepchain.cache import ResultCache, cache_key
 from stepchain.errors import RetryableStepError, StepChainError, StepError, StepTimeout
 from stepchain.model import Step
+from stepchain.pending_writes import PendingWrites
 from stepchain.records import Storage
 from stepchain.render import evaluate, render_value
 from stepchain.results import RunResult, StepResult, add_usage, now

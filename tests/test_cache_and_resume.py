@@ -437,7 +437,8 @@ def test_lookup_many_gives_what_get_gives(isolated_home):
 
 
 def test_pending_writes_are_seen_as_written_entries_would_be(isolated_home):
-    from stepchain.cache import PendingWrites, ResultCache
+    from stepchain.cache import ResultCache
+    from stepchain.pending_writes import PendingWrites
     from stepchain.settings import Settings
 
     cache = ResultCache(Settings.from_env())
