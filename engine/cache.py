@@ -35,6 +35,7 @@ def cache_key(kind: str, request: Any) -> str:
 
 
 _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
+_MAX_MISSED = 100_000  # remembered key columns of missed lookups (~100 bytes each)
 
 
 def _direct(cache: diskcache.Cache) -> bool:
@@ -87,6 +88,9 @@ class ResultCache:
     def __init__(self, settings: Settings) -> None:
         self.path = settings.ensure_home() / "cache"
         self._cache: diskcache.Cache | None = None
+        # the key column of keys looked up and missed, kept for the write that usually follows
+        # (compressing a key is most of what a lookup costs)
+        self._missed: dict[str, bytes] = {}
         _stop_malloc_trimming()
 
     def _open(self) -> diskcache.Cache | None:
@@ -132,7 +136,7 @@ class ResultCache:
                         found[key] = entry
                 return found
             disk = cache.disk
-            by_db_key = {_db_key(key, disk): key for key in set(keys)}
+            by_db_key = {_db_key(key, disk): key for key in dict.fromkeys(keys)}
             wanted = list(by_db_key)
             now = time.time()
             for start in range(0, len(wanted), _CHUNK):
@@ -155,6 +159,9 @@ class ResultCache:
                         continue
                     if isinstance(entry, dict) and "output" in entry:
                         found[key] = entry
+            if len(self._missed) > _MAX_MISSED:
+                self._missed.clear()
+            self._missed.update((k, b) for b, k in by_db_key.items() if k not in found)
         except _BROKEN as exc:
             log.warning("cache unreadable (%s); recomputing", exc)
         return found
@@ -187,7 +194,8 @@ class ResultCache:
                     return
                 disk = cache.disk
                 rows, slow = [], {}
-                db_keys = {key: _db_key(key, disk) for key in latest}
+                missed = self._missed
+                db_keys = {key: missed.pop(key, None) or _db_key(key, disk) for key in latest}
                 present = self._present(cache, list(db_keys.values()))
                 for key, (output, usage, ttl) in latest.items():
                     entry = {"output": output, "usage": usage or {}, "created_at": now}
@@ -250,6 +258,7 @@ class ResultCache:
         return self._open().clear()
 
     def close(self) -> None:
+        self._missed.clear()
         if self._cache is not None:
             self._cache.close()
             self._cache = None

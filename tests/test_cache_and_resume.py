@@ -433,7 +433,14 @@ def test_lookup_many_gives_what_get_gives(isolated_home):
     assert found == {key: cache.get(key) for key in keys if cache.get(key) is not None}
     assert "short" not in found and "missing" not in found and "big" in found
     assert found["k7"]["output"] == "v7"
+    cache.set_many([("missing", "now here", None, None)])  # a key looked up and missed
+    assert cache.lookup_many(["missing"])["missing"]["output"] == "now here"
     cache.close()
+    plain = diskcache.Cache(str(isolated_home / "cache"), disk=diskcache.JSONDisk)
+    try:
+        assert plain.get("missing")["output"] == "now here"
+    finally:
+        plain.close()
 
 
 def test_pending_writes_are_seen_as_written_entries_would_be(isolated_home):
