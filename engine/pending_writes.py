@@ -15,10 +15,11 @@ FLUSH_SECONDS = 1.0  # ... or this long after the last write, whichever comes fi
 class PendingWrites:
     """A run's new results on their way to the cache, batched, and lookups that already see them.
 
-    Results are written in one transaction per FLUSH_ENTRIES results or FLUSH_SECONDS, and at the
-    end of the run. Until then a lookup finds them here as JSON gives them back, so a step gets
-    exactly the hit it would get if they were written already. A process killed before a write
-    loses only those cache entries (resume takes completed steps from the run record).
+    Results are written in one transaction per FLUSH_ENTRIES results or FLUSH_SECONDS, whenever
+    the scheduler is about to wait for a running step, and at the end of the run. Until then a
+    lookup finds them here as JSON gives them back, so a step gets exactly the hit it would get
+    if they were written already. A process killed before a write loses only those cache
+    entries (resume takes completed steps from the run record).
     """
 
     def __init__(self, cache: ResultCache) -> None:
