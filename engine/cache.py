@@ -19,8 +19,13 @@ log = logging.getLogger(LOGGER_NAME)
 _BROKEN = (sqlite3.DatabaseError, OSError, ValueError, zlib.error, KeyError, TypeError)
 
 
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)  # one encoder: json.dumps with options builds a new one per call
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL.encode(value)
 
 
 def cache_key(kind: str, request: Any) -> str:
@@ -29,12 +34,64 @@ def cache_key(kind: str, request: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+_CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
+_MAX_MISSED = 100_000  # remembered key columns of missed lookups (~100 bytes each)
+
+
+def _direct(cache: diskcache.Cache) -> bool:
+    """Whether reading and writing rows directly gives what `Cache.get`/`Cache.set` would.
+
+    True for the layout `ResultCache` creates: JSONDisk keys and values, no statistics, and an
+    eviction policy that does not update rows on reads.
+    """
+    policy = diskcache.core.EVICTION_POLICY.get(cache.eviction_policy, {})
+    return (
+        type(cache.disk) is diskcache.JSONDisk
+        and not cache.statistics
+        and policy.get("get") is None
+        and hasattr(cache, "_con")
+    )
+
+
+def _sql(cache: diskcache.Cache) -> sqlite3.Connection:
+    """diskcache's own connection (this thread's), so our statements join its transaction."""
+    return cache._con
+
+
+def _db_key(key: str, disk: diskcache.JSONDisk) -> bytes:
+    """The `key` column diskcache's JSONDisk stores for `key` (raw = 1)."""
+    return zlib.compress(json.dumps(key).encode(), disk.compress_level)
+
+
+def _stop_malloc_trimming() -> None:
+    """Make zlib.compress cheap again for the rest of the process (glibc; harmless elsewhere).
+
+    Every zlib.compress (diskcache compresses each key and value) allocates ~260 KB of deflate
+    state. With glibc's initial trim threshold (128 KB), freeing it gives the pages back to the OS
+    and the next call faults them in again: ~100 us a call instead of ~8. Freeing one buffer
+    bigger than the mmap threshold makes glibc raise both thresholds (its documented dynamic
+    behaviour, what any process that once freed a big buffer has), which ends that.
+    """
+    global _MALLOC_TUNED
+    if not _MALLOC_TUNED:
+        _MALLOC_TUNED = True
+        buffer = bytearray(1 << 21)
+        del buffer
+
+
+_MALLOC_TUNED = False
+
+
 class ResultCache:
     """Step results by cache key. A damaged cache degrades to misses, never to wrong results."""
 
     def __init__(self, settings: Settings) -> None:
         self.path = settings.ensure_home() / "cache"
         self._cache: diskcache.Cache | None = None
+        # the key column of keys looked up and missed, kept for the write that usually follows
+        # (compressing a key is most of what a lookup costs)
+        self._missed: dict[str, bytes] = {}
+        _stop_malloc_trimming()
 
     def _open(self) -> diskcache.Cache | None:
         if self._cache is None:
@@ -62,6 +119,53 @@ class ResultCache:
             return None
         return entry
 
+    def lookup_many(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The valid entries among `keys` (as `get` would return them), in one query per 500 keys.
+
+        Falls back to `get` per key when the cache is not the plain JSONDisk layout this reads.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        if not keys:
+            return found
+        try:
+            cache = self._open()
+            if not _direct(cache):
+                for key in keys:
+                    entry = self.get(key)
+                    if entry is not None:
+                        found[key] = entry
+                return found
+            disk = cache.disk
+            by_db_key = {_db_key(key, disk): key for key in dict.fromkeys(keys)}
+            wanted = list(by_db_key)
+            now = time.time()
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                rows = (
+                    _sql(cache)
+                    .execute(
+                        "SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN "
+                        f"({','.join('?' * len(chunk))}) AND (expire_time IS NULL OR expire_time > ?)",
+                        (*chunk, now),
+                    )
+                    .fetchall()
+                )
+                for db_key, mode, filename, db_value in rows:
+                    key = by_db_key[bytes(db_key)]
+                    try:
+                        entry = disk.fetch(mode, filename, db_value, False)
+                    except _BROKEN as exc:
+                        log.warning("cache entry %s unreadable (%s); recomputing", key[:12], exc)
+                        continue
+                    if isinstance(entry, dict) and "output" in entry:
+                        found[key] = entry
+            if len(self._missed) > _MAX_MISSED:
+                self._missed.clear()
+            self._missed.update((k, b) for b, k in by_db_key.items() if k not in found)
+        except _BROKEN as exc:
+            log.warning("cache unreadable (%s); recomputing", exc)
+        return found
+
     def set(self, key: str, output: Any, usage: dict[str, int] | None, ttl: float | None) -> None:
         entry = {"output": output, "usage": usage or {}, "created_at": time.time()}
         try:
@@ -70,17 +174,78 @@ class ResultCache:
             log.warning("could not write cache entry %s (%s)", key[:12], exc)
 
     def set_many(self, entries: list[tuple[str, Any, dict[str, int] | None, float | None]]) -> None:
-        """Store several results in one transaction (one commit instead of one per result)."""
+        """Store several results in one transaction (one commit instead of one per result).
+
+        A result that is not JSON is left out (with a warning), not the whole batch.
+
+        New small entries are inserted with one statement for all (the rows `Cache.set` would
+        write, byte for byte); a key already present or a value big enough for a file goes
+        through `Cache.set`. Expired entries are culled once per batch instead of once per entry.
+        """
         if not entries:
             return
         try:
             cache = self._open()
+            now = time.time()
+            latest = {key: (output, usage, ttl) for key, output, usage, ttl in entries}
             with cache.transact():
-                for key, output, usage, ttl in entries:
-                    entry = {"output": output, "usage": usage or {}, "created_at": time.time()}
-                    cache.set(key, entry, expire=ttl)
+                if not _direct(cache):
+                    self._set_each(cache, latest, now)
+                    return
+                disk = cache.disk
+                rows, slow = [], {}
+                missed = self._missed
+                db_keys = {key: missed.pop(key, None) or _db_key(key, disk) for key in latest}
+                present = self._present(cache, list(db_keys.values()))
+                for key, (output, usage, ttl) in latest.items():
+                    entry = {"output": output, "usage": usage or {}, "created_at": now}
+                    db_key = db_keys[key]
+                    try:
+                        text = json.dumps(entry)
+                    except (TypeError, ValueError) as exc:  # not JSON: this entry only
+                        log.warning("could not write cache entry %s (%s)", key[:12], exc)
+                        continue
+                    data = zlib.compress(text.encode(), disk.compress_level)
+                    if db_key in present or len(data) >= disk.min_file_size:
+                        slow[key] = (output, usage, ttl)
+                        continue
+                    expire = None if ttl is None else now + ttl
+                    rows.append((db_key, now, expire, now, sqlite3.Binary(data)))
+                _sql(cache).executemany(
+                    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time,"
+                    " access_count, tag, size, mode, filename, value)"
+                    f" VALUES (?, 1, ?, ?, ?, 0, NULL, 0, {diskcache.core.MODE_RAW}, NULL, ?)",
+                    rows,
+                )
+                self._set_each(cache, slow, now)
+            cache.cull()
         except _BROKEN as exc:
             log.warning("could not write %d cache entries (%s)", len(entries), exc)
+
+    @staticmethod
+    def _set_each(cache: diskcache.Cache, entries: dict[str, tuple], now: float) -> None:
+        for key, (output, usage, ttl) in entries.items():
+            entry = {"output": output, "usage": usage or {}, "created_at": now}
+            try:
+                cache.set(key, entry, expire=ttl)
+            except (TypeError, ValueError) as exc:  # not JSON (raised before any write)
+                log.warning("could not write cache entry %s (%s)", key[:12], exc)
+
+    @staticmethod
+    def _present(cache: diskcache.Cache, db_keys: list[bytes]) -> set[bytes]:
+        present: set[bytes] = set()
+        for start in range(0, len(db_keys), _CHUNK):
+            chunk = db_keys[start : start + _CHUNK]
+            rows = (
+                _sql(cache)
+                .execute(
+                    f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                .fetchall()
+            )
+            present.update(bytes(row[0]) for row in rows)
+        return present
 
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
@@ -93,6 +258,7 @@ class ResultCache:
         return self._open().clear()
 
     def close(self) -> None:
+        self._missed.clear()
         if self._cache is not None:
             self._cache.close()
             self._cache = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ class Executor:
             scheduler=self.scheduler,
             **options,
         )
-        return asyncio.run(self.arun(pipeline, opts, observer))
+        return asyncio.run(_boxed(self.arun(pipeline, opts, observer))).value
 
     async def arun(
         self, pipeline: Pipeline | str | Path, options: RunOptions, observer: Observer | None = None
@@ -137,6 +137,24 @@ class Executor:
                 await runtime.backend.close()
         storage.finish_run(run_id, result.status, result.outputs, result.usage)
         return result
+
+
+class _Box:
+    """Carries the run's result out of asyncio.run with a cheap repr.
+
+    On Python 3.11 asyncio.run formats its main task's repr, result included, when it puts the
+    SIGINT handler back (signal.signal turns the old handler into an enum, failing, with %r):
+    for a 2,000-step RunResult that repr alone took ~0.1 s.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: RunResult) -> None:
+        self.value = value
+
+
+async def _boxed(run: Coroutine[Any, Any, RunResult]) -> _Box:
+    return _Box(await run)
 
 
 def execute(

@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS steps (
 """
 
 
+_ENCODER = json.JSONEncoder(default=str)  # what json.dumps(..., default=str) uses, built once
+
+
 @dataclass
 class RunState:
     """A run as recorded: `plan` is the pipeline it ran, `results` its steps' results."""
@@ -106,7 +109,7 @@ class Storage:
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
         os.chmod(self.path, 0o600)
-        self._in_tx = False
+        self._staged: list[tuple] = []  # step rows saved since the last commit
 
     def close(self) -> None:
         self.commit()
@@ -129,29 +132,36 @@ class Storage:
         )
 
     def save_step(self, run_id: str, position: int, result: StepResult) -> None:
-        """Stage one step's result; `commit()` makes it durable."""
-        if not self._in_tx:
-            self._db.execute("BEGIN")
-            self._in_tx = True
-        self._db.execute(
-            """INSERT INTO steps (run_id, step_id, position, result, status, cache_key)
-               VALUES (?, ?, ?, ?, ?, ?)
-               ON CONFLICT(run_id, step_id) DO UPDATE SET position=excluded.position,
-                 result=excluded.result, status=excluded.status, cache_key=excluded.cache_key""",
+        """Stage one step's result; `commit()` makes it durable (all staged rows, one statement)."""
+        self._staged.append(
             (
                 run_id,
                 result.step_id,
                 position,
-                json.dumps(result.to_dict(), default=str),
+                _ENCODER.encode(result.to_dict()),
                 result.status,
                 result.cache_key,
-            ),
+            )
         )
 
     def commit(self) -> None:
-        if self._in_tx:
-            self._db.execute("COMMIT")
-            self._in_tx = False
+        if not self._staged:
+            return
+        rows, self._staged = self._staged, []
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                """INSERT INTO steps (run_id, step_id, position, result, status, cache_key)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(run_id, step_id) DO UPDATE SET position=excluded.position,
+                     result=excluded.result, status=excluded.status,
+                     cache_key=excluded.cache_key""",
+                rows,
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def finish_run(
         self, run_id: str, status: str, outputs: dict, usage: dict, error: str | None = None

@@ -41,7 +41,7 @@ class StepResult:
 
     def to_dict(self) -> dict[str, Any]:
         # shallow: asdict() would deep-copy every output just to serialise it
-        doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        doc = {name: getattr(self, name) for name in _STEP_FIELDS}
         doc["usage"] = dict(self.usage)
         doc["started_at"] = _iso(self.started_at)
         doc["finished_at"] = _iso(doc.pop("completed_at"))
@@ -54,6 +54,9 @@ class StepResult:
         values["started_at"] = _parse(doc.get("started_at"))
         values["completed_at"] = _parse(doc.get("finished_at") or doc.get("completed_at"))
         return cls(**values)
+
+
+_STEP_FIELDS = tuple(f.name for f in dataclasses.fields(StepResult))
 
 
 @dataclass

@@ -15,12 +15,14 @@ from typing import Any
 from stepchain.cache import ResultCache, cache_key
 from stepchain.errors import RetryableStepError, StepChainError, StepError, StepTimeout
 from stepchain.model import Step
+from stepchain.pending_writes import PendingWrites
 from stepchain.records import Storage
 from stepchain.render import evaluate, render_value
 from stepchain.results import RunResult, StepResult, add_usage, now
 from stepchain.runtime import Runtime
 from stepchain.settings import LOGGER_NAME
 from stepchain.steps import Outcome, kind_module
+from stepchain.steps.template import template_outcome
 from stepchain.templates import Vars
 
 log = logging.getLogger(LOGGER_NAME)
@@ -57,12 +59,17 @@ class Scheduler:
         self.observe = observer or (lambda *_: None)
         self.results: dict[str, StepResult] = {}
         self.visible: dict[str, dict[str, Any]] = Vars()  # what templates see as `steps`
-        self.unwritten: list[tuple[str, Any, dict[str, int] | None, float | None]] = []
+        self.writes = PendingWrites(cache)  # new cache entries, written in batches
         self.slots = asyncio.Semaphore(max(1, self.options.max_concurrent))
         self.running: dict[asyncio.Task, str] = {}
         self.stop_reason: str | None = None  # set by --fail-fast or an interrupt
         self.interrupted = False
         self.spent: dict[str, int] = {}  # tokens spent by this run (cache hits cost nothing)
+
+    # Template steps are pure and synchronous: when a concurrency slot is free they run inline,
+    # all the ready ones of a tick together (one cache query for them), with no task each.
+    # False runs them as tasks like every other kind (the tests compare both ways).
+    inline_templates = True
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -73,43 +80,57 @@ class Scheduler:
                 dependents[need].append(step.id)
         ready = [s.id for s in self.pipeline.steps if not waiting[s.id]]
         while ready or self.running:
-            for sid in ready:
-                self._start(sid)
+            finished = self._start_ready(ready)  # skipped and inline steps finish at once
             ready = []
-            if not self.running:
-                break
-            done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
+            if finished or not self.running:  # do not block: what they release may start now
+                if finished:  # but let started tasks and signal handlers (interrupt) run
+                    await asyncio.sleep(0)
+                done: set[asyncio.Task] | list[asyncio.Task] = [
+                    task for task in self.running if task.done()
+                ]
+            else:  # about to wait: what is computed gets cached now, not after a long step
+                self.writes.flush(force=True)
+                done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 sid = self.running.pop(task)
                 self._finish(task.result())
+                finished.append(sid)
+            for sid in finished:
                 for dep in dependents[sid]:
                     waiting[dep].discard(sid)
                     if not waiting[dep]:
                         ready.append(dep)
             self.storage.commit()  # durable before any dependent starts
-            self._flush_cache()
+            self.writes.flush()
         self._mark_not_started()
         self.storage.commit()
-        self._flush_cache()
+        self.writes.flush(force=True)
         return self._result()
 
-    def _flush_cache(self) -> None:
-        entries, self.unwritten = self.unwritten, []
-        self.cache.set_many(entries)
-
-    def _start(self, sid: str) -> None:
-        step = self.pipeline.step(sid)
-        blocker = self._blocker(step)
-        if blocker or self.stop_reason:
-            reason = blocker or self.stop_reason
-            self._finish(StepResult(sid, "skipped", reason=reason))
-            # finished at once; a trivial task releases its dependents through the same loop
-            self.running[asyncio.ensure_future(_done(self.results[sid]))] = sid
-            return
-        self.observe("start", sid, None)
-        self.running[asyncio.create_task(self._run_step(step), name=f"step:{sid}")] = sid
+    def _start_ready(self, ready: list[str]) -> list[str]:
+        """Start the ready steps; returns those that finished at once (skipped, or inline)."""
+        finished: list[str] = []
+        inline: list[Step] = []
+        for sid in ready:
+            step = self.pipeline.step(sid)
+            blocker = self._blocker(step)
+            if blocker or self.stop_reason:
+                self._finish(StepResult(sid, "skipped", reason=blocker or self.stop_reason))
+                finished.append(sid)
+            elif step.kind == "template" and self.inline_templates and not self.slots.locked():
+                inline.append(step)
+            else:
+                self.observe("start", sid, None)
+                self.running[asyncio.create_task(self._run_step(step), name=f"step:{sid}")] = sid
+        if inline:
+            self._run_templates(inline)
+            finished += [step.id for step in inline]
+        return finished
 
     def _blocker(self, step: Step) -> str | None:
+        results = self.results
+        if all(results[need].status == "completed" for need in step.needs):
+            return None  # the usual case, without sorting the needs
         for need in sorted(step.needs, key=lambda n: self.pipeline.step(n).index):
             result = self.results[need]
             upstream = self.pipeline.step(need)
@@ -126,8 +147,6 @@ class Scheduler:
         return None
 
     def _finish(self, result: StepResult) -> None:
-        if result.step_id in self.results:
-            return  # a skipped step recorded by _start
         self.results[result.step_id] = result
         self.visible[result.step_id] = {"output": result.output, "status": result.status}
         step = self.pipeline.step(result.step_id)
@@ -204,17 +223,7 @@ class Scheduler:
         result.output, result.usage = outcome.output, outcome.usage
 
     async def _run_foreach(self, step: Step, context: dict[str, Any], result: StepResult) -> None:
-        items = evaluate(step.foreach, context, self.rt.path_of(step, "foreach"), self.rt.locate)
-        if isinstance(items, dict):
-            items = list(items.items())
-        if not isinstance(items, (list, tuple)):
-            raise StepError(
-                f"{self.rt.locate(self.rt.path_of(step, 'foreach'))}: foreach must give a list, "
-                f"got {type(items).__name__}"
-            )
-        prepared = []
-        for index, item in enumerate(items):
-            prepared.append(self._prepare(step, {**context, "item": item, "index": index}))
+        prepared = self._prepare_items(step, context)
         result.cache_key = cache_key("foreach", [key for _, key in prepared])
         reused = self._reusable(step, result.cache_key)
         if reused is not None:
@@ -242,6 +251,21 @@ class Scheduler:
         result.output = [outcome.output for outcome, _, _ in done]
         result.cached = all(cached for _, _, cached in done)
 
+    def _prepare_items(self, step: Step, context: dict[str, Any]) -> list[tuple[dict, str]]:
+        """Each foreach item's rendered request and cache key, in item order."""
+        items = evaluate(step.foreach, context, self.rt.path_of(step, "foreach"), self.rt.locate)
+        if isinstance(items, dict):
+            items = list(items.items())
+        if not isinstance(items, (list, tuple)):
+            raise StepError(
+                f"{self.rt.locate(self.rt.path_of(step, 'foreach'))}: foreach must give a list, "
+                f"got {type(items).__name__}"
+            )
+        return [
+            self._prepare(step, {**context, "item": item, "index": index})
+            for index, item in enumerate(items)
+        ]
+
     def _reusable(self, step: Step, key: str) -> StepResult | None:
         """On resume: the completed result of the same request, whatever the cache holds."""
         previous = self.previous.get(step.id)
@@ -252,20 +276,23 @@ class Scheduler:
     async def _cached_or_executed(
         self, step: Step, request: dict, key: str
     ) -> tuple[Outcome, int, bool]:
-        use_cache = step.cache and not self.options.no_cache and step.id not in self.options.refresh
-        if use_cache:
-            entry = self.cache.get(key)
+        if self._use_cache(step):
+            entry = self.writes.get(key)
             if entry is not None:
                 return Outcome(entry["output"], entry.get("usage") or {}), 0, True
         outcome, attempts = await self._attempts(step, request)
+        self._executed(step, key, outcome)
+        return outcome, attempts, False
+
+    def _use_cache(self, step: Step) -> bool:
+        return step.cache and not self.options.no_cache and step.id not in self.options.refresh
+
+    def _executed(self, step: Step, key: str, outcome: Outcome) -> None:
         add_usage(self.spent, outcome.usage)
         if step.cache:
-            # written with the next record commit, in one transaction; a crash before then
-            # only costs a recomputation
-            self.unwritten.append(
-                (key, self.rt.mask(outcome.output), outcome.usage, step.cache_ttl)
-            )
-        return outcome, attempts, False
+            # written in a batch soon (see PendingWrites); a crash before then only costs a
+            # recomputation
+            self.writes.add(key, self.rt.mask(outcome.output), outcome.usage, step.cache_ttl)
 
     async def _attempts(self, step: Step, request: dict) -> tuple[Outcome, int]:
         module = kind_module(step.kind)
@@ -311,6 +338,84 @@ class Scheduler:
             )
             await asyncio.sleep(delay)
 
+    # -- template steps inline ------------------------------------------------------------
+    def _run_templates(self, steps: list[Step]) -> None:
+        """Run ready template steps at once, as `_run_step` would, looking their keys up together."""
+        pending: list[tuple[Step, StepResult, list[tuple[dict, str]]]] = []
+        for step in steps:
+            result = StepResult(step.id, "completed", started_at=now())
+            self.observe("start", step.id, None)
+            work = self._guarded(step, result, self._template_work)
+            if work is None:
+                self._complete(result)
+            else:
+                pending.append((step, result, work))
+        keys = [key for step, _, work in pending if self._use_cache(step) for _, key in work]
+        hits = self.writes.lookup_many(keys) if keys else {}
+        for step, result, work in pending:
+            self._guarded(step, result, lambda s, r, w=work: self._template_outcomes(s, r, w, hits))
+            self._complete(result)
+
+    def _guarded(self, step: Step, result: StepResult, func: Callable) -> Any:
+        """`func(step, result)`, a failure recorded on `result` as `_run_step` records it."""
+        try:
+            return func(step, result)
+        except StepChainError as exc:
+            result.status, result.error = "failed", self.rt.describe_error(exc)
+        except Exception as exc:  # a bug in StepChain: record it, and log the traceback
+            log.exception("unexpected error in step %s", step.id)
+            result.status, result.error = "failed", self.rt.describe_error(exc)
+        return None
+
+    def _template_work(self, step: Step, result: StepResult) -> list[tuple[dict, str]] | None:
+        """The requests still to look up or execute, or None when the step is already decided."""
+        context = self._context(step)
+        if step.when is not None and not evaluate(
+            step.when, context, self.rt.path_of(step, "when"), self.rt.locate
+        ):
+            result.status, result.reason = "skipped", f"when: {step.when} is false"
+            return None
+        if step.foreach is not None:
+            work = self._prepare_items(step, context)
+            result.cache_key = cache_key("foreach", [key for _, key in work])
+        else:
+            work = [self._prepare(step, context)]
+            result.cache_key = work[0][1]
+        reused = self._reusable(step, result.cache_key)
+        if reused is not None:
+            result.output, result.usage, result.cached = reused.output, reused.usage, True
+            return None
+        return work
+
+    def _template_outcomes(
+        self, step: Step, result: StepResult, work: list[tuple[dict, str]], hits: dict
+    ) -> None:
+        outcomes: list[tuple[Outcome, int, bool]] = []
+        use_cache = self._use_cache(step)
+        for request, key in work:
+            entry = hits.get(key) if use_cache else None
+            if entry is not None:
+                outcomes.append((Outcome(entry["output"], entry.get("usage") or {}), 0, True))
+                continue
+            self.observe("attempt", step.id, None)
+            outcome = template_outcome(request)
+            self._executed(step, key, outcome)
+            outcomes.append((outcome, 1, False))
+        if step.foreach is None:
+            ((outcome, result.attempts, result.cached),) = outcomes
+            result.output, result.usage = outcome.output, outcome.usage
+            return
+        result.attempts = max((attempts for _, attempts, _ in outcomes), default=0)
+        for outcome, _, _ in outcomes:
+            add_usage(result.usage, outcome.usage)
+        result.output = [outcome.output for outcome, _, _ in outcomes]
+        result.cached = all(cached for _, _, cached in outcomes)
+
+    def _complete(self, result: StepResult) -> None:
+        result.completed_at = now()
+        result.output = self.rt.mask(result.output)
+        self._finish(result)
+
     # -- the end --------------------------------------------------------------------------
     def _result(self) -> RunResult:
         ordered = {s.id: self.results[s.id] for s in self.pipeline.steps}
@@ -335,7 +440,3 @@ class Scheduler:
                 log.warning("output %s not rendered: %s", name, exc)
                 outputs[name] = None
         return self.rt.mask(outputs)
-
-
-async def _done(result: StepResult) -> StepResult:
-    return result

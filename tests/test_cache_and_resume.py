@@ -379,3 +379,106 @@ def test_state_folder_defaults_to_dot_stepchain_in_working_directory(
     assert (tmp_path / ".stepchain" / "runs.db").exists()
     assert os.stat(tmp_path / ".stepchain").st_mode & 0o777 == 0o700
     assert Path(tmp_path / ".stepchain" / "cache").is_dir()
+
+
+# -- the batched cache paths give what diskcache's own set/get give -------------------------
+def test_set_many_rows_are_what_diskcache_set_writes(isolated_home):
+    import random
+    import string
+    import warnings
+
+    from stepchain.cache import ResultCache
+    from stepchain.settings import Settings
+
+    cache = ResultCache(Settings.from_env())
+    big = "".join(random.choices(string.ascii_letters, k=100_000))  # goes to a file
+    cache.set("old", "before", None, None)
+    entries = [
+        ("k1", "one", None, None),
+        ("k2", {"a": [1, 2, {"b": None}]}, {"total_tokens": 3}, None),
+        ("k3", ["x", 1.5, True], None, 3600),
+        ("old", "after", None, None),  # present: replaced
+        ("big", big, None, None),
+        ("k1", "one again", None, None),  # the last write of a key wins
+    ]
+    cache.set_many(entries)
+    cache.close()
+    plain = diskcache.Cache(str(isolated_home / "cache"), disk=diskcache.JSONDisk)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert plain.check() == []
+        assert len(plain) == 5
+        assert plain.get("k1")["output"] == "one again"
+        assert plain.get("k2")["output"] == {"a": [1, 2, {"b": None}]}
+        assert plain.get("k2")["usage"] == {"total_tokens": 3}
+        assert plain.get("k3", expire_time=True)[1] is not None
+        assert plain.get("old")["output"] == "after"
+        assert plain.get("big")["output"] == big
+    finally:
+        plain.close()
+
+
+def test_lookup_many_gives_what_get_gives(isolated_home):
+    from stepchain.cache import ResultCache
+    from stepchain.settings import Settings
+
+    cache = ResultCache(Settings.from_env())
+    cache.set_many([(f"k{i}", f"v{i}", {"total_tokens": i}, None) for i in range(1200)])
+    cache.set("short", "gone soon", None, 0.01)
+    cache.set("big", "y" * 200_000, None, None)
+    time.sleep(0.05)
+    keys = [f"k{i}" for i in range(0, 1300, 7)] + ["short", "big", "missing", "k7"]
+    found = cache.lookup_many(keys)
+    assert found == {key: cache.get(key) for key in keys if cache.get(key) is not None}
+    assert "short" not in found and "missing" not in found and "big" in found
+    assert found["k7"]["output"] == "v7"
+    cache.set_many([("missing", "now here", None, None)])  # a key looked up and missed
+    assert cache.lookup_many(["missing"])["missing"]["output"] == "now here"
+    cache.close()
+    plain = diskcache.Cache(str(isolated_home / "cache"), disk=diskcache.JSONDisk)
+    try:
+        assert plain.get("missing")["output"] == "now here"
+    finally:
+        plain.close()
+
+
+def test_pending_writes_are_seen_as_written_entries_would_be(isolated_home):
+    from stepchain.cache import ResultCache
+    from stepchain.pending_writes import PendingWrites
+    from stepchain.settings import Settings
+
+    cache = ResultCache(Settings.from_env())
+    writes = PendingWrites(cache)
+    writes.add("k", {"n": (1, 2), 3: "x"}, {"total_tokens": 2}, None)
+    writes.add("brief", "soon gone", None, 0.01)
+    writes.add("odd", object(), None, None)  # not JSON: never a hit, and the write fails softly
+    time.sleep(0.05)
+    pending = writes.lookup_many(["k", "brief", "odd", "missing"])
+    assert set(pending) == {"k"} and writes.get("odd") is None
+    assert pending["k"]["output"] == {"n": [1, 2], "3": "x"}  # as JSON gives it back
+    assert cache.get("k") is None  # not written yet
+    writes.flush(force=True)
+    assert cache.get("k")["output"] == pending["k"]["output"]
+    assert cache.get("k")["usage"] == pending["k"]["usage"] == writes.get("k")["usage"]
+    assert cache.get("brief") is None and cache.get("odd") is None
+    cache.close()
+
+
+def test_same_request_twice_in_one_run_is_a_hit_the_second_time(write, calls_log):
+    path = write(
+        "p.yaml",
+        """
+        version: 1
+        name: twice
+        tools: {echo: {type: function, function: "tools:echo"}}
+        steps:
+          - {id: a, tool: echo, with: {value: same}}
+          - {id: b, needs: [a], tool: echo, with: {value: same}}
+          - {id: c, needs: [b], template: "{{ steps.b.output }}"}
+          - {id: d, needs: [c], template: "{{ steps.a.output }}"}
+        """,
+    )
+    steps = Executor().run(path).steps
+    assert [steps[s].cached for s in "abcd"] == [False, True, False, True]
+    assert len(calls(calls_log)) == 1

@@ -392,3 +392,88 @@ def test_inputs_and_steps_named_like_dict_methods_are_what_they_name(cli, write)
     doc = cli.json("run", path)
     assert doc["steps"]["values"]["output"] == ["a-k", "b-k"]
     assert doc["steps"]["last"]["output"] == "a-k,b-k"
+
+
+# -- template steps inline vs as tasks -----------------------------------------------------
+MIXED_TEMPLATES = """
+inputs: {n: {type: integer, default: 3}}
+steps:
+  - {id: a, template: "a{{ inputs.n }}"}
+  - {id: same1, template: "same"}
+  - {id: same2, needs: [a, same1], template: "same"}
+  - {id: fan, foreach: "range(inputs.n) | list", template: "{{ steps.a.output }}-{{ item }}"}
+  - {id: empty, foreach: "[]", template: "never"}
+  - {id: gated, when: "inputs.n > 5", template: "gated"}
+  - {id: after_gated, template: "{{ steps.gated.status }}"}
+  - {id: data, template: "{{ {'k': 1} }}"}
+  - {id: bad, template: "{{ steps.data.output.missing.deeper }}"}
+  - {id: after_bad, template: "{{ steps.bad.output }}"}
+  - {id: tolerant, continue_on_error: true, template: "{{ 1 // 0 }}"}
+  - {id: after_tolerant, template: "{{ steps.tolerant.output }}"}
+  - {id: slow, tool: nap, with: {name: slow, seconds: 0.05}}
+  - {id: joined, template: "{{ steps.fan.output | join(',') }}/{{ steps.slow.output }}"}
+  - {id: uncached, cache: false, template: "{{ steps.joined.output }}"}
+"""
+
+
+def _run_both_ways(write, monkeypatch, tmp_path, max_concurrent=8, **options):
+    """The same pipeline and options with template steps inline and as tasks, fresh homes."""
+    from stepchain.scheduler import Scheduler
+
+    path = pipeline(write, MIXED_TEMPLATES)
+    runs = {}
+    for inline in (True, False):
+        monkeypatch.setattr(Scheduler, "inline_templates", inline)
+        monkeypatch.setenv("STEPCHAIN_HOME", str(tmp_path / f"home-{inline}"))
+        first = Executor(max_concurrent).run(path, run_id="r1", **options)
+        second = Executor(max_concurrent).run(path, run_id="r2", **options)
+        runs[inline] = (first, second)
+    return runs
+
+
+def _comparable(result):
+    steps = {
+        sid: (r.status, r.output, r.error, r.cached, r.attempts, r.cache_key, r.reason)
+        for sid, r in result.steps.items()
+    }
+    return result.status, result.outputs, steps
+
+
+def test_inline_template_steps_give_what_template_tasks_give(
+    write, calls_log, monkeypatch, tmp_path
+):
+    runs = _run_both_ways(write, monkeypatch, tmp_path)
+    for inline_run, task_run in zip(runs[True], runs[False], strict=True):
+        assert _comparable(inline_run) == _comparable(task_run)
+    first, second = runs[True]
+    assert first.steps["fan"].output == ["a3-0", "a3-1", "a3-2"]
+    assert first.steps["after_bad"].status == "skipped"
+    assert first.steps["after_tolerant"].status == "completed"
+    assert first.steps["uncached"].attempts == 1 and not second.steps["uncached"].cached
+    assert {s.cached for sid, s in second.steps.items() if s.status == "completed"} - {
+        second.steps["uncached"].cached
+    } == {True}
+
+
+def test_inline_template_steps_with_one_slot_and_fail_fast(write, calls_log, monkeypatch, tmp_path):
+    runs = _run_both_ways(write, monkeypatch, tmp_path, max_concurrent=1, fail_fast=True)
+    for inline_run, task_run in zip(runs[True], runs[False], strict=True):
+        assert _comparable(inline_run) == _comparable(task_run)
+
+
+def test_inline_template_records_match_task_records(write, calls_log, monkeypatch, tmp_path):
+    from stepchain import Storage
+
+    _run_both_ways(write, monkeypatch, tmp_path)
+    recorded = {}
+    for inline in (True, False):
+        state = Storage(tmp_path / f"home-{inline}").load_run_state("r1")
+        recorded[inline] = [
+            {
+                k: v
+                for k, v in r.to_dict().items()
+                if k not in ("started_at", "finished_at", "duration_s")
+            }
+            for r in state.results
+        ]
+    assert recorded[True] == recorded[False]

@@ -19,6 +19,12 @@ class Outcome:
 _MODULES = {"template": "template", "tool": "tool", "run": "command", "prompt": "llm"}
 
 
+_LOADED: dict[str, ModuleType] = {}
+
+
 def kind_module(kind: str) -> ModuleType:
     """The module that implements a step kind (imported on first use)."""
-    return importlib.import_module(f"stepchain.steps.{_MODULES[kind]}")
+    module = _LOADED.get(kind)
+    if module is None:
+        module = _LOADED[kind] = importlib.import_module(f"stepchain.steps.{_MODULES[kind]}")
+    return module

@@ -17,7 +17,13 @@ def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[st
     }
 
 
+def template_outcome(request: dict[str, Any]) -> Outcome:
+    """Executing a template step: its rendered request is its output (the scheduler runs this
+    inline, without a task, when a concurrency slot is free)."""
+    return Outcome(request["output"])
+
+
 async def execute(
     step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None
 ) -> Outcome:
-    return Outcome(request["output"])
+    return template_outcome(request)
