@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -18,7 +17,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.parser import Parser
 from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from stepchain.template_interpreter import Interpreter, supported
+from stepchain.template_interpreter import Program, Vars, supported
 
 ROOTS = ("steps", "inputs", "env", "secrets", "item", "index", "run")
 FILTER, TEST = "|filter", "|test"  # roots of references to unknown filters and tests
@@ -41,19 +40,6 @@ def environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
-class Vars(dict):
-    """A context root (inputs, env, steps, ...) where names win over dict methods.
-
-    Jinja looks attributes up before items, so `inputs.items` would be dict.items; here an
-    input, variable or step called `items`, `keys`, `values` or `get` is what it names.
-    """
-
-    def __getattribute__(self, name: str) -> Any:
-        if dict.__contains__(self, name):
-            return dict.__getitem__(self, name)
-        return super().__getattribute__(name)
-
-
 class Reference(NamedTuple):
     """One use of a context root in a template, e.g. steps.orders.output at template line 3."""
 
@@ -63,29 +49,41 @@ class Reference(NamedTuple):
     lineno: int
 
 
-@dataclass(frozen=True)
 class Compiled:
-    """A template prepared once: a native expression, a text template, or a literal.
+    """A template prepared once: a program of closures (with its shape's texts and keys), a
+    Jinja-compiled expression or template, or a literal."""
 
-    Templates made of common nodes are kept as parsed trees and interpreted (no compilation,
-    see template_interpreter); the rest are compiled by Jinja.
-    """
+    __slots__ = ("source", "program", "is_native", "texts", "keys", "native", "text", "literal")
 
-    source: str
-    native: Any = None  # compiled expression when the string is exactly one {{ expr }}
-    text: Any = None  # jinja2.Template otherwise
-    literal: bool = False  # no template syntax at all
-    tree: Any = None  # a parsed tree the interpreter renders (an expression when is_native)
-    is_native: bool = False
-    texts: tuple[str, ...] = ()  # for a shared shape: the text between tags, by marker
-    keys: tuple[str, ...] = ()  # for a shared shape: the names its placeholders stand for
+    def __init__(
+        self,
+        source: str,
+        *,
+        program: Program | None = None,
+        is_native: bool = False,
+        texts: tuple[str, ...] = (),
+        keys: tuple[str, ...] = (),
+        native: Any = None,
+        text: Any = None,
+        literal: bool = False,
+    ) -> None:
+        self.source = source
+        self.program = program  # the interpreter's closures (an expression when is_native)
+        self.is_native = is_native  # the string is exactly one {{ expr }}: a native value
+        self.texts = texts  # for a shared shape: the text between tags, by marker
+        self.keys = keys  # for a shared shape: the names and strings its placeholders stand for
+        self.native = native  # Jinja-compiled expression (is exactly one {{ expr }})
+        self.text = text  # jinja2.Template otherwise
+        self.literal = literal  # no template syntax at all
 
     def render(self, context: dict[str, Any]) -> Any:
+        program = self.program
+        if program is not None:
+            if self.is_native:
+                return program.evaluate(context, self.keys)
+            return program.render(context, self.texts, self.keys)
         if self.literal:
             return self.source
-        if self.tree is not None:
-            interpreter = Interpreter(environment(), self.tree, self.texts, self.keys)
-            return interpreter.evaluate(context) if self.is_native else interpreter.render(context)
         if self.native is not None:
             return _defined(self.native(**context))
         return self.text.render(**context)
@@ -112,73 +110,77 @@ def compile_template(source: str) -> Compiled:
     if match and _is_single_output(tree):
         expr = _expression_tree(match.group(1))
         if supported(expr, env):
-            return Compiled(source, tree=expr, is_native=True)
+            return Compiled(source, program=Program(env, expr, shaped=False), is_native=True)
         return Compiled(
             source, native=env.compile_expression(match.group(1), undefined_to_none=False)
         )
     if supported(tree, env):
-        return Compiled(source, tree=tree)
+        return Compiled(source, program=Program(env, tree, shaped=False))
     return Compiled(source, text=env.from_string(source))
 
 
 @lru_cache(maxsize=65536)
 def compile_expression(expr: str) -> Any:
     """Prepare a `when`/`foreach` expression (no braces): a callable taking the context."""
+    if not _UNSHAPEABLE.search(expr):
+        keys: list[str] = []
+        program = _shape_tree(_render_placeholders(expr, keys), expression=True)
+        if program is not None:
+            fixed = tuple(keys)
+            return lambda **context: program.evaluate(context, fixed)
     env = environment()
     tree = _expression_tree(expr)
     if supported(tree, env):
-        return lambda **context: Interpreter(env, tree).evaluate(context)
+        program = Program(env, tree, shaped=False)
+        return lambda **context: program.evaluate(context)
     compiled = env.compile_expression(expr, undefined_to_none=False)
     return lambda **context: _defined(compiled(**context))
 
 
 # Rendering by *shape*. Parsing a template costs about a millisecond (Jinja's lexer), and a
-# pipeline's templates mostly differ only in their text and in which steps or inputs they name.
-# A template whose tags split cleanly (see _SIMPLE_TAG) is reduced to a shape: each text segment
-# becomes a marker \x00N\x00 and each literal key (steps.X, inputs["Y"]) a placeholder __kN__.
-# The shape is parsed once; the interpreter puts the texts and keys back while it renders.
-# Whitespace control (`-`) changes text next to tags, and \r is normalised by the lexer, so
-# templates using either are parsed whole, as are any whose shape the interpreter cannot take.
-_MARKS = re.compile("\x00")
+# pipeline's templates mostly differ only in their text, their string literals and which steps
+# or inputs they name. A template whose tags split cleanly (see _SIMPLE_TAG) is reduced to a
+# shape: each text segment becomes a marker \x00N\x00, and each literal key (steps.X,
+# inputs["Y"]) and each string literal a placeholder __kN__ (a string literal's value is its text
+# exactly, as there are no backslashes or \r). The shape is parsed and turned into closures once;
+# a render passes the template's own texts and keys. Whitespace control (`-`) changes text next
+# to tags, and \r is normalised by the lexer, so templates using either are parsed whole, as are
+# any whose shape the interpreter cannot take.
+_UNSHAPEABLE = re.compile(r"[{}\\\r\x00]|__k")  # braces, backslashes, \r, markers, placeholders
 
 
 def _shaped(source: str) -> Compiled | None:
-    if "\r" in source or "\x00" in source or "__k" in source or "{#" in source:
+    if "\r" in source or "\x00" in source or "{#" in source:
         return None
     if "{%" in source and _RAW.search(source):
         return None
     pieces = _SIMPLE_TAG.split(source)
     texts, tags = pieces[::2], pieces[1::2]
-    if any("{{" in t or "{%" in t or "{#" in t for t in texts):
-        return None
-    if any(tag[2] in "-+" or tag[-3] == "-" for tag in tags):
-        return None
+    joined = "\x00".join(texts)
+    if "{{" in joined or "{%" in joined or "{#" in joined or "{\x00" in joined:
+        return None  # a tag the regex could not split as Jinja's lexer does
+    for tag in tags:
+        if tag[2] in "-+" or tag[-3] in "-+" or "__k" in tag or "\\" in tag:
+            return None
     keys: list[str] = []
-    shaped_tags = [_with_placeholders(tag, keys) for tag in tags]
-    native = (
-        len(tags) == 1
-        and tags[0].startswith("{{")
-        and not texts[0].strip()
-        and not texts[1].strip()
-    )
-    if native:
-        tree = _shape_tree(shaped_tags[0][2:-2], expression=True)
-        return (
-            None if tree is None else Compiled(source, tree=tree, is_native=True, keys=tuple(keys))
-        )
+    if len(tags) == 1 and tags[0][1] == "{" and not texts[0].strip() and not texts[1].strip():
+        program = _shape_tree(_render_placeholders(tags[0][2:-2], keys), expression=True)
+        if program is None:
+            return None
+        return Compiled(source, program=program, is_native=True, keys=tuple(keys))
     shape = "".join(
-        (f"\x00{i}\x00" if text else "") + (shaped_tags[i] if i < len(tags) else "")
+        (f"\x00{i}\x00" if text else "") + (tags[i] if i < len(tags) else "")
         for i, text in enumerate(texts)
     )
-    tree = _shape_tree(shape, expression=False)
-    if tree is None:
+    program = _shape_tree(_render_placeholders(shape, keys), expression=False)
+    if program is None:
         return None
-    return Compiled(source, tree=tree, texts=tuple(texts), keys=tuple(keys))
+    return Compiled(source, program=program, texts=tuple(texts), keys=tuple(keys))
 
 
 @lru_cache(maxsize=4096)
-def _shape_tree(shape: str, *, expression: bool) -> Any:
-    """A shape's parsed tree, or None when it must be rendered the ordinary way."""
+def _shape_tree(shape: str, *, expression: bool) -> Program | None:
+    """A shape's program, or None when it must be rendered the ordinary way."""
     env = environment()
     try:
         tree = _expression_tree(shape) if expression else env.parse(shape)
@@ -195,8 +197,8 @@ def _shape_tree(shape: str, *, expression: bool) -> Any:
             else getattr(node, "attr", None) or node.name
         )
         if isinstance(text, str) and "__k" in text and not _PLACEHOLDER.fullmatch(text):
-            return None  # a placeholder inside a string literal: not a key after all
-    return tree
+            return None  # a placeholder inside a longer string: not a key after all
+    return Program(env, tree, shaped=True)
 
 
 def _expression_tree(expr: str) -> nodes.Expr:
@@ -289,6 +291,23 @@ def _with_placeholders(text: str, keys: list[str]) -> str:
         return f"{match.group(1)}['__k{len(keys) - 1}__']"
 
     return _KEY.sub(placeholder, text)
+
+
+_TOKEN = re.compile(_KEY.pattern + r"|'([^'\\]*)'|\"([^\"\\]*)\"")
+
+
+def _render_placeholders(text: str, keys: list[str]) -> str:
+    """Replace each literal key and each string literal by __kN__, appending what they were."""
+
+    def placeholder(match: re.Match[str]) -> str:
+        root, attr, _, item, single, double = match.groups()
+        if root is None:
+            keys.append(single if single is not None else double)
+            return f"'__k{len(keys) - 1}__'"
+        keys.append(attr or item)
+        return f"{root}.__k{len(keys) - 1}__" if attr else f"{root}['__k{len(keys) - 1}__']"
+
+    return _TOKEN.sub(placeholder, text)
 
 
 def _lines(text: str) -> str:
