@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from stepchain.cache import ResultCache, cache_key
 from stepchain.errors import StepChainError
-from stepchain.graph import build_graph, critical_path, layers
+from stepchain.graph import critical_path, layers
 from stepchain.inputs import resolve_inputs
 from stepchain.model import Pipeline, Step
 from stepchain.render import evaluate
@@ -55,36 +55,48 @@ def plan_pipeline(
     pipeline: Pipeline, inputs: dict[str, Any] | None = None, settings: Settings | None = None
 ) -> Plan:
     """Compute the plan; never executes a step or calls a model."""
-    graph = build_graph({s.id: s.needs for s in pipeline.steps})
-    generations = layers(graph)
-    layer_of = {sid: i for i, layer in enumerate(generations) for sid in layer}
+    deps = {s.id: s.needs for s in pipeline.steps}
+    generations = layers(deps)
     resolved = resolve_inputs(pipeline, inputs or {})
     runtime = Runtime(pipeline, current_settings(settings), RunOptions(), "plan", resolved)
     cache = ResultCache(runtime.settings)
     known: dict[str, dict[str, Any]] = Vars()  # step id -> {"output", "status"} once predictable
-    plan = Plan(pipeline.name, generations, critical_path(graph))
+    plan = Plan(pipeline.name, generations, critical_path(deps))
     try:
-        for sid in _topological(pipeline, generations):
-            step = pipeline.step(sid)
-            action, detail = _plan_step(step, runtime, cache, known)
-            plan.steps.append(
-                StepPlan(sid, step.kind, action, layer_of[sid], sorted(step.needs), detail)
-            )
+        # A layer's steps only read steps of earlier layers, so each layer is rendered first and
+        # its cache keys are then looked up together, in one query instead of one per key.
+        for number, layer in enumerate(generations):
+            steps = sorted((pipeline.step(sid) for sid in layer), key=lambda s: s.index)
+            prepared = [_prepare_step(step, runtime, known) for step in steps]
+            wanted = [key for p in prepared if isinstance(p, _Rendered) for key in p.keys]
+            entries = cache.get_many(wanted) if wanted else {}
+            for step, outcome in zip(steps, prepared, strict=True):
+                action, detail = (
+                    _resolve(step, outcome, entries, known)
+                    if isinstance(outcome, _Rendered)
+                    else outcome
+                )
+                plan.steps.append(
+                    StepPlan(step.id, step.kind, action, number, sorted(step.needs), detail)
+                )
     finally:
         cache.close()
     plan.steps.sort(key=lambda s: pipeline.step(s.step_id).index)
     return plan
 
 
-def _topological(pipeline: Pipeline, generations: list[list[str]]) -> list[str]:
-    return [
-        sid for layer in generations for sid in sorted(layer, key=lambda s: pipeline.step(s).index)
-    ]
+@dataclass
+class _Rendered:
+    """A step whose requests are rendered; what it does depends on the cache."""
+
+    requests: list[Any]
+    keys: list[str]  # one per request; none when the step is not cached
 
 
-def _plan_step(
-    step: Step, runtime: Runtime, cache: ResultCache, known: dict[str, dict[str, Any]]
-) -> tuple[Action, str | None]:
+def _prepare_step(
+    step: Step, runtime: Runtime, known: dict[str, dict[str, Any]]
+) -> _Rendered | tuple[Action, str | None]:
+    """Render the step's requests, or decide it without the cache (skip, unknown, error)."""
     context = runtime.base_context()
     context["steps"] = known  # shared: copying it per step would be quadratic
     missing = sorted(n for n in step.needs if n not in known)
@@ -117,16 +129,25 @@ def _plan_step(
             requests = [module.render_request(step, context, runtime)]
     except StepChainError as exc:
         return "error", exc.message
-    entries = (
-        [cache.get(cache_key(step.kind, request)) for request in requests] if step.cache else [None]
-    )
-    if any(entry is None for entry in entries):
+    keys = [cache_key(step.kind, request) for request in requests] if step.cache else []
+    return _Rendered(requests, keys)
+
+
+def _resolve(
+    step: Step,
+    rendered: _Rendered,
+    entries: dict[str, dict[str, Any]],
+    known: dict[str, dict[str, Any]],
+) -> tuple[Action, str | None]:
+    """Replay when every request is cached, else run; record what later steps can know."""
+    found = [entries.get(key) for key in rendered.keys] if step.cache else [None]
+    if any(entry is None for entry in found):
         if step.kind == "template":  # pure: its output is known without running anything
-            outputs = [r["output"] for r in requests]
+            outputs = [r["output"] for r in rendered.requests]
             output = outputs if step.foreach is not None else outputs[0]
             known[step.id] = {"output": output, "status": "completed"}
         return "run", None if step.cache else "cache: false"
-    output = [e["output"] for e in entries] if step.foreach is not None else entries[0]["output"]
+    output = [e["output"] for e in found] if step.foreach is not None else found[0]["output"]
     known[step.id] = {"output": output, "status": "completed"}
     return "replay", None
 

@@ -113,7 +113,7 @@ def supported(tree: nodes.Node, env: ImmutableSandboxedEnvironment) -> bool:
 class _Render:
     """One render's state: the shape's texts and keys, and what filters may ask for."""
 
-    __slots__ = ("texts", "keys", "root", "env", "_context", "_eval_ctx")
+    __slots__ = ("_context", "_eval_ctx", "env", "keys", "root", "texts")
 
     def __init__(self, env: Any, texts: tuple, keys: tuple, root: dict[str, Any]) -> None:
         self.env, self.texts, self.keys, self.root = env, texts, keys, root

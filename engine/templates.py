@@ -17,7 +17,8 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.parser import Parser
 from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from stepchain.template_interpreter import Program, Vars, supported
+from stepchain.template_interpreter import Program, supported
+from stepchain.template_interpreter import Vars as Vars  # re-exported: the context roots
 
 ROOTS = ("steps", "inputs", "env", "secrets", "item", "index", "run")
 FILTER, TEST = "|filter", "|test"  # roots of references to unknown filters and tests
@@ -53,7 +54,7 @@ class Compiled:
     """A template prepared once: a program of closures (with its shape's texts and keys), a
     Jinja-compiled expression or template, or a literal."""
 
-    __slots__ = ("source", "program", "is_native", "texts", "keys", "native", "text", "literal")
+    __slots__ = ("is_native", "keys", "literal", "native", "program", "source", "text", "texts")
 
     def __init__(
         self,
