@@ -68,16 +68,32 @@ def _generations(deps: Mapping[str, Iterable[str]]) -> list[list[str]]:
 
 def layers(deps: Mapping[str, Iterable[str]]) -> list[list[str]]:
     """Topological generations: every step of a layer can run in parallel."""
-    return [sorted(layer) for layer in _generations(deps)]
+    return layers_and_critical_path(deps)[0]
 
 
 def critical_path(
     deps: Mapping[str, Iterable[str]], weights: Mapping[str, float] | None = None
 ) -> list[str]:
     """The longest chain of dependent steps (by step count, or by the given weights)."""
+    return layers_and_critical_path(deps, weights)[1]
+
+
+def layers_and_critical_path(
+    deps: Mapping[str, Iterable[str]], weights: Mapping[str, float] | None = None
+) -> tuple[list[list[str]], list[str]]:
+    """Both at once, walking the graph once."""
+    generations = _generations(deps)
+    return [sorted(layer) for layer in generations], _longest(deps, generations, weights)
+
+
+def _longest(
+    deps: Mapping[str, Iterable[str]],
+    generations: list[list[str]],
+    weights: Mapping[str, float] | None,
+) -> list[str]:
     weight = weights or {}
     best: dict[str, tuple[float, str | None]] = {}
-    for node in (step for generation in _generations(deps) for step in generation):
+    for node in (step for generation in generations for step in generation):
         preds = [(best[p][0], p) for p in deps.get(node, ())]
         length, parent = max(preds, default=(0.0, None))
         best[node] = (length + weight.get(node, 1.0), parent)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from stepchain.cache import ResultCache, cache_key
 from stepchain.errors import StepChainError
-from stepchain.graph import critical_path, layers
+from stepchain.graph import layers_and_critical_path
 from stepchain.inputs import resolve_inputs
 from stepchain.model import Pipeline, Step
 from stepchain.render import evaluate
@@ -56,12 +56,12 @@ def plan_pipeline(
 ) -> Plan:
     """Compute the plan; never executes a step or calls a model."""
     deps = {s.id: s.needs for s in pipeline.steps}
-    generations = layers(deps)
+    generations, longest = layers_and_critical_path(deps)
     resolved = resolve_inputs(pipeline, inputs or {})
     runtime = Runtime(pipeline, current_settings(settings), RunOptions(), "plan", resolved)
     cache = ResultCache(runtime.settings)
     known: dict[str, dict[str, Any]] = Vars()  # step id -> {"output", "status"} once predictable
-    plan = Plan(pipeline.name, generations, critical_path(deps))
+    plan = Plan(pipeline.name, generations, longest)
     try:
         # A layer's steps only read steps of earlier layers, so each layer is rendered first and
         # its cache keys are then looked up together, in one query instead of one per key.
