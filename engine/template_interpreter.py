@@ -18,6 +18,7 @@ import operator
 import re
 import types
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from jinja2 import nodes
@@ -281,13 +282,13 @@ class _Builder:
 
             return assign
         if isinstance(target, nodes.Tuple):
-            subs = [self.target(item) for item in target.items]
+            subs, unpack_values = (
+                [self.target(item) for item in target.items],
+                _unpacker(len(target.items)),
+            )
 
             def unpack(scope: dict, value: Any) -> None:
-                values = list(value)
-                if len(values) != len(subs):
-                    raise ValueError(f"cannot unpack {len(values)} values into {len(subs)}")
-                for sub, item in zip(subs, values, strict=True):
+                for sub, item in zip(subs, unpack_values(value), strict=True):
                     sub(scope, item)
 
             return unpack
@@ -320,6 +321,56 @@ class _Builder:
             return env.undefined(name=name)
 
         return lookup
+
+    def path(self, node: nodes.Getattr | nodes.Getitem) -> Code:
+        """A name followed by literal attributes and items (steps.x.output, item['k'][0])."""
+        top, links = node, []
+        while isinstance(node, nodes.Getattr | nodes.Getitem):
+            if isinstance(node, nodes.Getattr):
+                index = self._key_index(node.attr)
+                key: Any = node.attr
+                links.append((True, key, -1 if index is None else index, _plain_attr(key)))
+            elif isinstance(node.arg, nodes.Const):
+                index = self._key_index(node.arg.value)
+                links.append((False, node.arg.value, -1 if index is None else index, None))
+            else:
+                break  # a computed item: the links are built one by one
+            node = node.node
+        if not isinstance(node, nodes.Name) or len(links) < 2:
+            return self.getattr(top) if isinstance(top, nodes.Getattr) else self.getitem(top)
+        links.reverse()
+        base, env, undefined = self.name(node), self.env, self.env.undefined
+
+        def path(scope: dict, r: _Render) -> Any:
+            obj = base(scope, r)
+            for is_attr, key, index, plain in links:
+                if index >= 0:
+                    key = r.keys[index]
+                    if is_attr:
+                        plain = _plain_attr(key)
+                kind = type(obj)
+                if is_attr:
+                    if plain and (kind is dict or kind is Vars):
+                        if key in obj:
+                            value = obj[key]
+                            if not isinstance(value, _METHODS):  # a str.format gets wrapped
+                                obj = value
+                                continue
+                        else:
+                            obj = undefined(obj=obj, name=key)
+                            continue
+                    obj = env.getattr(obj, key)
+                else:
+                    if kind in _ITEMS:
+                        try:
+                            obj = obj[key]
+                            continue
+                        except (TypeError, LookupError):
+                            pass  # the sandbox then tries an attribute, or says undefined
+                    obj = env.getitem(obj, key)
+            return obj
+
+        return path
 
     def getattr(self, node: nodes.Getattr) -> Code:
         obj, env, index = self.expr(node.node), self.env, self._key_index(node.attr)
@@ -419,7 +470,8 @@ class _Builder:
 
     def concat(self, node: nodes.Concat) -> Code:
         parts = [self.expr(n) for n in node.nodes]
-        return lambda scope, r: "".join([str(p(scope, r)) for p in parts])
+        # all parts first, then their text: compiled Jinja builds a tuple, then str_join()s it
+        return lambda scope, r: "".join([str(v) for v in [p(scope, r) for p in parts]])
 
     def cond(self, node: nodes.CondExpr) -> Code:
         test, yes = self.expr(node.test), self.expr(node.expr1)
@@ -447,6 +499,16 @@ class _Builder:
     def dict_(self, node: nodes.Dict) -> Code:
         pairs = [(self.expr(p.key), self.expr(p.value)) for p in node.items]
         return lambda scope, r: {k(scope, r): v(scope, r) for k, v in pairs}
+
+
+@lru_cache(maxsize=64)
+def _unpacker(count: int) -> Callable[[Any], tuple]:
+    """`a, b = value` for `count` names, so a wrong count fails with Python's own message, as
+    in compiled Jinja (`too many values to unpack (expected 2)`)."""
+    names = ", ".join(f"v{i}" for i in range(count))
+    namespace: dict[str, Any] = {}
+    exec(f"def unpack(value):\n    {names}, = value\n    return {names},", namespace)
+    return namespace["unpack"]
 
 
 def _plain_attr(attr: str) -> bool:
@@ -478,8 +540,8 @@ def _getattr(env: Any, obj: Any, attr: str, plain: bool | None) -> Any:
 _BUILDERS: dict[type, Callable[[_Builder, Any], Code]] = {
     nodes.Const: _Builder.const,
     nodes.Name: _Builder.name,
-    nodes.Getattr: _Builder.getattr,
-    nodes.Getitem: _Builder.getitem,
+    nodes.Getattr: _Builder.path,
+    nodes.Getitem: _Builder.path,
     nodes.Slice: _Builder.slice,
     nodes.Filter: _Builder.filter,
     nodes.Test: _Builder.test,
