@@ -110,6 +110,8 @@ class ResultCache:
             policy = diskcache.core.EVICTION_POLICY[cache.eviction_policy]
             if cache.statistics or policy["get"] is not None:
                 rows: list[tuple] | None = None
+            elif not keys or not cache._sql("SELECT 1 FROM Cache LIMIT 1").fetchall():
+                rows = []  # an empty cache (a first plan) holds none of them
             else:
                 by_db_key = {bytes(cache.disk.put(key)[0]): key for key in dict.fromkeys(keys)}
                 pending, rows, now = list(by_db_key), [], time.time()

@@ -395,8 +395,15 @@ class _Builder:
         return getitem
 
     def slice(self, node: nodes.Slice) -> Code:
-        parts = [None if n is None else self.expr(n) for n in (node.start, node.stop, node.step)]
-        return lambda scope, r: slice(*(None if p is None else p(scope, r) for p in parts))
+        bounds = (node.start, node.stop, node.step)
+        if all(
+            n is None or (isinstance(n, nodes.Const) and self._key_index(n.value) is None)
+            for n in bounds
+        ):
+            fixed = slice(*(None if n is None else n.value for n in bounds))  # e.g. [:16]
+            return lambda scope, r: fixed
+        parts = [None if n is None else self.expr(n) for n in bounds]
+        return lambda scope, r: slice(*[None if p is None else p(scope, r) for p in parts])
 
     def filter(self, node: nodes.Filter) -> Code:
         value = self.expr(node.node) if node.node is not None else (lambda scope, r: None)

@@ -93,7 +93,7 @@ _SUBSCRIPTABLE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 
 
 class Shape(NamedTuple):
-    text: str  # markers and tags with placeholders: what is parsed, once per distinct shape
+    text: str  # markers and tags with (unnumbered) placeholders: one parse per distinct shape
     texts: tuple[str, ...]  # the text segments, by marker number
     keys: tuple[str, ...]  # what each placeholder stands for, by number
     expression: str | None  # when the template is exactly one {{ expr }}: the shaped expr
@@ -120,29 +120,41 @@ def shape_of(source: str) -> Shape | None:
             parts.append(f"\x00{i}{_lines(text)}\x00")
         if i < len(tags):
             parts.append(tags[i])
-    keys: list[str] = []
-    shaped = placeholders("".join(parts), keys)
+    shaped, keys = placeholders("".join(parts))
     if any("\n" in key for key in keys):
         return None  # a string literal over several lines: its placeholder would lose them
     expression = None
     if len(tags) == 1 and tags[0][1] == "{" and not texts[0].strip() and not texts[1].strip():
         expression = shaped[shaped.index("{{") + 2 : shaped.rindex("}}")]
-    return Shape(shaped, tuple(texts), tuple(keys), expression)
+    return Shape(shaped, tuple(texts), keys, expression)
 
 
-_TOKEN = re.compile(_KEY.pattern + r"|'([^'\\]*)'|\"([^\"\\]*)\"")
+# What varies between templates of one shape: a key after a root (steps.X; inputs["Y"] is a string)
+# and a string literal. Both patterns match the same spans; the first replaces each with an
+# unnumbered placeholder (no Python call per match), the second reads what they were. Placeholders
+# are numbered once per distinct shape (numbered()), in the order they appear.
+_VARYING = re.compile(
+    r"(?<![\w.])((?:steps|inputs|env|secrets)\.)[A-Za-z_][A-Za-z0-9_]*(?!\w)"
+    r"|(')[^'\\]*'|(\")[^\"\\]*\""
+)
+_VARYING_VALUES = re.compile(
+    r"(?<![\w.])(?:steps|inputs|env|secrets)\.([A-Za-z_][A-Za-z0-9_]*)(?!\w)"
+    r"|'([^'\\]*)'|\"([^\"\\]*)\""
+)
+_UNNUMBERED = re.compile("__k__")
 UNSHAPEABLE = re.compile(r"[{}\\\r\x00]|__k")  # an expression parsed whole: braces, \\, \r, marks
 
 
-def placeholders(text: str, keys: list[str]) -> str:
-    """Replace each literal key and each string literal by __kN__, appending what they were."""
+def placeholders(text: str) -> tuple[str, tuple[str, ...]]:
+    """`text` with each key and string literal replaced by __k__, and what they were, in order."""
+    values = tuple(
+        name or single or double for name, single, double in _VARYING_VALUES.findall(text)
+    )
+    return _VARYING.sub(r"\1\2\3__k__\2\3", text), values
 
-    def placeholder(match: re.Match[str]) -> str:
-        root, attr, _, item, single, double = match.groups()
-        if root is None:
-            keys.append(single if single is not None else double)
-            return f"'__k{len(keys) - 1}__'"
-        keys.append(attr or item)
-        return f"{root}.__k{len(keys) - 1}__" if attr else f"{root}['__k{len(keys) - 1}__']"
 
-    return _TOKEN.sub(placeholder, text)
+@lru_cache(maxsize=4096)
+def numbered(shape: str) -> str:
+    """A shape's placeholders numbered __k0__, __k1__, ... in the order they appear."""
+    count = iter(range(shape.count("__k__")))
+    return _UNNUMBERED.sub(lambda _: f"__k{next(count)}__", shape)

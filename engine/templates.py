@@ -23,6 +23,7 @@ from stepchain.template_shapes import (
     PLACEHOLDER,
     UNSHAPEABLE,
     Shape,
+    numbered,
     placeholders,
     shape_of,
     skeleton,
@@ -139,11 +140,10 @@ def compile_template(source: str) -> Compiled:
 def compile_expression(expr: str) -> Any:
     """Prepare a `when`/`foreach` expression (no braces): a callable taking the context."""
     if not UNSHAPEABLE.search(expr):
-        keys: list[str] = []
-        program = _shape_tree(placeholders(expr, keys), expression=True)
+        shaped, keys = placeholders(expr)
+        program = _shape_tree(shaped, expression=True)
         if program is not None:
-            fixed = tuple(keys)
-            return lambda **context: program.evaluate(context, fixed)
+            return lambda **context: program.evaluate(context, keys)
     env = environment()
     tree = _expression_tree(expr)
     if supported(tree, env):
@@ -156,7 +156,7 @@ def compile_expression(expr: str) -> Any:
 @lru_cache(maxsize=4096)
 def _shape_tree(shape: str, *, expression: bool) -> Program | None:
     """A shape's program, or None when it must be rendered the ordinary way."""
-    env = environment()
+    env, shape = environment(), numbered(shape)
     try:
         tree = _expression_tree(shape) if expression else env.parse(shape)
     except TemplateSyntaxError:
@@ -252,7 +252,7 @@ def _placed_references(shape: str) -> list[tuple] | None:
     """A shape's references, with the placeholder number of their key and attribute (or -1);
     None when a placeholder ended up inside a longer name or string (not what it stood for)."""
     out = []
-    for ref in _references(shape):
+    for ref in _references(numbered(shape)):
         key_at, attr_at = _placeholder_number(ref.key), _placeholder_number(ref.attr)
         if (key_at is None) or (attr_at is None):
             return None

@@ -67,6 +67,7 @@ def test_batched_cache_lookup_finds_exactly_what_get_finds(tmp_path):
 
     cache = ResultCache(Settings(home=tmp_path / "home"))
     keys = [cache_key("template", {"output": str(i)}) for i in range(1200)]
+    assert cache.get_many(keys) == {}  # an empty cache
     cache.set_many([(k, {"n": i}, None, None) for i, k in enumerate(keys[:600:2])])
     cache.set(keys[1], "soon gone", None, 0.01)  # expires before the lookup
     cache.set(keys[3], [1, 2], {"tokens": 3}, 3600.0)
