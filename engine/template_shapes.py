@@ -93,7 +93,7 @@ _SUBSCRIPTABLE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 
 
 class Shape(NamedTuple):
-    text: str  # markers and tags with (unnumbered) placeholders: one parse per distinct shape
+    text: str  # markers and tags with placeholders: parsed once per distinct shape
     texts: tuple[str, ...]  # the text segments, by marker number
     keys: tuple[str, ...]  # what each placeholder stands for, by number
     expression: str | None  # when the template is exactly one {{ expr }}: the shaped expr
@@ -129,32 +129,32 @@ def shape_of(source: str) -> Shape | None:
     return Shape(shaped, tuple(texts), keys, expression)
 
 
-# What varies between templates of one shape: a key after a root (steps.X; inputs["Y"] is a string)
-# and a string literal. Both patterns match the same spans; the first replaces each with an
-# unnumbered placeholder (no Python call per match), the second reads what they were. Placeholders
-# are numbered once per distinct shape (numbered()), in the order they appear.
+# What varies between templates of one shape: a key after a root (steps.X; inputs["Y"] is a
+# string) and a string literal; each becomes a placeholder __kN__, numbered in order.
+_NAME = r"\.([A-Za-z_][A-Za-z0-9_]*)(?!\w)"
+# Every alternative starts with a literal, so the regex engine skips ahead to candidates quickly.
 _VARYING = re.compile(
-    r"(?<![\w.])((?:steps|inputs|env|secrets)\.)[A-Za-z_][A-Za-z0-9_]*(?!\w)"
-    r"|(')[^'\\]*'|(\")[^\"\\]*\""
+    rf"steps{_NAME}|inputs{_NAME}|env{_NAME}|secrets{_NAME}|'([^'\\]*)'|\"([^\"\\]*)\""
 )
-_VARYING_VALUES = re.compile(
-    r"(?<![\w.])(?:steps|inputs|env|secrets)\.([A-Za-z_][A-Za-z0-9_]*)(?!\w)"
-    r"|'([^'\\]*)'|\"([^\"\\]*)\""
-)
-_UNNUMBERED = re.compile("__k__")
+_ROOTS = (None, "steps.", "inputs.", "env.", "secrets.")
 UNSHAPEABLE = re.compile(r"[{}\\\r\x00]|__k")  # an expression parsed whole: braces, \\, \r, marks
 
 
 def placeholders(text: str) -> tuple[str, tuple[str, ...]]:
-    """`text` with each key and string literal replaced by __k__, and what they were, in order."""
-    values = tuple(
-        name or single or double for name, single, double in _VARYING_VALUES.findall(text)
-    )
-    return _VARYING.sub(r"\1\2\3__k__\2\3", text), values
+    """`text` with each key and string literal replaced by __kN__, and what they were."""
+    keys: list[str] = []
 
+    def placeholder(match: re.Match[str]) -> str:
+        group = match.lastindex
+        if group > 4:  # a string literal
+            keys.append(match.group(group))
+            return f"'__k{len(keys) - 1}__'"
+        start = match.start()
+        if start and (
+            text[start - 1] == "." or text[start - 1].isalnum() or text[start - 1] == "_"
+        ):
+            return match.group()  # x.steps.a or mysteps.a: not a root
+        keys.append(match.group(group))
+        return f"{_ROOTS[group]}__k{len(keys) - 1}__"
 
-@lru_cache(maxsize=4096)
-def numbered(shape: str) -> str:
-    """A shape's placeholders numbered __k0__, __k1__, ... in the order they appear."""
-    count = iter(range(shape.count("__k__")))
-    return _UNNUMBERED.sub(lambda _: f"__k{next(count)}__", shape)
+    return _VARYING.sub(placeholder, text), tuple(keys)

@@ -23,7 +23,6 @@ from stepchain.template_shapes import (
     PLACEHOLDER,
     UNSHAPEABLE,
     Shape,
-    numbered,
     placeholders,
     shape_of,
     skeleton,
@@ -156,7 +155,7 @@ def compile_expression(expr: str) -> Any:
 @lru_cache(maxsize=4096)
 def _shape_tree(shape: str, *, expression: bool) -> Program | None:
     """A shape's program, or None when it must be rendered the ordinary way."""
-    env, shape = environment(), numbered(shape)
+    env = environment()
     try:
         tree = _expression_tree(shape) if expression else env.parse(shape)
     except TemplateSyntaxError:
@@ -252,7 +251,7 @@ def _placed_references(shape: str) -> list[tuple] | None:
     """A shape's references, with the placeholder number of their key and attribute (or -1);
     None when a placeholder ended up inside a longer name or string (not what it stood for)."""
     out = []
-    for ref in _references(numbered(shape)):
+    for ref in _references(shape):
         key_at, attr_at = _placeholder_number(ref.key), _placeholder_number(ref.attr)
         if (key_at is None) or (attr_at is None):
             return None
