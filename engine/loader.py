@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from stepchain.bulk import bulk
 from stepchain.compat import is_v03_plan, upgrade_v03
 from stepchain.errors import PipelineInvalid, Problem, UsageError
 from stepchain.model import (
@@ -26,6 +27,11 @@ def check_text(
     file: str, text: str, *, build: bool = True
 ) -> tuple[list[Problem], Pipeline | None]:
     """All problems of a pipeline text, sorted; the Pipeline when there are none."""
+    with bulk():
+        return _check_text(file, text, build=build)
+
+
+def _check_text(file: str, text: str, *, build: bool) -> tuple[list[Problem], Pipeline | None]:
     source = load_source(file, text)
     if source.data is None and source.problems:
         return sorted(source.problems), None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from stepchain.bulk import bulk
 from stepchain.cache import ResultCache, cache_key
 from stepchain.errors import StepChainError
 from stepchain.graph import layers_and_critical_path
@@ -55,6 +56,11 @@ def plan_pipeline(
     pipeline: Pipeline, inputs: dict[str, Any] | None = None, settings: Settings | None = None
 ) -> Plan:
     """Compute the plan; never executes a step or calls a model."""
+    with bulk():
+        return _plan(pipeline, inputs, settings)
+
+
+def _plan(pipeline: Pipeline, inputs: dict[str, Any] | None, settings: Settings | None) -> Plan:
     deps = {s.id: s.needs for s in pipeline.steps}
     generations, longest = layers_and_critical_path(deps)
     resolved = resolve_inputs(pipeline, inputs or {})

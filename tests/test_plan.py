@@ -104,3 +104,20 @@ steps:
     cache.set(cache_key("template", {"output": 1}), "other", None, None)
     cache.close()
     assert plan(cli, path) == {"a": "replay", "b": "run"}
+
+
+def test_planning_leaves_the_garbage_collector_as_it_found_it(cli, write):
+    import gc
+
+    from stepchain.bulk import bulk
+
+    before = gc.get_threshold()
+    assert plan(cli, write("p.yaml", PIPE))["a"] == "run"
+    assert gc.get_threshold() == before
+    with bulk():
+        raised = gc.get_threshold()
+        assert raised[0] > before[0] and gc.isenabled()
+        with bulk():
+            assert gc.get_threshold() == raised
+        assert gc.get_threshold() == raised  # the outer block is still open
+    assert gc.get_threshold() == before
