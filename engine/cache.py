@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import time
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import diskcache
@@ -97,22 +98,28 @@ class ResultCache:
             self._cache.close()
             self._cache = None
 
-    def get_many(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The entries of those `keys` that are in the cache, as get() returns them, read with one
         query per few hundred keys instead of one per key (`stepchain plan` looks up thousands).
 
         Added for planning; falls back to get() per key where diskcache would do more than read
-        (statistics on, or an eviction policy that records each access).
+        (statistics on, or an eviction policy that records each access). `keys` is iterated
+        only when the cache holds anything, so a caller may compute them lazily.
         """
         found: dict[str, dict[str, Any]] = {}
+        rows: list[tuple] | None = None
         try:
             cache = self._open()
             policy = diskcache.core.EVICTION_POLICY[cache.eviction_policy]
-            if cache.statistics or policy["get"] is not None:
-                rows: list[tuple] | None = None
-            elif not keys or not cache._sql("SELECT 1 FROM Cache LIMIT 1").fetchall():
-                rows = []  # an empty cache (a first plan) holds none of them
-            else:
+            batched = not cache.statistics and policy["get"] is None
+            if batched and not cache._sql("SELECT 1 FROM Cache LIMIT 1").fetchall():
+                return found  # an empty cache (a first plan) holds none of them
+        except _BROKEN as exc:
+            log.warning("cache unreadable (%s); looking entries up one by one", exc)
+            batched = False
+        keys = list(keys)
+        if batched:
+            try:
                 by_db_key = {bytes(cache.disk.put(key)[0]): key for key in dict.fromkeys(keys)}
                 pending, rows, now = list(by_db_key), [], time.time()
                 for start in range(0, len(pending), 500):
@@ -123,9 +130,9 @@ class ResultCache:
                         " AND (expire_time IS NULL OR expire_time > ?)",
                         (*chunk, now),
                     ).fetchall()
-        except _BROKEN as exc:
-            log.warning("cache unreadable (%s); looking entries up one by one", exc)
-            rows = None
+            except _BROKEN as exc:
+                log.warning("cache unreadable (%s); looking entries up one by one", exc)
+                rows = None
         if rows is None:
             for key in keys:
                 entry = self.get(key)

@@ -74,8 +74,9 @@ def _plan(pipeline: Pipeline, inputs: dict[str, Any] | None, settings: Settings 
         for number, layer in enumerate(generations):
             steps = sorted((pipeline.step(sid) for sid in layer), key=lambda s: s.index)
             prepared = [_prepare_step(step, runtime, known) for step in steps]
-            wanted = [key for p in prepared if isinstance(p, _Rendered) for key in p.keys]
-            entries = cache.get_many(wanted) if wanted else {}
+            # keys are computed only when the cache has entries at all (get_many iterates them)
+            wanted = (key for p in prepared if isinstance(p, _Rendered) for key in p.cache_keys())
+            entries = cache.get_many(wanted)
             for step, outcome in zip(steps, prepared, strict=True):
                 action, detail = (
                     _resolve(step, outcome, entries, known)
@@ -95,8 +96,15 @@ def _plan(pipeline: Pipeline, inputs: dict[str, Any] | None, settings: Settings 
 class _Rendered:
     """A step whose requests are rendered; what it does depends on the cache."""
 
+    step: Step
     requests: list[Any]
-    keys: list[str]  # one per request; none when the step is not cached
+    keys: list[str] | None = None  # one per request, once computed; none when not cached
+
+    def cache_keys(self) -> list[str]:
+        if self.keys is None:
+            kind = self.step.kind
+            self.keys = [cache_key(kind, r) for r in self.requests] if self.step.cache else []
+        return self.keys
 
 
 def _prepare_step(
@@ -135,8 +143,7 @@ def _prepare_step(
             requests = [module.render_request(step, context, runtime)]
     except StepChainError as exc:
         return "error", exc.message
-    keys = [cache_key(step.kind, request) for request in requests] if step.cache else []
-    return _Rendered(requests, keys)
+    return _Rendered(step, requests)
 
 
 def _resolve(
@@ -146,7 +153,12 @@ def _resolve(
     known: dict[str, dict[str, Any]],
 ) -> tuple[Action, str | None]:
     """Replay when every request is cached, else run; record what later steps can know."""
-    found = [entries.get(key) for key in rendered.keys] if step.cache else [None]
+    if not step.cache:
+        found: list[dict[str, Any] | None] = [None]
+    elif not entries:  # none of this layer's keys is cached (and there is at least one request)
+        found = [None] if rendered.requests else []
+    else:
+        found = [entries.get(key) for key in rendered.cache_keys()]
     if any(entry is None for entry in found):
         if step.kind == "template":  # pure: its output is known without running anything
             outputs = [r["output"] for r in rendered.requests]
