@@ -426,6 +426,9 @@ def syntax_problem(source: Source, exc: yaml.YAMLError) -> Problem:
     opened = getattr(exc, "context_mark", None)
     opened_at = (opened.line + 1, opened.column + 1) if opened else pos
     problem, context = getattr(exc, "problem", None) or "", getattr(exc, "context", None) or ""
+    if problem.startswith("exceeded maximum nesting depth"):  # PyYAML >= 6.0.3 stops deep nesting
+        message = f"nested more than {MAX_DEPTH} levels deep: flatten the structure"
+        return Problem(source.file, *pos, "", message)
     place, message = _explain(source, problem, context, pos, opened_at) or (
         pos,
         f"{problem or exc}" + (f" ({context})" if context else ""),
