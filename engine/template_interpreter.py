@@ -347,7 +347,7 @@ class _Builder:
                 if index >= 0:
                     key = r.keys[index]
                     if is_attr:
-                        plain = _plain_attr(key)
+                        plain = key[:1] != "_" and key not in _DICT_ATTRS  # _plain_attr(key)
                 kind = type(obj)
                 if is_attr:
                     if plain and (kind is dict or kind is Vars):
@@ -382,6 +382,20 @@ class _Builder:
 
     def getitem(self, node: nodes.Getitem) -> Code:
         obj, arg, env = self.expr(node.node), self.expr(node.arg), self.env
+        fixed = self._fixed(node.arg)
+        if fixed is not None:  # e.g. (x | string)[:16]: no call for the key
+            key = fixed[0]
+
+            def getitem_fixed(scope: dict, r: _Render) -> Any:
+                value = obj(scope, r)
+                if type(value) in _ITEMS:
+                    try:
+                        return value[key]
+                    except (TypeError, LookupError):
+                        pass  # the sandbox then tries an attribute, or says undefined
+                return env.getitem(value, key)
+
+            return getitem_fixed
 
         def getitem(scope: dict, r: _Render) -> Any:
             value, key = obj(scope, r), arg(scope, r)
@@ -394,15 +408,23 @@ class _Builder:
 
         return getitem
 
+    def _fixed(self, node: nodes.Node) -> tuple[Any] | None:
+        """(value,) for a constant (not a placeholder) or a slice of constants, else None."""
+        if isinstance(node, nodes.Const):
+            return None if self._key_index(node.value) is not None else (node.value,)
+        if isinstance(node, nodes.Slice):
+            bounds = [node.start, node.stop, node.step]
+            parts = [(None,) if n is None else self._fixed(n) for n in bounds]
+            if all(p is not None and not isinstance(p[0], slice) for p in parts):
+                return (slice(*(p[0] for p in parts)),)
+        return None
+
     def slice(self, node: nodes.Slice) -> Code:
-        bounds = (node.start, node.stop, node.step)
-        if all(
-            n is None or (isinstance(n, nodes.Const) and self._key_index(n.value) is None)
-            for n in bounds
-        ):
-            fixed = slice(*(None if n is None else n.value for n in bounds))  # e.g. [:16]
-            return lambda scope, r: fixed
-        parts = [None if n is None else self.expr(n) for n in bounds]
+        fixed = self._fixed(node)
+        if fixed is not None:
+            value = fixed[0]
+            return lambda scope, r: value
+        parts = [None if n is None else self.expr(n) for n in (node.start, node.stop, node.step)]
         return lambda scope, r: slice(*[None if p is None else p(scope, r) for p in parts])
 
     def filter(self, node: nodes.Filter) -> Code:
