@@ -383,7 +383,12 @@ class _Builder:
     def getitem(self, node: nodes.Getitem) -> Code:
         obj, arg, env = self.expr(node.node), self.expr(node.arg), self.env
         fixed = self._fixed(node.arg)
-        if fixed is not None:  # e.g. (x | string)[:16]: no call for the key
+        if isinstance(node.arg, nodes.Slice):  # compiled Jinja slices directly, not via getitem
+            if fixed is not None:  # e.g. (x | string)[:16]: no call for the slice
+                bounds = fixed[0]
+                return lambda scope, r: obj(scope, r)[bounds]
+            return lambda scope, r: obj(scope, r)[arg(scope, r)]
+        if fixed is not None:  # e.g. x['name']: no call for the key
             key = fixed[0]
 
             def getitem_fixed(scope: dict, r: _Render) -> Any:

@@ -172,6 +172,7 @@ NAMES = st.sampled_from(
         "none",
     ]
 )
+ITEMS = st.sampled_from(["", "", "[0]", "[1:]", "[:2]", "[::-1]", "['name']", ".name", "[index]"])
 OPS = st.sampled_from(["+", "-", "*", "~", "==", "!=", "<", "and", "or", " in "])
 FILTERS = st.sampled_from(
     ["", " | string", " | length", " | upper", " | first", " | tojson", " | list", " | int"]
@@ -181,7 +182,12 @@ FILTERS = st.sampled_from(
 @st.composite
 def expressions(draw, depth=2):
     if depth == 0 or draw(st.booleans()):
-        return draw(NAMES) + draw(FILTERS)
+        name = draw(NAMES)
+        # Jinja's optimizer folds literal-only subexpressions at compile time through
+        # environment.getitem, so `3[1:]` is Undefined there and a TypeError at run time (and
+        # here); items are taken from context values, as templates do.
+        suffix = draw(ITEMS) if name[0].isalpha() and name != "none" else ""
+        return name + suffix + draw(FILTERS)
     left, right = draw(expressions(depth=depth - 1)), draw(expressions(depth=depth - 1))
     return f"({left} {draw(OPS)} {right})" + draw(FILTERS)
 
