@@ -43,13 +43,16 @@ def find_cycles(graph: nx.DiGraph, order: list[str]) -> list[list[str]]:
 # topological_generations does (steps in file order, each step's dependents in file order), so
 # the answers, ties included, are those networkx gives.
 def _generations(deps: Mapping[str, Iterable[str]]) -> list[list[str]]:
-    dependents: dict[str, dict[str, None]] = {step: {} for step in deps}
-    waiting: dict[str, int] = dict.fromkeys(deps, 0)
+    dependents: dict[str, list[str]] = {step: [] for step in deps}
+    waiting: dict[str, int] = {}
     for step, needs in deps.items():
-        for dep in needs:
-            if step not in dependents.setdefault(dep, {}):
-                dependents[dep][step] = None
-                waiting[step] = waiting.get(step, 0) + 1
+        unique = dict.fromkeys(needs)  # a dependency counts once
+        waiting[step] = len(unique)
+        for dep in unique:
+            if dep in dependents:
+                dependents[dep].append(step)
+            else:  # not a step itself (never in a validated pipeline): a root, after the steps
+                dependents[dep] = [step]
     waiting.update((dep, 0) for dep in dependents if dep not in waiting)
     ready = [step for step, count in waiting.items() if count == 0]
     generations = []
@@ -59,7 +62,7 @@ def _generations(deps: Mapping[str, Iterable[str]]) -> list[list[str]]:
         for step in generations[-1]:
             for child in dependents[step]:
                 waiting[child] -= 1
-                if waiting[child] == 0:
+                if not waiting[child]:
                     ready.append(child)
     if sum(map(len, generations)) != len(waiting):
         raise ValueError("the dependency graph has a cycle")  # validation reports cycles first

@@ -7,6 +7,7 @@ steps and looked up in the cache; a step is `unknown` only where an upstream ste
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from stepchain.bulk import bulk
@@ -126,7 +127,7 @@ def _prepare_step(
         ):
             known[step.id] = {"output": None, "status": "skipped"}
             return "skip", f"when: {step.when} is false"
-        module = kind_module(step.kind)
+        module = _kind_module(step.kind)
         if step.foreach is not None:
             items = evaluate(
                 step.foreach, context, runtime.path_of(step, "foreach"), runtime.locate
@@ -168,6 +169,9 @@ def _resolve(
     output = [e["output"] for e in found] if step.foreach is not None else found[0]["output"]
     known[step.id] = {"output": output, "status": "completed"}
     return "replay", None
+
+
+_kind_module = lru_cache(maxsize=None)(kind_module)  # importlib's lookup, once per kind
 
 
 def _known_false(step: Step, context: dict[str, Any], runtime: Runtime) -> bool:
