@@ -89,7 +89,8 @@ def _plan(pipeline: Pipeline, inputs: dict[str, Any] | None, settings: Settings 
                 )
     finally:
         cache.close()
-    plan.steps.sort(key=lambda s: pipeline.step(s.step_id).index)
+    index = {step.id: step.index for step in pipeline.steps}
+    plan.steps.sort(key=lambda s: index[s.step_id])
     return plan
 
 
@@ -114,8 +115,9 @@ def _prepare_step(
     """Render the step's requests, or decide it without the cache (skip, unknown, error)."""
     context = runtime.base_context()
     context["steps"] = known  # shared: copying it per step would be quadratic
-    missing = sorted(n for n in step.needs if n not in known)
+    missing = [n for n in step.needs if n not in known]
     if missing:
+        missing.sort()
         if step.when is not None and _known_false(step, context, runtime):
             known[step.id] = {"output": None, "status": "skipped"}
             return "skip", f"when: {step.when} is false"
