@@ -46,7 +46,7 @@ def _generations(deps: Mapping[str, Iterable[str]]) -> list[list[str]]:
     dependents: dict[str, list[str]] = {step: [] for step in deps}
     waiting: dict[str, int] = {}
     for step, needs in deps.items():
-        unique = dict.fromkeys(needs)  # a dependency counts once
+        unique = needs if isinstance(needs, frozenset | set) else dict.fromkeys(needs)  # once each
         waiting[step] = len(unique)
         for dep in unique:
             if dep in dependents:
@@ -95,18 +95,23 @@ def _longest(
     weights: Mapping[str, float] | None,
 ) -> list[str]:
     weight = weights or {}
-    best: dict[str, tuple[float, str | None]] = {}
-    for node in (step for generation in generations for step in generation):
-        preds = [(best[p][0], p) for p in deps.get(node, ())]
-        length, parent = max(preds, default=(0.0, None))
-        best[node] = (length + weight.get(node, 1.0), parent)
-    if not best:
+    length: dict[str, float] = {}  # of the longest chain ending at a step, the step included
+    parent: dict[str, str | None] = {}  # the step before it on that chain
+    for generation in generations:
+        for node in generation:
+            needs = deps.get(node)
+            if needs:  # the longest, ties to the greatest name (as max() over tuples does)
+                longest, parent[node] = max([(length[p], p) for p in needs])
+            else:
+                longest, parent[node] = 0.0, None
+            length[node] = longest + weight.get(node, 1.0)
+    if not length:
         return []
-    node: str | None = max(best, key=lambda n: best[n][0])
+    node: str | None = max(length, key=length.__getitem__)
     path = []
     while node is not None:
         path.append(node)
-        node = best[node][1]
+        node = parent[node]
     return path[::-1]
 
 
