@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import time
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import diskcache
@@ -262,3 +263,15 @@ class ResultCache:
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """`lookup_many` for a caller that computes keys lazily (`stepchain plan`): `keys` is
+        iterated only when the cache holds anything, so a first plan computes no key at all.
+        """
+        try:
+            cache = self._open()
+            if _direct(cache) and not _sql(cache).execute("SELECT 1 FROM Cache LIMIT 1").fetchall():
+                return {}  # an empty cache holds none of them
+        except _BROKEN as exc:
+            log.warning("cache unreadable (%s); looking entries up one by one", exc)
+        return self.lookup_many(list(keys))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from stepchain.bulk import bulk
 from stepchain.compat import is_v03_plan, upgrade_v03
 from stepchain.errors import PipelineInvalid, Problem, UsageError
 from stepchain.model import (
@@ -26,6 +27,11 @@ def check_text(
     file: str, text: str, *, build: bool = True
 ) -> tuple[list[Problem], Pipeline | None]:
     """All problems of a pipeline text, sorted; the Pipeline when there are none."""
+    with bulk():
+        return _check_text(file, text, build=build)
+
+
+def _check_text(file: str, text: str, *, build: bool) -> tuple[list[Problem], Pipeline | None]:
     source = load_source(file, text)
     if source.data is None and source.problems:
         return sorted(source.problems), None
@@ -98,33 +104,35 @@ def build_pipeline(source: Source, deps: dict[str, set[str]]) -> Pipeline:
 
 
 def _build_step(index: int, raw: dict[str, Any], defaults: dict[str, Any], deps: set[str]) -> Step:
-    def pick(key: str, fallback: Any) -> Any:
-        return raw.get(key, defaults.get(key, fallback))
-
+    get, default = raw.get, defaults.get  # a step's own value, else the pipeline's default
     kind = next(k for k in KINDS if k in raw)
-    cache = pick("cache", True)
+    cache = get("cache", default("cache", True))
     spec = dict(raw)
     if kind == "prompt":
         for key in ("model", "temperature", "max_output_tokens", "max_tool_calls", "api"):
             if key not in spec and key in defaults:
                 spec[key] = defaults[key]
+    backoff = get("backoff", default("backoff", None))
     return Step(
         id=raw["id"],
         kind=kind,
         index=index,
         spec=spec,
         needs=frozenset(deps),
-        name=raw.get("name"),
-        description=raw.get("description"),
-        when=raw.get("when"),
-        foreach=raw.get("foreach"),
-        retries=pick("retries", DEFAULT_RETRIES),
-        backoff=Backoff(**pick("backoff", {})),
-        timeout=float(pick("timeout", DEFAULT_TIMEOUT)),
+        name=get("name"),
+        description=get("description"),
+        when=get("when"),
+        foreach=get("foreach"),
+        retries=get("retries", default("retries", DEFAULT_RETRIES)),
+        backoff=Backoff(**backoff) if backoff else _DEFAULT_BACKOFF,
+        timeout=float(get("timeout", default("timeout", DEFAULT_TIMEOUT))),
         cache=cache is not False,
         cache_ttl=parse_ttl(cache) if isinstance(cache, str) else None,
-        continue_on_error=pick("continue_on_error", False),
+        continue_on_error=get("continue_on_error", default("continue_on_error", False)),
     )
+
+
+_DEFAULT_BACKOFF = Backoff()  # frozen: one shared by every step that sets none
 
 
 def _build_tool(name: str, raw: dict[str, Any]) -> ToolSpec:

@@ -7,11 +7,13 @@ steps and looked up in the cache; a step is `unknown` only where an upstream ste
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
+from stepchain.bulk import bulk
 from stepchain.cache import ResultCache, cache_key
 from stepchain.errors import StepChainError
-from stepchain.graph import build_graph, critical_path, layers
+from stepchain.graph import layers_and_critical_path
 from stepchain.inputs import resolve_inputs
 from stepchain.model import Pipeline, Step
 from stepchain.render import evaluate
@@ -55,40 +57,67 @@ def plan_pipeline(
     pipeline: Pipeline, inputs: dict[str, Any] | None = None, settings: Settings | None = None
 ) -> Plan:
     """Compute the plan; never executes a step or calls a model."""
-    graph = build_graph({s.id: s.needs for s in pipeline.steps})
-    generations = layers(graph)
-    layer_of = {sid: i for i, layer in enumerate(generations) for sid in layer}
+    with bulk():
+        return _plan(pipeline, inputs, settings)
+
+
+def _plan(pipeline: Pipeline, inputs: dict[str, Any] | None, settings: Settings | None) -> Plan:
+    deps = {s.id: s.needs for s in pipeline.steps}
+    generations, longest = layers_and_critical_path(deps)
     resolved = resolve_inputs(pipeline, inputs or {})
     runtime = Runtime(pipeline, current_settings(settings), RunOptions(), "plan", resolved)
     cache = ResultCache(runtime.settings)
     known: dict[str, dict[str, Any]] = Vars()  # step id -> {"output", "status"} once predictable
-    plan = Plan(pipeline.name, generations, critical_path(graph))
+    plan = Plan(pipeline.name, generations, longest)
     try:
-        for sid in _topological(pipeline, generations):
-            step = pipeline.step(sid)
-            action, detail = _plan_step(step, runtime, cache, known)
-            plan.steps.append(
-                StepPlan(sid, step.kind, action, layer_of[sid], sorted(step.needs), detail)
-            )
+        # A layer's steps only read steps of earlier layers, so each layer is rendered first and
+        # its cache keys are then looked up together, in one query instead of one per key.
+        for number, layer in enumerate(generations):
+            steps = sorted((pipeline.step(sid) for sid in layer), key=lambda s: s.index)
+            prepared = [_prepare_step(step, runtime, known) for step in steps]
+            # keys are computed only when the cache has entries at all (get_many iterates them)
+            wanted = (key for p in prepared if isinstance(p, _Rendered) for key in p.cache_keys())
+            entries = cache.get_many(wanted)
+            for step, outcome in zip(steps, prepared, strict=True):
+                action, detail = (
+                    _resolve(step, outcome, entries, known)
+                    if isinstance(outcome, _Rendered)
+                    else outcome
+                )
+                plan.steps.append(
+                    StepPlan(step.id, step.kind, action, number, sorted(step.needs), detail)
+                )
     finally:
         cache.close()
-    plan.steps.sort(key=lambda s: pipeline.step(s.step_id).index)
+    index = {step.id: step.index for step in pipeline.steps}
+    plan.steps.sort(key=lambda s: index[s.step_id])
     return plan
 
 
-def _topological(pipeline: Pipeline, generations: list[list[str]]) -> list[str]:
-    return [
-        sid for layer in generations for sid in sorted(layer, key=lambda s: pipeline.step(s).index)
-    ]
+@dataclass
+class _Rendered:
+    """A step whose requests are rendered; what it does depends on the cache."""
+
+    step: Step
+    requests: list[Any]
+    keys: list[str] | None = None  # one per request, once computed; none when not cached
+
+    def cache_keys(self) -> list[str]:
+        if self.keys is None:
+            kind = self.step.kind
+            self.keys = [cache_key(kind, r) for r in self.requests] if self.step.cache else []
+        return self.keys
 
 
-def _plan_step(
-    step: Step, runtime: Runtime, cache: ResultCache, known: dict[str, dict[str, Any]]
-) -> tuple[Action, str | None]:
+def _prepare_step(
+    step: Step, runtime: Runtime, known: dict[str, dict[str, Any]]
+) -> _Rendered | tuple[Action, str | None]:
+    """Render the step's requests, or decide it without the cache (skip, unknown, error)."""
     context = runtime.base_context()
     context["steps"] = known  # shared: copying it per step would be quadratic
-    missing = sorted(n for n in step.needs if n not in known)
+    missing = [n for n in step.needs if n not in known]
     if missing:
+        missing.sort()
         if step.when is not None and _known_false(step, context, runtime):
             known[step.id] = {"output": None, "status": "skipped"}
             return "skip", f"when: {step.when} is false"
@@ -100,7 +129,7 @@ def _plan_step(
         ):
             known[step.id] = {"output": None, "status": "skipped"}
             return "skip", f"when: {step.when} is false"
-        module = kind_module(step.kind)
+        module = _kind_module(step.kind)
         if step.foreach is not None:
             items = evaluate(
                 step.foreach, context, runtime.path_of(step, "foreach"), runtime.locate
@@ -117,18 +146,34 @@ def _plan_step(
             requests = [module.render_request(step, context, runtime)]
     except StepChainError as exc:
         return "error", exc.message
-    entries = (
-        [cache.get(cache_key(step.kind, request)) for request in requests] if step.cache else [None]
-    )
-    if any(entry is None for entry in entries):
+    return _Rendered(step, requests)
+
+
+def _resolve(
+    step: Step,
+    rendered: _Rendered,
+    entries: dict[str, dict[str, Any]],
+    known: dict[str, dict[str, Any]],
+) -> tuple[Action, str | None]:
+    """Replay when every request is cached, else run; record what later steps can know."""
+    if not step.cache:
+        found: list[dict[str, Any] | None] = [None]
+    elif not entries:  # none of this layer's keys is cached (and there is at least one request)
+        found = [None] if rendered.requests else []
+    else:
+        found = [entries.get(key) for key in rendered.cache_keys()]
+    if any(entry is None for entry in found):
         if step.kind == "template":  # pure: its output is known without running anything
-            outputs = [r["output"] for r in requests]
+            outputs = [r["output"] for r in rendered.requests]
             output = outputs if step.foreach is not None else outputs[0]
             known[step.id] = {"output": output, "status": "completed"}
         return "run", None if step.cache else "cache: false"
-    output = [e["output"] for e in entries] if step.foreach is not None else entries[0]["output"]
+    output = [e["output"] for e in found] if step.foreach is not None else found[0]["output"]
     known[step.id] = {"output": output, "status": "completed"}
     return "replay", None
+
+
+_kind_module = lru_cache(maxsize=None)(kind_module)  # importlib's lookup, once per kind
 
 
 def _known_false(step: Step, context: dict[str, Any], runtime: Runtime) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -18,7 +17,16 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.parser import Parser
 from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from stepchain.template_interpreter import Interpreter, supported
+from stepchain.template_interpreter import Program, supported
+from stepchain.template_interpreter import Vars as Vars  # re-exported: the context roots
+from stepchain.template_shapes import (
+    PLACEHOLDER,
+    UNSHAPEABLE,
+    Shape,
+    placeholders,
+    shape_of,
+    skeleton,
+)
 
 ROOTS = ("steps", "inputs", "env", "secrets", "item", "index", "run")
 FILTER, TEST = "|filter", "|test"  # roots of references to unknown filters and tests
@@ -41,19 +49,6 @@ def environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
-class Vars(dict):
-    """A context root (inputs, env, steps, ...) where names win over dict methods.
-
-    Jinja looks attributes up before items, so `inputs.items` would be dict.items; here an
-    input, variable or step called `items`, `keys`, `values` or `get` is what it names.
-    """
-
-    def __getattribute__(self, name: str) -> Any:
-        if dict.__contains__(self, name):
-            return dict.__getitem__(self, name)
-        return super().__getattribute__(name)
-
-
 class Reference(NamedTuple):
     """One use of a context root in a template, e.g. steps.orders.output at template line 3."""
 
@@ -63,29 +58,41 @@ class Reference(NamedTuple):
     lineno: int
 
 
-@dataclass(frozen=True)
 class Compiled:
-    """A template prepared once: a native expression, a text template, or a literal.
+    """A template prepared once: a program of closures (with its shape's texts and keys), a
+    Jinja-compiled expression or template, or a literal."""
 
-    Templates made of common nodes are kept as parsed trees and interpreted (no compilation,
-    see template_interpreter); the rest are compiled by Jinja.
-    """
+    __slots__ = ("is_native", "keys", "literal", "native", "program", "source", "text", "texts")
 
-    source: str
-    native: Any = None  # compiled expression when the string is exactly one {{ expr }}
-    text: Any = None  # jinja2.Template otherwise
-    literal: bool = False  # no template syntax at all
-    tree: Any = None  # a parsed tree the interpreter renders (an expression when is_native)
-    is_native: bool = False
-    texts: tuple[str, ...] = ()  # for a shared shape: the text between tags, by marker
-    keys: tuple[str, ...] = ()  # for a shared shape: the names its placeholders stand for
+    def __init__(
+        self,
+        source: str,
+        *,
+        program: Program | None = None,
+        is_native: bool = False,
+        texts: tuple[str, ...] = (),
+        keys: tuple[str, ...] = (),
+        native: Any = None,
+        text: Any = None,
+        literal: bool = False,
+    ) -> None:
+        self.source = source
+        self.program = program  # the interpreter's closures (an expression when is_native)
+        self.is_native = is_native  # the string is exactly one {{ expr }}: a native value
+        self.texts = texts  # for a shared shape: the text between tags, by marker
+        self.keys = keys  # for a shared shape: the names and strings its placeholders stand for
+        self.native = native  # Jinja-compiled expression (is exactly one {{ expr }})
+        self.text = text  # jinja2.Template otherwise
+        self.literal = literal  # no template syntax at all
 
     def render(self, context: dict[str, Any]) -> Any:
+        program = self.program
+        if program is not None:
+            if self.is_native:
+                return program.evaluate(context, self.keys)
+            return program.render(context, self.texts, self.keys)
         if self.literal:
             return self.source
-        if self.tree is not None:
-            interpreter = Interpreter(environment(), self.tree, self.texts, self.keys)
-            return interpreter.evaluate(context) if self.is_native else interpreter.render(context)
         if self.native is not None:
             return _defined(self.native(**context))
         return self.text.render(**context)
@@ -103,82 +110,51 @@ def compile_template(source: str) -> Compiled:
     """Prepare a template string; raises jinja2.TemplateSyntaxError."""
     if "{{" not in source and "{%" not in source and "{#" not in source:
         return Compiled(source, literal=True)
-    shaped = _shaped(source)
-    if shaped is not None:
-        return shaped
+    shape = shape_of(source)
+    if shape is not None:
+        if shape.expression is not None:
+            program = _shape_tree(shape.expression, expression=True)
+            if program is not None:
+                return Compiled(source, program=program, is_native=True, keys=shape.keys)
+        else:
+            program = _shape_tree(shape.text, expression=False)
+            if program is not None:
+                return Compiled(source, program=program, texts=shape.texts, keys=shape.keys)
     env = environment()
     tree = env.parse(source)
     match = _SINGLE_EXPR.match(source)
     if match and _is_single_output(tree):
         expr = _expression_tree(match.group(1))
         if supported(expr, env):
-            return Compiled(source, tree=expr, is_native=True)
+            return Compiled(source, program=Program(env, expr, shaped=False), is_native=True)
         return Compiled(
             source, native=env.compile_expression(match.group(1), undefined_to_none=False)
         )
     if supported(tree, env):
-        return Compiled(source, tree=tree)
+        return Compiled(source, program=Program(env, tree, shaped=False))
     return Compiled(source, text=env.from_string(source))
 
 
 @lru_cache(maxsize=65536)
 def compile_expression(expr: str) -> Any:
     """Prepare a `when`/`foreach` expression (no braces): a callable taking the context."""
+    if not UNSHAPEABLE.search(expr):
+        shaped, keys = placeholders(expr)
+        program = _shape_tree(shaped, expression=True)
+        if program is not None:
+            return lambda **context: program.evaluate(context, keys)
     env = environment()
     tree = _expression_tree(expr)
     if supported(tree, env):
-        return lambda **context: Interpreter(env, tree).evaluate(context)
+        program = Program(env, tree, shaped=False)
+        return lambda **context: program.evaluate(context)
     compiled = env.compile_expression(expr, undefined_to_none=False)
     return lambda **context: _defined(compiled(**context))
 
 
-# Rendering by *shape*. Parsing a template costs about a millisecond (Jinja's lexer), and a
-# pipeline's templates mostly differ only in their text and in which steps or inputs they name.
-# A template whose tags split cleanly (see _SIMPLE_TAG) is reduced to a shape: each text segment
-# becomes a marker \x00N\x00 and each literal key (steps.X, inputs["Y"]) a placeholder __kN__.
-# The shape is parsed once; the interpreter puts the texts and keys back while it renders.
-# Whitespace control (`-`) changes text next to tags, and \r is normalised by the lexer, so
-# templates using either are parsed whole, as are any whose shape the interpreter cannot take.
-_MARKS = re.compile("\x00")
-
-
-def _shaped(source: str) -> Compiled | None:
-    if "\r" in source or "\x00" in source or "__k" in source or "{#" in source:
-        return None
-    if "{%" in source and _RAW.search(source):
-        return None
-    pieces = _SIMPLE_TAG.split(source)
-    texts, tags = pieces[::2], pieces[1::2]
-    if any("{{" in t or "{%" in t or "{#" in t for t in texts):
-        return None
-    if any(tag[2] in "-+" or tag[-3] == "-" for tag in tags):
-        return None
-    keys: list[str] = []
-    shaped_tags = [_with_placeholders(tag, keys) for tag in tags]
-    native = (
-        len(tags) == 1
-        and tags[0].startswith("{{")
-        and not texts[0].strip()
-        and not texts[1].strip()
-    )
-    if native:
-        tree = _shape_tree(shaped_tags[0][2:-2], expression=True)
-        return (
-            None if tree is None else Compiled(source, tree=tree, is_native=True, keys=tuple(keys))
-        )
-    shape = "".join(
-        (f"\x00{i}\x00" if text else "") + (shaped_tags[i] if i < len(tags) else "")
-        for i, text in enumerate(texts)
-    )
-    tree = _shape_tree(shape, expression=False)
-    if tree is None:
-        return None
-    return Compiled(source, tree=tree, texts=tuple(texts), keys=tuple(keys))
-
-
 @lru_cache(maxsize=4096)
-def _shape_tree(shape: str, *, expression: bool) -> Any:
-    """A shape's parsed tree, or None when it must be rendered the ordinary way."""
+def _shape_tree(shape: str, *, expression: bool) -> Program | None:
+    """A shape's program, or None when it must be rendered the ordinary way."""
     env = environment()
     try:
         tree = _expression_tree(shape) if expression else env.parse(shape)
@@ -194,9 +170,9 @@ def _shape_tree(shape: str, *, expression: bool) -> Any:
             if isinstance(node, nodes.Const)
             else getattr(node, "attr", None) or node.name
         )
-        if isinstance(text, str) and "__k" in text and not _PLACEHOLDER.fullmatch(text):
-            return None  # a placeholder inside a string literal: not a key after all
-    return tree
+        if isinstance(text, str) and "__k" in text and not PLACEHOLDER.fullmatch(text):
+            return None  # a placeholder inside a longer string: not a key after all
+    return Program(env, tree, shaped=True)
 
 
 def _expression_tree(expr: str) -> nodes.Expr:
@@ -232,89 +208,63 @@ def references(source: str, *, expression: bool = False) -> list[Reference]:
     if not expression and "{{" not in source and "{%" not in source:
         return []
     text = "{{ " + source + " }}" if expression else source
-    skeleton = _skeleton(text)
-    if skeleton is None:
+    shape = shape_of(text)  # the shape rendering uses too: computed once per template
+    if shape is not None:
+        found = _shape_references(shape)
+        if found is not None:
+            return found
+    reduced = skeleton(text)
+    if reduced is None:
         return _references(text)
-    shape, keys = skeleton
+    shaped, keys = reduced
     try:
-        found = _indexed_references(shape)
+        indexed = _indexed_references(shaped)
     except TemplateSyntaxError:
         return _references(text)  # raises the error as the template itself would
     return [
-        ref if i < 0 else Reference(ref.root, keys[i], ref.attr, ref.lineno) for ref, i in found
+        ref if i < 0 else Reference(ref.root, keys[i], ref.attr, ref.lineno) for ref, i in indexed
     ]
 
 
-# A template's *skeleton*: its tags with every literal reference key replaced by a placeholder and
-# its text reduced to its line breaks. Templates that differ only in text and in which steps or
-# inputs they name share a skeleton, so a generated 10,000-step pipeline parses a few templates,
-# not 10,000. Only templates whose tags the regex below provably splits exactly as Jinja's lexer
-# does get a skeleton: no braces inside tags, strings without escapes, no {% raw %}.
-_SIMPLE_TAG = re.compile(
-    r"""(\{\{(?:[^'"{}]++|'[^'\\]*'|"[^"\\]*")*+\}\}"""
-    r"""|\{%(?:[^'"{}%]++|%(?!\})|'[^'\\]*'|"[^"\\]*")*+%\}"""
-    r"|\{#.*?#\})",
-    re.DOTALL,
-)
-_KEY = re.compile(
-    r"(?<![\w.])(steps|inputs|env|secrets)(?:\.([A-Za-z_][A-Za-z0-9_]*)(?!\w)"
-    r"|\[(['\"])([A-Za-z0-9_-]+)\3\])"
-)
-_STRING = re.compile(r"'[^'\\]*'|\"[^\"\\]*\"")
-_PLACEHOLDER = re.compile(r"__k([0-9]+)__")
-_RAW = re.compile(r"\{%[-+]?\s*raw\b")
-_NEWLINES = re.compile(r"\r\n|\r|\n")
+def _shape_references(shape: Shape) -> list[Reference] | None:
+    """References found through the template's shape, or None to look the other way."""
+    try:
+        found = _placed_references(shape.text)
+    except TemplateSyntaxError:
+        return None
+    if found is None:
+        return None
+    keys = shape.keys
+    return [
+        Reference(
+            root,
+            key if key_at < 0 else keys[key_at],
+            attr if attr_at < 0 else keys[attr_at],
+            lineno,
+        )
+        for root, key, key_at, attr, attr_at, lineno in found
+    ]
 
 
-def _skeleton(text: str) -> tuple[str, list[str]] | None:
-    if ("{%" in text and _RAW.search(text)) or "__k" in text:
-        return None  # {% raw %} changes the lexer; __k is what placeholders look like
-    pieces = _SIMPLE_TAG.split(text)  # text, tag, text, tag, ..., text
-    texts = pieces[::2]
-    joined = "\0".join(texts)
-    if "{{" in joined or "{%" in joined or "{#" in joined or "{\0" in joined:
-        return None  # a tag the regex could not split: leave it to Jinja
-    parts = [_lines(p) if i % 2 == 0 or p.startswith("{#") else p for i, p in enumerate(pieces)]
-    keys: list[str] = []
-    return _blank_strings(_with_placeholders("".join(parts), keys)), keys
+@lru_cache(maxsize=4096)
+def _placed_references(shape: str) -> list[tuple] | None:
+    """A shape's references, with the placeholder number of their key and attribute (or -1);
+    None when a placeholder ended up inside a longer name or string (not what it stood for)."""
+    out = []
+    for ref in _references(shape):
+        key_at, attr_at = _placeholder_number(ref.key), _placeholder_number(ref.attr)
+        if (key_at is None) or (attr_at is None):
+            return None
+        out.append((ref.root, ref.key, key_at, ref.attr, attr_at, ref.lineno))
+    return out
 
 
-def _with_placeholders(text: str, keys: list[str]) -> str:
-    """Replace each literal key (steps.X, inputs["Y"]) by __kN__, appending the keys."""
-
-    def placeholder(match: re.Match[str]) -> str:
-        keys.append(match.group(2) or match.group(4))
-        if match.group(2):
-            return f"{match.group(1)}.__k{len(keys) - 1}__"
-        return f"{match.group(1)}['__k{len(keys) - 1}__']"
-
-    return _KEY.sub(placeholder, text)
-
-
-def _lines(text: str) -> str:
-    """Only the line breaks of `text`, so line numbers stay those of the template."""
-    if "\n" not in text and "\r" not in text:
-        return ""
-    return "".join(_NEWLINES.findall(text))
-
-
-def _blank_strings(body: str) -> str:
-    """Empty every string literal that is not a subscript (steps.x['output'] keeps its key)."""
-    if "'" not in body and '"' not in body:
-        return body
-    out, pos = [], 0
-    for match in _STRING.finditer(body):
-        before = body[: match.start()].rstrip()
-        subscript = before.endswith("[") and before[:-1].rstrip()[-1:] in _SUBSCRIPTABLE
-        out.append(body[pos : match.start()])
-        literal = match.group()
-        out.append(literal if subscript else literal[0] + _lines(literal) + literal[0])
-        pos = match.end()
-    out.append(body[pos:])
-    return "".join(out)
-
-
-_SUBSCRIPTABLE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_)]'\"")
+def _placeholder_number(name: str | None) -> int | None:
+    """-1 for a name that is no placeholder, its number for one, None for a mangled one."""
+    if name is None or "__k" not in name:
+        return -1
+    match = PLACEHOLDER.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
 @lru_cache(maxsize=4096)
@@ -322,7 +272,7 @@ def _indexed_references(shape: str) -> list[tuple[Reference, int]]:
     """A skeleton's references, each with the index of its placeholder key (or -1)."""
     out = []
     for ref in _references(shape):
-        match = _PLACEHOLDER.fullmatch(ref.key or "")
+        match = PLACEHOLDER.fullmatch(ref.key or "")
         out.append((ref, int(match.group(1)) if match else -1))
     return out
 

@@ -162,3 +162,41 @@ def test_an_invalid_pipeline_is_not_planned_or_drawn(cli, command):
 
 def test_graph_rejects_an_unknown_format(cli):
     assert cli("graph", RESEARCH, "--format", "png").exit_code == 2
+
+
+def _networkx_layers_and_critical_path(deps):
+    """What layers and the critical path were when networkx computed them (the reference)."""
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from(deps)
+    graph.add_edges_from((dep, step) for step, needs in deps.items() for dep in needs)
+    generations = [sorted(layer) for layer in nx.topological_generations(graph)]
+    best = {}
+    for node in nx.topological_sort(graph):
+        preds = [(best[p][0], p) for p in graph.predecessors(node)]
+        length, parent = max(preds, default=(0.0, None))
+        best[node] = (length + 1.0, parent)
+    path, node = [], max(best, key=lambda n: best[n][0]) if best else None
+    while node is not None:
+        path.append(node)
+        node = best[node][1]
+    return generations, path[::-1]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_layers_and_critical_path_are_what_networkx_gives(seed):
+    import random
+
+    from stepchain.graph import critical_path, layers
+
+    rng = random.Random(seed)
+    names = [f"s{i}" for i in range(rng.randint(0, 40))]
+    rng.shuffle(names)  # file order is not name order
+    deps = {
+        name: frozenset(rng.sample(names[:i], rng.randint(0, min(i, 3))))
+        for i, name in enumerate(names)
+    }
+    expected_layers, expected_path = _networkx_layers_and_critical_path(deps)
+    assert layers(deps) == expected_layers
+    assert critical_path(deps) == expected_path

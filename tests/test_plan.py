@@ -57,3 +57,67 @@ def test_plan_is_exact_about_what_a_changed_input_reruns(cli, write, calls_log):
     changed = plan(cli, path, "-i", "word=xyz")
     assert changed == {"a": "run", "b": "unknown", "shout": "skip", "fan": "replay", "c": "unknown"}
     assert plan(cli, path, "-i", "loud=true")["shout"] == "run"
+
+
+def test_batched_cache_lookup_finds_exactly_what_get_finds(tmp_path):
+    import time
+
+    from stepchain.cache import ResultCache, cache_key
+    from stepchain.settings import Settings
+
+    cache = ResultCache(Settings(home=tmp_path / "home"))
+    keys = [cache_key("template", {"output": str(i)}) for i in range(1200)]
+    assert cache.get_many(keys) == {}  # an empty cache
+    cache.set_many([(k, {"n": i}, None, None) for i, k in enumerate(keys[:600:2])])
+    cache.set(keys[1], "soon gone", None, 0.01)  # expires before the lookup
+    cache.set(keys[3], [1, 2], {"tokens": 3}, 3600.0)
+    cache._open().set(keys[5], "not an entry")  # what get() refuses, get_many refuses too
+    time.sleep(0.05)
+    wanted = [*keys, keys[0], "0" * 64]  # a duplicate and a key never stored
+    found = cache.get_many(wanted)
+    expected = {k: cache.get(k) for k in wanted if cache.get(k) is not None}
+    assert found == expected
+    assert len(found) == 301 and keys[1] not in found and keys[5] not in found
+    assert cache.get_many([]) == {}
+    cache.close()
+
+
+def test_plan_replays_the_cached_output_of_a_template_step(cli, write):
+    """Downstream requests are rendered from what the cache holds, not from re-rendering."""
+    path = write(
+        "t.yaml",
+        """
+version: 1
+name: t
+inputs: {n: {type: integer, default: 1}}
+steps:
+  - {id: a, template: "{{ inputs.n }}"}
+  - {id: b, template: "{{ steps.a.output }}!"}
+""",
+    )
+    assert cli("run", path).exit_code == 0
+    assert plan(cli, path) == {"a": "replay", "b": "replay"}
+    from stepchain.cache import ResultCache, cache_key
+    from stepchain.settings import Settings
+
+    cache = ResultCache(Settings.from_env())  # make a's cached output differ from its rendering
+    cache.set(cache_key("template", {"output": 1}), "other", None, None)
+    cache.close()
+    assert plan(cli, path) == {"a": "replay", "b": "run"}
+
+
+def test_planning_leaves_the_garbage_collector_as_it_found_it(cli, write):
+    import gc
+
+    from stepchain.bulk import bulk
+
+    before = gc.get_threshold()
+    assert plan(cli, write("p.yaml", PIPE))["a"] == "run"
+    assert gc.get_threshold() == before
+    with bulk():
+        raised = gc.get_threshold()
+        assert raised[0] > before[0] and gc.isenabled()
+        with bulk():
+            assert gc.get_threshold() == raised
+        assert gc.get_threshold() == raised  # the outer block is still open
+    assert gc.get_threshold() == before

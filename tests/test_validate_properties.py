@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from stepchain import schema as schema_module
 from stepchain import templates
 from stepchain.errors import Problem
-from stepchain.graph import build_graph, layers
+from stepchain.graph import layers
 from stepchain.loader import check_text
 from stepchain.model import Pipeline
 from stepchain.yaml_source import load_source
@@ -121,8 +121,8 @@ def assert_answer(name: str, text: str) -> tuple[list[Problem], Pipeline | None]
     assert problems == sorted(problems)
     if pipeline is not None:
         assert isinstance(pipeline, Pipeline) and pipeline.steps
-        graph = build_graph({s.id: s.needs for s in pipeline.steps})
-        assert sum(len(layer) for layer in layers(graph)) == len(pipeline.steps)
+        deps = {s.id: s.needs for s in pipeline.steps}
+        assert sum(len(layer) for layer in layers(deps)) == len(pipeline.steps)
     return problems, pipeline
 
 
