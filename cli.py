@@ -319,5 +319,28 @@ def decompose(
         click.echo(text, nl=False)
 
 
+def entry() -> None:
+    """The `stepchain` command: `main`, then a quick exit.
+
+    Tearing the interpreter down frees every object one by one; for a 10,000-step pipeline that
+    takes longer (~0.3 s) than printing its plan. Everything StepChain opened is closed by the
+    time a command returns, so the output is flushed and the process ends without it.
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            click.echo(exc.code, err=True)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`stepchain plan F | head`)
+            code = code or 1
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

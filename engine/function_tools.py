@@ -15,7 +15,6 @@ from typing import Any
 
 from stepchain.errors import RetryableStepError, StepChainError, StepError
 from stepchain.model import ToolSpec
-from stepchain.threads import run_in_thread
 
 Offload = Callable[..., Awaitable[Any]]
 _JSON_TYPES = {
@@ -52,7 +51,9 @@ class FunctionTool:
             if inspect.iscoroutinefunction(self.func):
                 result = await self.func(**arguments)
             else:
-                result = await (offload or run_in_thread)(self.func, **arguments)
+                if offload is None:
+                    from stepchain.threads import run_in_thread as offload
+                result = await offload(self.func, **arguments)
         except Exception as exc:
             raise _wrap(self.name, exc) from None
         try:

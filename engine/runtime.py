@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from secrets import token_hex
 from typing import Any
 
@@ -16,7 +16,6 @@ from stepchain.model import Pipeline, Step
 from stepchain.secrets import Masker
 from stepchain.settings import Settings
 from stepchain.templates import Vars
-from stepchain.threads import run_in_thread
 
 
 @dataclass
@@ -60,7 +59,6 @@ class Runtime:
         self._mcp_pool: Any = None
         self._llm: Any = None
         self._roots: dict[str, Any] | None = None  # the template context's fixed roots
-        self.approval_lock = asyncio.Lock()  # one approval question at a time
         self.backend: Any = None  # a DaskBackend with --executor dask, else None (local)
 
     # -- checks before anything runs ------------------------------------------------------
@@ -141,9 +139,18 @@ class Runtime:
 
         return await call_tool(self, server, tool, arguments, timeout)
 
+    @cached_property
+    def approval_lock(self) -> Any:
+        """One approval question at a time (asyncio is imported only by commands that run)."""
+        import asyncio
+
+        return asyncio.Lock()
+
     async def offload(self, func: Any, /, **kwargs: Any) -> Any:
         """Run blocking work: in a thread locally, or on a Dask worker with --executor dask."""
         if self.backend is None:
+            from stepchain.threads import run_in_thread
+
             return await run_in_thread(func, **kwargs)
         return await self.backend.run(func, **kwargs)
 
