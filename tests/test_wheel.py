@@ -89,7 +89,7 @@ def test_the_wheel_holds_only_the_stepchain_package_and_its_metadata(wheel):
     entry_points = zipfile.ZipFile(wheel).read(
         f"{wheel.name.split('-py')[0]}.dist-info/entry_points.txt"
     )
-    assert "stepchain = stepchain.cli:main" in entry_points.decode()
+    assert "stepchain = stepchain.cli:entry" in entry_points.decode()
 
 
 def test_the_installed_package_is_imported_from_the_venv(venv_bin, tmp_path):
