@@ -121,7 +121,7 @@ def compile_template(source: str) -> Compiled:
             if program is not None:
                 return Compiled(source, program=program, texts=shape.texts, keys=shape.keys)
     env = environment()
-    tree = env.parse(source)
+    tree = _parse(source)
     match = _SINGLE_EXPR.match(source)
     if match and _is_single_output(tree):
         expr = _expression_tree(match.group(1))
@@ -157,7 +157,7 @@ def _shape_tree(shape: str, *, expression: bool) -> Program | None:
     """A shape's program, or None when it must be rendered the ordinary way."""
     env = environment()
     try:
-        tree = _expression_tree(shape) if expression else env.parse(shape)
+        tree = _expression_tree(shape) if expression else _parse(shape)
     except TemplateSyntaxError:
         return None  # parsing the template itself reports the error as the user wrote it
     if not supported(tree, env):
@@ -277,9 +277,27 @@ def _indexed_references(shape: str) -> list[tuple[Reference, int]]:
     return out
 
 
+# Trees parsed for references (validation), kept for the first render of the same text, which
+# takes them out: loading then running or planning parses each template once, not twice.
+_SPARE_TREES: dict[str, nodes.Template] = {}
+_MAX_SPARE = 20_000  # ~6 KiB each; the oldest goes first (a process that only validates)
+
+
+def _parse(text: str, *, spare: bool = False) -> nodes.Template:
+    """`environment().parse(text)`, reusing (once) a tree parsed for references."""
+    tree = _SPARE_TREES.pop(text, None)
+    if tree is None:
+        tree = environment().parse(text)
+        if spare:
+            if len(_SPARE_TREES) >= _MAX_SPARE:
+                del _SPARE_TREES[next(iter(_SPARE_TREES))]
+            _SPARE_TREES[text] = tree
+    return tree
+
+
 @lru_cache(maxsize=65536)
 def _references(text: str) -> list[Reference]:
-    tree = environment().parse(text)
+    tree = _parse(text, spare=True)
     found: list[Reference] = []
     _walk(tree, found, set())
     # any other free name is undefined when rendered (strict undefined): report it too

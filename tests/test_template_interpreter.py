@@ -326,3 +326,30 @@ def test_expression_references_through_a_shape(expr):
     from stepchain.templates import _references, references
 
     assert references(expr, expression=True) == _references("{{ " + expr + " }}")
+
+
+def test_a_template_is_parsed_once_from_loading_to_running(tmp_path, monkeypatch):
+    """Validation's parse of a template is the one its render uses (distinct templates cost a
+    parse each, so a second one would double the cost of loading and then running)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from stepchain import Executor, load_pipeline
+
+    parsed: list[str] = []
+    real_parse = ImmutableSandboxedEnvironment.parse
+
+    def counting_parse(self, source, *args, **kwargs):
+        parsed.append(source)
+        return real_parse(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(ImmutableSandboxedEnvironment, "parse", counting_parse)
+    steps = "".join(
+        f'  - id: s{i}\n    template: "{{% if {i} * 7 > 3 %}}{"+" * i}{{{{ {i} % 4 }}}}{{% endif %}}"\n'
+        for i in range(1, 6)
+    )
+    path = tmp_path / "distinct.yaml"
+    path.write_text(f"version: 1\nname: distinct\nsteps:\n{steps}")
+    result = Executor().run(load_pipeline(path), run_id="once")
+    assert [result.steps[f"s{i}"].output for i in range(1, 6)] == [
+        "+1", "++2", "+++3", "++++0", "+++++1"
+    ]  # fmt: skip
+    assert parsed and len(parsed) == len(set(parsed))  # no text parsed twice
