@@ -302,28 +302,8 @@ class Builder:
             return lambda scope, r: obj(scope, r)[arg(scope, r)]
         if fixed is not None:  # e.g. x['name']: no call for the key
             key = fixed[0]
-
-            def getitem_fixed(scope: dict, r: Render) -> Any:
-                value = obj(scope, r)
-                if type(value) in _ITEMS:
-                    try:
-                        return value[key]
-                    except (TypeError, LookupError):
-                        pass  # the sandbox then tries an attribute, or says undefined
-                return env.getitem(value, key)
-
-            return getitem_fixed
-
-        def getitem(scope: dict, r: Render) -> Any:
-            value, key = obj(scope, r), arg(scope, r)
-            if type(value) in _ITEMS:
-                try:
-                    return value[key]
-                except (TypeError, LookupError):
-                    pass  # the sandbox then tries an attribute, or says undefined
-            return env.getitem(value, key)
-
-        return getitem
+            return lambda scope, r: _item(env, obj(scope, r), key)
+        return lambda scope, r: _item(env, obj(scope, r), arg(scope, r))
 
     def _fixed(self, node: nodes.Node) -> tuple[Any] | None:
         """(value,) for a constant (not a placeholder) or a slice of constants, else None."""
@@ -445,6 +425,16 @@ class Builder:
     def dict_(self, node: nodes.Dict) -> Code:
         pairs = [(self.expr(p.key), self.expr(p.value)) for p in node.items]
         return lambda scope, r: {k(scope, r): v(scope, r) for k, v in pairs}
+
+
+def _item(env: Any, value: Any, key: Any) -> Any:
+    """`value[key]` as the sandbox's `getitem` gives it, directly for plain containers."""
+    if type(value) in _ITEMS:
+        try:
+            return value[key]
+        except (TypeError, LookupError):
+            pass  # the sandbox then tries an attribute, or says undefined
+    return env.getitem(value, key)
 
 
 @lru_cache(maxsize=64)
