@@ -84,10 +84,10 @@ class Runtime:
 
             check_approval_possible(self)
         if self.pipeline.has_llm_steps:
-            from stepchain.llm_client import check_credentials, warm_up_tls
+            from stepchain.llm_client import base_url_from_env, check_credentials, warm_up_tls
 
             check_credentials()
-            warm_up_tls()  # the LLM client's TLS context, built while the run starts up
+            warm_up_tls(base_url_from_env())  # the TLS context, built while the run starts up
 
     @property
     def commands_allowed(self) -> bool:

@@ -346,7 +346,7 @@ def test_tls_warm_up_builds_the_context_the_clients_share(monkeypatch):
     if cafile is None:
         pytest.skip("no CA file on this machine")
     monkeypatch.setenv("SSL_CERT_FILE", cafile)  # a key no other test has built
-    warm_up_tls()
+    warm_up_tls("https://api.openai.com/v1")
     context = shared_ssl_context()  # waits for the warm-up thread, or builds it
     assert context is shared_ssl_context()
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
