@@ -345,6 +345,75 @@ def worker(path: str, concurrency: int, profile: str | None, warmup: str | None)
     print(json.dumps(doc))
 
 
+def bare_worker(dag_path: str, concurrency: int) -> None:
+    """In a fresh process: the same DAG through StepChain's LLM client alone, no engine.
+
+    A few lines of asyncio stand in for the engine: each step waits for its parents, builds the
+    prompt the pipeline's template renders, and sends it with `LLMClient.complete` (the same
+    SDK client, transport and wire format as a run) under a semaphore of `concurrency`. No
+    records, cache, templates, scheduler or start-up: the floor the SDK leaves an engine.
+    """
+    t0 = time.perf_counter()
+    import asyncio
+
+    import openai  # noqa: F401
+    import stepchain
+    from stepchain.llm_client import LLMClient, ModelCall
+
+    t1 = time.perf_counter()
+    dag = json.loads(Path(dag_path).read_text(encoding="utf-8"))
+    t2 = time.perf_counter()
+    outputs: dict[str, str] = {}
+
+    async def main() -> None:
+        client = LLMClient.from_env()
+        gate = asyncio.Semaphore(concurrency)
+        done = {s["id"]: asyncio.Event() for s in dag}
+
+        async def step(s: dict[str, Any]) -> None:
+            for parent in s["parents"]:
+                await done[parent].wait()
+            lines = [headline(s["id"])]
+            if s["parents"]:
+                lines.append("Previous steps completed:")
+            lines += [f"- {p}: {outputs[p]}" for p in s["parents"]]
+            call = ModelCall(
+                model=MODEL,
+                messages=[{"role": "user", "content": "\n".join(lines) + "\n"}],
+                timeout=60,
+            )
+            async with gate:
+                outputs[s["id"]] = (await client.complete(call)).text
+            done[s["id"]].set()
+
+        try:
+            await asyncio.gather(*(step(s) for s in dag))
+        finally:
+            await client.aclose()
+
+    run_start = time.time()
+    c0 = time.process_time()
+    p0 = time.perf_counter()
+    asyncio.run(main())
+    run_s = time.perf_counter() - p0
+    doc = {
+        "engine": f"stepchain {stepchain.__version__} LLM client only",
+        "import_s": t1 - t0,
+        "load_s": t2 - t1,
+        "run_s": run_s,
+        "cpu_s": time.process_time() - c0,
+        "run_start": run_start,
+        "run_end": time.time(),
+        "steps_span": run_s,  # no per-step times here: the whole gather
+        "completed": len(outputs),
+        "total": len(dag),
+        "wrong_outputs": [k for k, v in outputs.items() if v != answer(k)][:5],
+        "errors": [],
+        "status": "completed",
+    }
+    print(json.dumps(doc))
+
+
 SAMPLE_RESPONSE = {
     "id": "resp_1",
     "object": "response",
@@ -703,6 +772,17 @@ def report(ctx: dict[str, Any]) -> str:
             out.append(f"- Warm processes: 0.3.1 / StepChain best {warm_best:.2f}×.")
     elif "old_error" in ctx:
         out.append(f"- StepChain {OLD_VERSION} could not be run: {ctx['old_error']}")
+    bare = rows.get("bare", {}).get("summary")
+    if new is not None and bare is not None:
+        out.append(
+            f"- **Floor without the engine**: the same DAG through StepChain's LLM client alone "
+            f"(same SDK client, transport and wire format; a few lines of asyncio instead of the "
+            f"engine: no records, cache, templates or scheduler) takes best {bare['best']:.3f} s "
+            f"({pct_over(bare['best'], ideal)}), median {bare['median']:.3f} s "
+            f"({pct_over(bare['median'], ideal)}). The engine adds "
+            f"{(new['best'] - bare['best']) * 1000:.0f} ms (best vs best) and "
+            f"{(new['median'] - bare['median']) * 1000:.0f} ms (median vs median) to that."
+        )
     if "old_threads" in ctx:
         out.append(
             f"- 0.3.1 runs each step's blocking OpenAI call in asyncio's default thread pool "
@@ -761,6 +841,8 @@ def report(ctx: dict[str, Any]) -> str:
         out += ["", "Failed runs:", "", *failures]
     out += ["", _check_text(ctx["check"], a.latency), ""]
     out.append(f"StepChain {OLD_VERSION}: {ctx.get('old_setup', 'not run')}.")
+    if ctx.get("compiled"):
+        out.append(f"StepChain: {ctx['compiled']}.")
     for what, run_s, text in ctx.get("profiles", []):
         out += [
             "",
@@ -851,6 +933,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-profile", help=argparse.SUPPRESS)
     parser.add_argument("--worker-warmup", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-bare", help=argparse.SUPPRESS)
     parser.add_argument("--probe-sdk", action="store_true", help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.probe_sdk:
@@ -858,6 +941,9 @@ def main() -> None:
         return
     if a.worker:
         worker(a.worker, a.concurrency, a.worker_profile, a.worker_warmup)
+        return
+    if a.worker_bare:
+        bare_worker(a.worker_bare, a.concurrency)
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="stepchain-bench-llm-"))
@@ -894,6 +980,9 @@ def run_all(a: argparse.Namespace, tmp: Path, fake: Any) -> dict[str, Any]:
 
     yaml_path = tmp / "llm_dag.yaml"
     yaml_path.write_text(pipeline_yaml(dag), encoding="utf-8")
+    dag_path = tmp / "llm_dag.json"
+    dag_path.write_text(json.dumps(dag), encoding="utf-8")
+    ctx["compiled"] = byte_compile()
     plan_path = tmp / "plan_031.json"
     plan_path.write_text(json.dumps(old_plan(dag)), encoding="utf-8")
     driver = tmp / "run_031.py"
@@ -921,6 +1010,10 @@ def run_all(a: argparse.Namespace, tmp: Path, fake: Any) -> dict[str, Any]:
         env = worker_env(fake, STEPCHAIN_HOME=str(tmp / f"home-{key}-{i}"))
         return spawn(key, argv, env, tmp, fake, dag, a.latency)
 
+    def bare_run(key: str, i: int) -> dict[str, Any]:
+        argv = [sys.executable, me, "--worker-bare", str(dag_path), "--concurrency", conc]
+        return spawn(key, argv, worker_env(fake), tmp, fake, dag, a.latency)
+
     def old_run(key: str, i: int, pool: int, warmup: bool) -> dict[str, Any]:
         argv = [python_old, str(driver), str(plan_path), conc, str(pool), "1" if warmup else "0"]
         store = str(tmp / f"store-{key}-{i}")
@@ -935,6 +1028,10 @@ def run_all(a: argparse.Namespace, tmp: Path, fake: Any) -> dict[str, Any]:
     variants["new_warm"] = (
         f"StepChain {version}, warm process (diagnostic)",
         lambda i: new_run("new_warm", i, ("--worker-warmup", str(tmp / f"warm-{i}"))),
+    )
+    variants["bare"] = (
+        f"StepChain {version} LLM client alone, no engine (diagnostic)",
+        lambda i: bare_run("bare", i),
     )
     if python_old:
         variants["old_warm"] = (
@@ -999,6 +1096,22 @@ def _progress(i: int, title: str, run: dict[str, Any]) -> None:
             f"  run {i + 1} {title}: makespan {run['run_s']:.3f} s, whole {run['whole_s']:.2f} s, "
             f"max in flight {run['max_in_flight']}"
         )
+
+
+def byte_compile() -> str:
+    """Byte-compile StepChain's modules, as pip does when it installs a wheel.
+
+    This checkout is installed editable, and with PYTHONDONTWRITEBYTECODE set (as on this
+    machine) every fresh process would compile StepChain from source, while 0.3.1, installed
+    by pip, and the SDK load their bytecode.
+    """
+    import compileall
+
+    import stepchain
+
+    package = Path(stepchain.__file__).resolve().parent
+    ok = compileall.compile_dir(str(package), quiet=1, workers=1)
+    return f"{package} byte-compiled first ({'ok' if ok else 'with errors'})"
 
 
 def _version() -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
 import sqlite3
+import threading
 import time
 import zlib
 from collections.abc import Iterable
@@ -92,9 +94,34 @@ class ResultCache:
         # the key column of keys looked up and missed, kept for the write that usually follows
         # (compressing a key is most of what a lookup costs)
         self._missed: dict[str, bytes] = {}
+        self._opening: threading.Thread | None = None
+        # True from the start of a run that found no cache file until this cache writes: nothing
+        # can be found, so lookups skip the wait for the file being created. (Another process
+        # creating it at the same moment would only cost a miss, never a wrong result.)
+        self._known_empty = False
         _stop_malloc_trimming()
 
+    def open_in_background(self) -> None:
+        """Start opening (or creating) the cache in a thread, so a run's start-up overlaps it.
+
+        Creating the SQLite file and its tables takes ~10 ms, mostly with the GIL released.
+        The first use waits for the thread; a failure there is left for `_open` to handle.
+        """
+        self._known_empty = not (self.path / diskcache.core.DBNAME).exists()
+
+        def connect() -> None:
+            with contextlib.suppress(*_BROKEN):
+                cache = self._connect()
+                cache.close()  # the thread's own connection; each thread opens its own
+                self._cache = cache
+
+        self._opening = threading.Thread(target=connect, name="stepchain-cache", daemon=True)
+        self._opening.start()
+
     def _open(self) -> diskcache.Cache | None:
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
         if self._cache is None:
             try:
                 self._cache = self._connect()
@@ -111,6 +138,8 @@ class ResultCache:
         return diskcache.Cache(str(self.path), disk=diskcache.JSONDisk, disk_compress_level=1)
 
     def get(self, key: str) -> dict[str, Any] | None:
+        if self._known_empty:
+            return None
         try:
             entry = self._open().get(key)
         except _BROKEN as exc:
@@ -126,7 +155,7 @@ class ResultCache:
         Falls back to `get` per key when the cache is not the plain JSONDisk layout this reads.
         """
         found: dict[str, dict[str, Any]] = {}
-        if not keys:
+        if not keys or self._known_empty:
             return found
         try:
             cache = self._open()
@@ -169,6 +198,7 @@ class ResultCache:
 
     def set(self, key: str, output: Any, usage: dict[str, int] | None, ttl: float | None) -> None:
         entry = {"output": output, "usage": usage or {}, "created_at": time.time()}
+        self._known_empty = False
         try:
             self._open().set(key, entry, expire=ttl)
         except _BROKEN as exc:
@@ -185,6 +215,7 @@ class ResultCache:
         """
         if not entries:
             return
+        self._known_empty = False
         try:
             cache = self._open()
             now = time.time()
@@ -260,6 +291,9 @@ class ResultCache:
 
     def close(self) -> None:
         self._missed.clear()
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
         if self._cache is not None:
             self._cache.close()
             self._cache = None

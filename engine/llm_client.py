@@ -22,9 +22,8 @@ get back a `Turn`; this module turns it into either wire format and back.
 - HTTP goes through `http_transport.LeanTransport` (the SDK's default stack costs ~1.5 ms of
   CPU per request, serial on the event loop), or through the SDK's default transport when the
   environment names a proxy for the server.
-- One TLS context per process, shared by every client (`shared_ssl_context`), built in a
-  background thread from the run's preflight (`warm_up_tls`) when the server is https, and
-  never for a plain-http server.
+- The TLS context (https only) and the SDK's platform probe are built once per process, early,
+  by `llm_shared`.
 - Structured output formats come from `llm_schema`; the wire shapes of the conversation and
   the answers from `llm_wire`.
 - Chat Completions gets `max_tokens` (what compatible servers such as Ollama, vLLM and
@@ -33,11 +32,8 @@ get back a `Turn`; this module turns it into either wire format and back.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
 import os
-import threading
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -45,6 +41,7 @@ from typing import Any
 import openai
 from stepchain.errors import CredentialsMissing, RetryableStepError, StepError
 from stepchain.http_transport import LeanTransport, proxy_in_env
+from stepchain.llm_shared import adopt_platform, shared_ssl_context
 from stepchain.llm_wire import (
     ModelCall,
     ToolCall,
@@ -63,14 +60,11 @@ __all__ = [
     "Turn",
     "base_url_from_env",
     "check_credentials",
-    "warm_up_tls",
 ]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 API_MODES = ("auto", "responses", "chat")
 _BEARER = {"bearer_auth": True}  # the auth the SDK's own responses/chat `create` ask for
-_ssl_contexts: dict[tuple[str | None, str | None], Any] = {}
-_ssl_lock = threading.Lock()
 
 
 def check_credentials() -> None:
@@ -83,43 +77,9 @@ def check_credentials() -> None:
         )
 
 
-def shared_ssl_context() -> Any:
-    """The HTTP library's default TLS context, built once per process and shared by clients.
-
-    Building it loads the CA store (~50 ms); every client would otherwise build its own.
-    Keyed by SSL_CERT_FILE / SSL_CERT_DIR, which the default context reads.
-    """
-    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-    with _ssl_lock:  # a warm_up_tls() thread may be building it: wait for that one
-        if key not in _ssl_contexts:
-            http = next(
-                c for c in openai.DefaultAsyncHttpxClient.__mro__ if c.__name__ == "AsyncClient"
-            )  # httpx2 or httpx, whichever this SDK version is built on
-            module = importlib.import_module(http.__module__.split(".")[0])
-            _ssl_contexts[key] = module.create_ssl_context()
-        return _ssl_contexts[key]
-
-
 def base_url_from_env() -> str:
     """OPENAI_BASE_URL, or OpenAI's own API; without a trailing slash."""
     return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-
-
-def warm_up_tls(base_url: str) -> None:
-    """For an https server, start building the shared TLS context in the background.
-
-    OpenSSL reads the CA store without holding the GIL, so this overlaps with the run's own
-    start-up (records, scheduler, first prompts). A failure is left for the client to raise.
-    """
-
-    if not base_url.lower().startswith("https:"):
-        return  # plain http needs no TLS context; building one would only cost CPU
-
-    def build() -> None:
-        with contextlib.suppress(Exception):
-            shared_ssl_context()
-
-    threading.Thread(target=build, name="stepchain-tls", daemon=True).start()
 
 
 class LLMClient:
@@ -136,6 +96,7 @@ class LLMClient:
         self._client = openai.AsyncOpenAI(
             api_key=api_key, base_url=self.base_url, max_retries=0, http_client=http_client
         )
+        adopt_platform(self._client)
         self._api_by_url: dict[str, str] = {}  # base URL -> "chat" once /responses was missing
 
     @classmethod

@@ -15,11 +15,12 @@ FLUSH_SECONDS = 1.0  # ... or this long after the last write, whichever comes fi
 class PendingWrites:
     """A run's new results on their way to the cache, batched, and lookups that already see them.
 
-    Results are written in one transaction per FLUSH_ENTRIES results or FLUSH_SECONDS, whenever
-    the scheduler is about to wait for a running step, and at the end of the run. Until then a
-    lookup finds them here as JSON gives them back, so a step gets exactly the hit it would get
-    if they were written already. A process killed before a write loses only those cache
-    entries (resume takes completed steps from the run record).
+    Results are written in one transaction per FLUSH_ENTRIES results or FLUSH_SECONDS (the
+    scheduler wakes up for it while it waits on running steps), and at the end of the run.
+    Until then a lookup finds them here as JSON gives them back, so a step gets exactly the hit
+    it would get if they were written already. A process killed before a write loses only
+    those cache entries: the run record has every completed step's output, so `resume` asks
+    for none of them again.
     """
 
     def __init__(self, cache: ResultCache) -> None:
@@ -43,6 +44,12 @@ class PendingWrites:
         if rest:
             found.update(self.cache.lookup_many(rest))
         return found
+
+    def due_in(self) -> float | None:
+        """Seconds until the pending results are due to be written; None when there are none."""
+        if not self._pending:
+            return None
+        return max(0.0, FLUSH_SECONDS - (time.monotonic() - self._written_at))
 
     def flush(self, *, force: bool = False) -> None:
         if not self._pending:

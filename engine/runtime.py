@@ -84,10 +84,11 @@ class Runtime:
 
             check_approval_possible(self)
         if self.pipeline.has_llm_steps:
-            from stepchain.llm_client import base_url_from_env, check_credentials, warm_up_tls
+            from stepchain.llm_client import base_url_from_env, check_credentials
+            from stepchain.llm_shared import warm_up
 
             check_credentials()
-            warm_up_tls(base_url_from_env())  # the TLS context, built while the run starts up
+            warm_up(base_url_from_env())  # built while the run starts up
 
     @property
     def commands_allowed(self) -> bool:

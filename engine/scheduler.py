@@ -88,9 +88,10 @@ class Scheduler:
                 done: set[asyncio.Task] | list[asyncio.Task] = [
                     task for task in self.running if task.done()
                 ]
-            else:  # about to wait: what is computed gets cached now, not after a long step
-                self.writes.flush(force=True)
-                done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
+            else:  # wait for a step, or until pending cache writes are due
+                done, _ = await asyncio.wait(
+                    self.running, timeout=self.writes.due_in(), return_when=asyncio.FIRST_COMPLETED
+                )
             for task in done:
                 sid = self.running.pop(task)
                 self._finish(task.result())

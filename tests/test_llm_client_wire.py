@@ -23,10 +23,9 @@ from stepchain.llm_client import (
     ModelCall,
     ToolCall,
     Turn,
-    shared_ssl_context,
-    warm_up_tls,
 )
 from stepchain.llm_schema import json_schema_format
+from stepchain.llm_shared import shared_ssl_context, warm_up
 
 from tests.support.fake_openai import FakeOpenAI, Reply
 from tests.support.fake_openai import ToolCall as FakeCall
@@ -150,6 +149,13 @@ def test_responses_request_is_what_the_sdk_create_sends(fake, name):
     call = CALLS[name]
     complete(call)
     same_wire(fake, "responses", call.timeout)
+
+
+def test_a_client_after_the_warm_up_sends_the_sdk_platform_headers(fake):
+    warm_up(fake.base_url).join()  # probes the platform the way the SDK does, once per process
+    complete(CALLS[sorted(CALLS)[0]])
+    assert fake.requests_to("responses")[-1].headers["x-stainless-os"]
+    same_wire(fake, "responses", CALLS[sorted(CALLS)[0]].timeout)
 
 
 def test_hosted_tools_request_is_what_the_sdk_create_sends(fake):
@@ -346,7 +352,7 @@ def test_tls_warm_up_builds_the_context_the_clients_share(monkeypatch):
     if cafile is None:
         pytest.skip("no CA file on this machine")
     monkeypatch.setenv("SSL_CERT_FILE", cafile)  # a key no other test has built
-    warm_up_tls("https://api.openai.com/v1")
+    warm_up("https://api.openai.com/v1")
     context = shared_ssl_context()  # waits for the warm-up thread, or builds it
     assert context is shared_ssl_context()
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
