@@ -27,6 +27,7 @@ __all__ = ["adopt_platform", "shared_ssl_context", "warm_up"]
 _ssl_contexts: dict[tuple[str | None, str | None], Any] = {}
 _ssl_lock = threading.Lock()
 _platform: list[Any] = []  # the SDK's platform value, once probed
+_platform_lock = threading.Lock()
 
 
 def shared_ssl_context() -> Any:
@@ -43,15 +44,21 @@ def shared_ssl_context() -> Any:
 
 
 def _probe_platform() -> None:
-    probe = getattr(importlib.import_module("openai._base_client"), "get_platform", None)
-    if probe is not None and not _platform:
-        _platform.append(probe())
+    with _platform_lock:  # a warm_up() thread may be probing: wait for that one
+        probe = getattr(importlib.import_module("openai._base_client"), "get_platform", None)
+        if probe is not None and not _platform:
+            _platform.append(probe())
 
 
 def adopt_platform(client: Any) -> None:
-    """Give an SDK client the probed platform, if the probe is done and the SDK still has the
-    slot it caches it in (`_platform`); otherwise the SDK probes for itself, as it always did."""
-    if _platform and getattr(client, "_platform", "absent") is None:
+    """Give an SDK client the probed platform (probing now if need be, ~3 ms once per process)
+    while the SDK still has the slot it caches it in (`_platform`); otherwise the SDK probes
+    for itself, as it always did."""
+    if getattr(client, "_platform", "absent") is not None:
+        return
+    with contextlib.suppress(Exception):
+        _probe_platform()
+    if _platform:
         client._platform = _platform[0]
 
 

@@ -235,6 +235,43 @@ def test_kill_9_then_resume_executes_each_completed_step_exactly_once(cli, write
     assert {line.split()[1].split("-")[0] for line in ends} == {"s1", "s2", "s3", "s4"}
 
 
+def test_a_result_reaches_the_cache_while_a_long_step_runs_and_survives_kill_9(
+    cli, write, calls_log
+):
+    path = write(
+        "tail.yaml",
+        """
+        version: 1
+        name: tail
+        inputs: {seconds: {type: number, default: 60}}
+        tools: {nap: {type: function, function: "tools:nap"}}
+        steps:
+          - {id: quick, tool: nap, with: {name: quick, seconds: 0.05}}
+          - {id: slow, tool: nap, with: {name: "slow-{{ steps.quick.output }}", seconds: "{{ inputs.seconds }}"}}
+        """,
+    )
+    proc = cli.spawn("run", path, "--run-id", "first")
+    try:
+        wait_for(lambda: "start slow-quick" in calls(calls_log))
+
+        def cached() -> bool:  # written within a second or so, while `slow` still runs
+            return json.loads(cli("cache", "info", "--json").stdout)["entries"] > 0
+
+        wait_for(cached, timeout=10)
+        assert "end slow-quick" not in calls(calls_log)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    result = cli("run", path, "--run-id", "second", "-i", "seconds=0.05", "--json")
+    assert result.exit_code == 0, result.stderr
+    steps = json.loads(result.stdout)["steps"]
+    assert steps["quick"]["cached"] is True  # a new run, not a resume: from the cache
+    assert [line for line in calls(calls_log) if line.startswith("end")] == [
+        "end quick",
+        "end slow-quick",
+    ]
+
+
 def test_sigint_records_in_flight_steps_as_interrupted_and_exits_130(cli, write, calls_log):
     path = write("chain.yaml", CHAIN)
     proc = cli.spawn("run", path, "--run-id", "int-1")
