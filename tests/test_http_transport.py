@@ -28,6 +28,7 @@ from stepchain.llm_client import LLMClient, ModelCall, shared_ssl_context
 from tests.support.fake_openai import FakeOpenAI, Reply, request_text
 from tests.support.raw_http import CLOSE, HANG, RawServer, then_close, trickle
 
+# urllib and httpx2 read these (upper or lower case); under CGI (REQUEST_METHOD) not HTTP_PROXY.
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD")
 BIG = 5 * 1024 * 1024  # larger than any socket buffer: both sides must wait for the other
 
@@ -38,23 +39,31 @@ def answer(body: bytes = b"ok", status: str = "200 OK", *headers: str) -> bytes:
     return "\r\n".join(head).encode() + b"\r\n\r\n" + body
 
 
-def sdk(base_url: str, transport: httpx2.AsyncBaseTransport | None = None) -> openai.AsyncOpenAI:
-    """The SDK client as StepChain builds it: over a LeanTransport unless given another."""
-    if transport is None:
-        transport = LeanTransport(tls_context=shared_ssl_context)
-    http = openai.DefaultAsyncHttpxClient(transport=transport)
-    return openai.AsyncOpenAI(api_key="test", base_url=base_url, max_retries=0, http_client=http)
+def lean_http_client(transport: LeanTransport | None = None) -> httpx2.AsyncClient:
+    """The SDK's HTTP client as `LLMClient` builds it, over a LeanTransport."""
+    return openai.DefaultAsyncHttpxClient(
+        transport=transport or LeanTransport(tls_context=shared_ssl_context)
+    )
+
+
+def sdk(base_url: str, http_client: httpx2.AsyncClient | None = None) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        api_key="test",
+        base_url=base_url,
+        max_retries=0,
+        http_client=http_client or lean_http_client(),
+    )
 
 
 def with_client(
     base_url: str,
     scenario: Callable[[openai.AsyncOpenAI], Awaitable[Any]],
-    transport: httpx2.AsyncBaseTransport | None = None,
+    http_client: httpx2.AsyncClient | None = None,
 ) -> Any:
     """Run `scenario(client)` in a fresh event loop, closing the client afterwards."""
 
     async def go() -> Any:
-        client = sdk(base_url, transport)
+        client = sdk(base_url, http_client)
         try:
             return await scenario(client)
         finally:
@@ -102,15 +111,18 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def complete(base_url: str, prompt: str = "hi", timeout: float | None = None) -> str:
-    """One turn through StepChain's LLMClient; the answer's text."""
+def complete(base_url: str, *prompts: str, timeout: float | None = None) -> list[str]:
+    """One turn per prompt, one after another, through one StepChain LLMClient; their texts."""
 
-    async def go() -> str:
+    async def go() -> list[str]:
         client = LLMClient("test", base_url)
+        texts = []
         try:
-            message = {"role": "user", "content": prompt}
-            call = ModelCall(model="m", messages=[message], timeout=timeout)
-            return (await client.complete(call)).text
+            for prompt in prompts or ["hi"]:
+                message = {"role": "user", "content": prompt}
+                call = ModelCall(model="m", messages=[message], timeout=timeout)
+                texts.append((await client.complete(call)).text)
+            return texts
         finally:
             await client.aclose()
 
@@ -147,7 +159,7 @@ def test_a_request_is_the_bytes_the_sdk_default_transport_sends():
         await client.get("/models?limit=2", cast_to=bytes)
 
     with RawServer(*[answer(b"{}")] * 4) as server:
-        with_client(server.url + "/v1", scenario, transport=httpx2.AsyncHTTPTransport())
+        with_client(server.url + "/v1", scenario, openai.DefaultAsyncHttpxClient())
         with_client(server.url + "/v1", scenario)
     default_post, default_get, lean_post, lean_get = server.requests
     assert lean_post == default_post
@@ -173,7 +185,7 @@ def test_a_streamed_request_body_goes_chunked_as_with_the_default_transport():
         await client.post("/upload", cast_to=bytes, content=parts(), options=options)
 
     with RawServer(answer(b"{}"), answer(b"{}")) as server:
-        with_client(server.url, scenario, transport=httpx2.AsyncHTTPTransport())
+        with_client(server.url, scenario, openai.DefaultAsyncHttpxClient())
         with_client(server.url, scenario)
     default, lean = server.requests
     assert lean == default
@@ -185,7 +197,7 @@ def test_a_request_body_larger_than_the_socket_buffers_arrives_whole():
     text = "x" * BIG
     with FakeOpenAI() as fake:
         fake.responder = lambda body: f"{len(request_text(body))} characters"
-        assert complete(fake.base_url, text) == f"{BIG} characters"
+        assert complete(fake.base_url, text) == [f"{BIG} characters"]
         assert fake.last_request.json["input"][0]["content"] == text
 
 
@@ -247,15 +259,16 @@ def test_head_204_and_304_answers_have_no_body_whatever_their_headers_say():
     no_content = b"HTTP/1.1 204 No Content\r\n\r\n"
     not_modified = b'HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\nETag: "v1"\r\n\r\n'
 
+    http = lean_http_client()  # HEAD and a 304 straight through it, the rest through the SDK
+
     async def scenario(client: openai.AsyncOpenAI) -> list[Any]:
-        http = client._client  # the httpx2 client StepChain hands the SDK, for HEAD and 304
         head = await http.head(server.url + "/x")
         empty = await client.post("/x", cast_to=bytes)
         unchanged = await http.get(server.url + "/x")
         return [head, empty, unchanged, await get(client)]
 
     with RawServer(head, no_content, not_modified, answer(b"next")) as server:
-        head_response, empty, unchanged, after = with_client(server.url, scenario)
+        head_response, empty, unchanged, after = with_client(server.url, scenario, http)
     assert (head_response.status_code, head_response.content) == (200, b"")
     assert head_response.headers["content-length"] == "1234"
     assert empty == b""
@@ -437,7 +450,15 @@ def test_through_llm_client_a_dropped_connection_is_a_retryable_cannot_reach_err
             complete(fake.base_url)
         assert str(failure.value).startswith(f"cannot reach the LLM server at {fake.base_url}")
         assert len(fake.requests) == 1
-        assert complete(fake.base_url) == "after"
+        assert complete(fake.base_url) == ["after"]
+
+
+def test_through_llm_client_a_stale_keep_alive_connection_is_retried():
+    with FakeOpenAI(keep_alive=True) as fake:
+        fake.script("first", Reply.disconnect(), "retried")
+        assert complete(fake.base_url, "one", "two") == ["first", "retried"]
+        _, stale, retried = fake.requests
+    assert retried.text == stale.text == "two"
 
 
 # -- 5. timeouts and failures -------------------------------------------------------------------
@@ -461,7 +482,7 @@ def test_through_llm_client_a_hung_server_is_a_retryable_timeout():
         fake.script(Reply.hang(), "after")
         with pytest.raises(RetryableStepError, match=r"^the LLM request to .* timed out$"):
             complete(fake.base_url, timeout=0.3)
-        assert complete(fake.base_url) == "after"
+        assert complete(fake.base_url) == ["after"]
 
 
 def test_a_server_that_stops_reading_a_large_body_is_an_api_timeout_error():
@@ -494,10 +515,16 @@ def test_a_server_that_accepts_no_connection_is_an_api_timeout_error():
 
 
 def test_a_refused_connection_is_an_api_connection_error():
-    with pytest.raises(openai.APIConnectionError) as failure:
-        with_client(f"http://127.0.0.1:{closed_port()}", get)
-    assert type(failure.value) is openai.APIConnectionError
-    assert isinstance(failure.value.__cause__, httpx2.ConnectError)
+    async def scenario(client: openai.AsyncOpenAI) -> openai.APIError:
+        with pytest.raises(openai.APIConnectionError) as failure:
+            await get(client)
+        assert await client.get(f"{server.url}/x", cast_to=bytes) == b"after"
+        return failure.value
+
+    with RawServer(answer(b"after")) as server:
+        error = with_client(f"http://127.0.0.1:{closed_port()}", scenario)
+    assert type(error) is openai.APIConnectionError
+    assert isinstance(error.__cause__, httpx2.ConnectError)
 
 
 @pytest.mark.parametrize(
@@ -584,8 +611,8 @@ def test_tls_with_a_context_that_trusts_the_server_works_and_keeps_the_connectio
         async def scenario(client: openai.AsyncOpenAI) -> tuple[bytes, bytes]:
             return await get(client), await get(client)
 
-        transport = LeanTransport(tls_context=trusting)
-        assert with_client(url, scenario, transport) == (b"secret", b"again")
+        http = lean_http_client(LeanTransport(tls_context=trusting))
+        assert with_client(url, scenario, http) == (b"secret", b"again")
     assert server.accepted == 1
 
 
@@ -638,9 +665,9 @@ def test_llm_client_sends_through_the_proxy_the_environment_names(monkeypatch):
     payload = {"output": [{"type": "message", "content": [{"type": "output_text", "text": "p"}]}]}
     with FakeOpenAI() as fake, RawServer(answer(json.dumps(payload).encode())) as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
-        assert complete(fake.base_url) == "p"
+        assert complete(fake.base_url) == ["p"]
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        assert complete(fake.base_url) == "ok"  # straight to the server
+        assert complete(fake.base_url) == ["ok"]  # straight to the server
         target = fake.base_url.encode()
     assert proxy.requests[0].startswith(b"POST %s/responses HTTP/1.1\r\n" % target)
     assert len(proxy.requests) == 1
