@@ -17,6 +17,8 @@ What it does, and what it leaves to the SDK's default transport:
 - A reused connection that the server closed while idle is retried once on a new connection,
   when no byte of the answer had come back.
 - A cancelled request (step timeout, Ctrl-C) closes its connection.
+- A connection belongs to the event loop that opened it: the first request from another loop
+  (a new `asyncio.run`) shuts the idle ones down, without calling into their (closed) loop.
 - Proxies: `LLMClient` uses the SDK's default transport when the environment names a proxy
   for the server (`proxy_in_env`), since httpx2 ignores proxy variables given a transport.
 """

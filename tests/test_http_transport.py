@@ -208,6 +208,30 @@ def test_a_body_by_content_length_is_read_exactly_and_the_connection_reused():
     assert server.accepted == 1
 
 
+def test_status_reason_and_headers_reach_the_sdk_as_sent():
+    sent = answer(
+        b'{"id": 1}',
+        "201 Created",
+        "Content-Type: application/json",
+        "Set-Cookie: a=1",
+        "Set-Cookie: b=2",
+        "X-Spaced:   padded value\t",
+        "X-Colons: http://example.com:80/",
+    )
+
+    async def scenario(client: openai.AsyncOpenAI) -> httpx2.Response:
+        return await client.get("/x", cast_to=httpx2.Response)
+
+    with RawServer(sent) as server:
+        response = with_client(server.url, scenario)
+    assert (response.status_code, response.reason_phrase) == (201, "Created")
+    assert response.http_version == "HTTP/1.1"
+    assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
+    assert response.headers["x-spaced"] == "padded value"
+    assert response.headers["x-colons"] == "http://example.com:80/"
+    assert response.json() == {"id": 1}
+
+
 def test_a_chunked_body_with_extensions_and_trailers_is_joined_and_the_connection_reused():
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -614,6 +638,15 @@ def test_tls_with_a_context_that_trusts_the_server_works_and_keeps_the_connectio
         http = lean_http_client(LeanTransport(tls_context=trusting))
         assert with_client(url, scenario, http) == (b"secret", b"again")
     assert server.accepted == 1
+
+
+def test_a_plain_http_server_needs_no_tls_context():
+    def no_tls() -> ssl.SSLContext:
+        raise AssertionError("a TLS context was built for a plain-http server")
+
+    http = lean_http_client(LeanTransport(tls_context=no_tls))
+    with RawServer(answer(b"plain")) as server:
+        assert with_client(server.url, get, http) == b"plain"
 
 
 def test_tls_with_the_default_context_rejects_an_unknown_ca(tls_server):
