@@ -17,6 +17,8 @@ What it does, and what it leaves to the SDK's default transport:
 - A reused connection that the server closed while idle is retried once on a new connection,
   when no byte of the answer had come back.
 - A cancelled request (step timeout, Ctrl-C) closes its connection.
+- A connection belongs to the event loop that opened it: the first request from another loop
+  (a new `asyncio.run`) shuts the idle ones down, without calling into their (closed) loop.
 - Proxies: `LLMClient` uses the SDK's default transport when the environment names a proxy
   for the server (`proxy_in_env`), since httpx2 ignores proxy variables given a transport.
 """
@@ -24,6 +26,8 @@ What it does, and what it leaves to the SDK's default transport:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 import time
 import urllib.request
@@ -118,6 +122,15 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abandon(self) -> None:
+        """Close from outside its event loop (closed, or another thread's): shut the socket
+        down with no call into that loop; the socket itself is freed with the transport."""
+        self.closed = True
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
 
 async def _within(future: asyncio.Future[None], timeout: float | None, error: type) -> None:
     """Await `future`; after `timeout` seconds raise `error` (an httpx2 timeout) instead."""
@@ -172,7 +185,9 @@ class LeanTransport(httpx2.AsyncBaseTransport):
                 conn.close()
                 if not reused or conn.received != received:  # only a stale idle one is retried
                     raise exc from None
-                conn, reused = await self._acquire(origin, tls, request, timeouts.get("connect"))
+                # Once, on a new connection: the other idle ones may be as stale as this one.
+                conn = await self._connect(origin, tls, request, timeouts.get("connect"))
+                reused = False
             except BaseException:
                 conn.close()  # timed out, cancelled or broken: its state is unknown
                 raise
@@ -188,17 +203,27 @@ class LeanTransport(httpx2.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
+        self._drop_idle()
+
+    def _drop_idle(self) -> None:
+        """Close every idle connection; those of another event loop without calling into it
+        (after `asyncio.run` that loop is closed, and closing its transports would raise)."""
+        ours = self._loop is asyncio.get_running_loop()
         for conns in self._idle.values():
             for conn in conns:
-                conn.close()
+                if ours:
+                    conn.close()
+                else:
+                    conn.abandon()
         self._idle.clear()
 
     async def _acquire(
         self, origin: tuple[bytes, str, int], tls: bool, request: httpx2.Request, timeout: Any
     ) -> tuple[_Connection, bool]:
+        """An idle connection to `origin` (and True), or a new one (and False)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a connection belongs to the loop that opened it
-            await self.aclose()
+            self._drop_idle()
             self._loop = loop
         now = time.monotonic()
         idle = self._idle.get(origin, [])
@@ -208,6 +233,12 @@ class LeanTransport(httpx2.AsyncBaseTransport):
                 conn.close()
                 continue
             return conn, True
+        return await self._connect(origin, tls, request, timeout), False
+
+    async def _connect(
+        self, origin: tuple[bytes, str, int], tls: bool, request: httpx2.Request, timeout: Any
+    ) -> _Connection:
+        loop = asyncio.get_running_loop()
         host = origin[1]
         sni = request.extensions.get("sni_hostname") or host
         try:
@@ -223,7 +254,7 @@ class LeanTransport(httpx2.AsyncBaseTransport):
             raise httpx2.ConnectTimeout(f"could not connect within {timeout:g} s") from None
         except OSError as exc:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
             raise httpx2.ConnectError(str(exc) or type(exc).__name__) from None
-        return conn, False
+        return conn
 
     def _release(self, origin: tuple[bytes, str, int], conn: _Connection) -> None:
         conn.idle_since = time.monotonic()
@@ -301,10 +332,9 @@ async def _read_response(
     if b"chunked" in fields.get(b"transfer-encoding", b""):
         return status, reason, headers, await _read_chunked(conn, timeout), keep
     if b"content-length" in fields:
-        try:
-            length = int(fields[b"content-length"])
-        except ValueError:
-            raise httpx2.RemoteProtocolError("the server sent an invalid Content-Length") from None
+        if not fields[b"content-length"].isdigit():  # int() would take "-1" or "+1"
+            raise httpx2.RemoteProtocolError("the server sent an invalid Content-Length")
+        length = int(fields[b"content-length"])
         while len(conn.buffer) < length:
             if conn.closed:
                 raise httpx2.RemoteProtocolError("the server closed the connection mid-answer")
