@@ -9,8 +9,8 @@ errors: only the bytes on the socket are ours. tests/test_http_transport.py hold
 What it does, and what it leaves to the SDK's default transport:
 - HTTP/1.1 over TCP or TLS (one TLS context per process, from `tls_context`), one request per
   connection at a time, idle connections kept per host for `KEEPALIVE_EXPIRY` seconds.
-- Bodies by Content-Length, chunked, or up to the close; 1xx skipped; HEAD/204/304 have none.
-  The body is read whole before the response is returned (StepChain never streams answers),
+- Bodies by Content-Length, chunked, or up to the close; 1xx skipped; HEAD/204/304 have none
+  (the message format is `http1`). The body is read whole before the response is returned (StepChain never streams answers),
   so the connection goes back to the pool at once. Content-Encoding is decoded by httpx2.
 - httpx2's timeouts (connect, read, write) and exception types, so the SDK's APITimeoutError
   and APIConnectionError come out as before.
@@ -35,13 +35,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx2
+from stepchain.http1 import encode_request, read_response
 
 __all__ = ["KEEPALIVE_EXPIRY", "LeanTransport", "proxy_in_env"]
 
 KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept, as httpx2's default
 MAX_IDLE_PER_HOST = 100  # the SDK's own max_keepalive_connections
-MAX_HEAD = 64 * 1024  # status line + headers
-_NO_BODY_STATUS = {204, 304}
 
 
 def proxy_in_env(url: str) -> bool:
@@ -149,7 +148,8 @@ async def _within(future: asyncio.Future[None], timeout: float | None, error: ty
     try:
         await future
     except asyncio.CancelledError:
-        if expired:
+        task = asyncio.current_task()
+        if expired and not (task is not None and task.cancelling()):  # ours, not a caller's
             raise error(f"no answer within {timeout:g} s") from None
         raise
     finally:
@@ -169,7 +169,7 @@ class LeanTransport(httpx2.AsyncBaseTransport):
         tls = url.scheme == "https"
         origin = (url.raw_scheme, url.host, url.port or (443 if tls else 80))
         timeouts = request.extensions.get("timeout") or {}
-        head, body = _encode_request(request, [part async for part in request.stream])
+        head, body = encode_request(request, [part async for part in request.stream])
         conn, reused = await self._acquire(origin, tls, request, timeouts.get("connect"))
         while True:
             received = conn.received
@@ -177,7 +177,7 @@ class LeanTransport(httpx2.AsyncBaseTransport):
                 await conn.write(head + body if len(body) < 65536 else head, timeouts.get("write"))
                 if len(body) >= 65536:
                     await conn.write(body, timeouts.get("write"))
-                status, reason, headers, data, keep = await _read_response(
+                status, reason, headers, data, keep = await read_response(
                     conn, request.method, timeouts.get("read")
                 )
                 break
@@ -271,112 +271,3 @@ class _Body(httpx2.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._data:
             yield self._data
-
-
-def _encode_request(request: httpx2.Request, parts: list[bytes]) -> tuple[bytes, bytes]:
-    """Request line and headers, and the body (chunk-encoded when httpx2 asked for chunked)."""
-    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
-    chunked = False
-    for name, value in request.headers.raw:
-        if name.lower() == b"transfer-encoding" and value.lower() == b"chunked":
-            chunked = True
-        lines.append(b"%s: %s" % (name, value))
-    if chunked:
-        body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts if p) + b"0\r\n\r\n"
-    else:
-        body = b"".join(parts)
-    return b"\r\n".join(lines) + b"\r\n\r\n", body
-
-
-async def _read_response(
-    conn: _Connection, method: str, timeout: float | None
-) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes, bool]:
-    """(status, reason, headers, body, keep-alive) of the next final response on `conn`."""
-    while True:
-        end = conn.buffer.find(b"\r\n\r\n")
-        while end < 0:
-            if len(conn.buffer) > MAX_HEAD:
-                raise httpx2.RemoteProtocolError("the server sent more than 64 KiB of headers")
-            if conn.closed:
-                raise httpx2.RemoteProtocolError(
-                    "the server closed the connection without an answer"
-                )
-            await conn.more(timeout)
-            end = conn.buffer.find(b"\r\n\r\n")
-        status_line, *header_lines = bytes(conn.buffer[:end]).split(b"\r\n")
-        del conn.buffer[: end + 4]
-        try:
-            version, code, *rest = status_line.split(b" ", 2)
-            status = int(code)
-            if not version.startswith(b"HTTP/1.") or not 100 <= status <= 999:
-                raise ValueError
-        except ValueError:
-            raise httpx2.RemoteProtocolError(
-                f"not an HTTP/1.1 status line: {status_line[:80]!r}"
-            ) from None
-        headers = []
-        for line in header_lines:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip():
-                raise httpx2.RemoteProtocolError(f"malformed header line: {line[:80]!r}")
-            headers.append((name, value.strip()))
-        if 100 <= status < 200 and status != 101:
-            continue  # 100 Continue, 103 Early Hints: the real answer follows
-        break
-    fields = {name.lower(): value.lower() for name, value in headers}
-    keep = version == b"HTTP/1.1" and fields.get(b"connection") != b"close"
-    keep = keep or fields.get(b"connection") == b"keep-alive"
-    reason = rest[0] if rest else b""
-    if method == "HEAD" or status in _NO_BODY_STATUS:
-        return status, reason, headers, b"", keep
-    if b"chunked" in fields.get(b"transfer-encoding", b""):
-        return status, reason, headers, await _read_chunked(conn, timeout), keep
-    if b"content-length" in fields:
-        if not fields[b"content-length"].isdigit():  # int() would take "-1" or "+1"
-            raise httpx2.RemoteProtocolError("the server sent an invalid Content-Length")
-        length = int(fields[b"content-length"])
-        while len(conn.buffer) < length:
-            if conn.closed:
-                raise httpx2.RemoteProtocolError("the server closed the connection mid-answer")
-            await conn.more(timeout)
-        data = bytes(conn.buffer[:length])
-        del conn.buffer[:length]
-        return status, reason, headers, data, keep
-    while not conn.closed:  # no length: the body runs to the close
-        await conn.more(timeout)
-    data = bytes(conn.buffer)
-    conn.buffer.clear()
-    return status, reason, headers, data, False
-
-
-async def _read_chunked(conn: _Connection, timeout: float | None) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        end = await _line_end(conn, timeout)
-        size_field = bytes(conn.buffer[:end]).split(b";", 1)[0].strip()
-        try:
-            size = int(size_field, 16)
-        except ValueError:
-            raise httpx2.RemoteProtocolError(f"bad chunk size {size_field[:20]!r}") from None
-        del conn.buffer[: end + 2]
-        if size == 0:
-            while (end := await _line_end(conn, timeout)) > 0:  # trailers, up to a blank line
-                del conn.buffer[: end + 2]
-            del conn.buffer[:2]
-            return b"".join(parts)
-        while len(conn.buffer) < size + 2:
-            if conn.closed:
-                raise httpx2.RemoteProtocolError("the server closed the connection mid-answer")
-            await conn.more(timeout)
-        parts.append(bytes(conn.buffer[:size]))
-        del conn.buffer[: size + 2]
-
-
-async def _line_end(conn: _Connection, timeout: float | None) -> int:
-    while (end := conn.buffer.find(b"\r\n")) < 0:
-        if conn.closed:
-            raise httpx2.RemoteProtocolError("the server closed the connection mid-answer")
-        if len(conn.buffer) > MAX_HEAD:
-            raise httpx2.RemoteProtocolError("a chunk header longer than 64 KiB")
-        await conn.more(timeout)
-    return end

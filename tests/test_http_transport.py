@@ -13,6 +13,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -354,6 +355,21 @@ def test_connection_close_from_the_server_makes_the_next_request_open_a_new_one(
     assert server.accepted == 2
 
 
+def test_a_connection_close_among_other_connection_tokens_still_closes():
+    listed = answer(b"first", "200 OK", "Connection: keep-alive, close")
+    with RawServer(listed, answer(b"next")) as server:
+        assert get_twice(server) == (b"first", b"next")
+    assert server.accepted == 2
+
+
+def test_an_answer_with_bare_lf_line_ends_is_read_and_the_connection_reused():
+    bare = b"HTTP/1.1 200 OK\nX-Old: style\nContent-Length: 5\n\nfirst"
+    chunked_bare = b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n4\nnext\n0\n\n"
+    with RawServer(bare, chunked_bare) as server:
+        assert get_twice(server) == (b"first", b"next")
+    assert server.accepted == 1
+
+
 def test_an_http_1_0_keep_alive_answer_keeps_the_connection():
     kept = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nfirst"
     with RawServer(kept, answer(b"next")) as server:
@@ -564,6 +580,9 @@ def test_a_refused_connection_is_an_api_connection_error():
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nbody",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\nbody\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x4\r\nbody\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nbody\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4, 5\r\n\r\nbody",
     ],
 )
 def test_a_malformed_answer_is_an_api_connection_error(head):
@@ -591,6 +610,23 @@ def test_a_server_closing_mid_answer_is_an_api_connection_error(partial):
 
 
 # -- 6. cancellation ----------------------------------------------------------------------------
+def test_a_cancel_in_the_same_loop_step_as_the_read_timeout_stays_a_cancel():
+    async def scenario(client: openai.AsyncOpenAI) -> bytes:
+        task = asyncio.create_task(get(client, timeout=0.3))
+        await server_sees(server, lambda s: len(s.requests) == 1)
+        loop = asyncio.get_running_loop()
+        loop.call_at(loop.time() + 0.35, task.cancel)  # due just after the read timeout
+        # Block the loop past both deadlines: the read timeout fires and the caller's cancel
+        # arrives in the same turn of the loop. The caller asked for a cancel: a cancel it gets.
+        time.sleep(0.5)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await get(client)
+
+    with RawServer(HANG, answer(b"after")) as server:
+        assert with_client(server.url, scenario) == b"after"
+
+
 def test_a_request_cut_short_by_wait_for_closes_its_connection():
     async def scenario(client: openai.AsyncOpenAI) -> bytes:
         with pytest.raises(TimeoutError):
