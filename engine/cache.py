@@ -78,7 +78,7 @@ def _stop_malloc_trimming() -> None:
     global _MALLOC_TUNED
     if not _MALLOC_TUNED:
         _MALLOC_TUNED = True
-        buffer = bytearray(1 << 21)
+        buffer = bytes(1 << 21)  # calloc'd fresh from mmap: no page touched (bytearray: ~2 ms)
         del buffer
 
 
