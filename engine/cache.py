@@ -102,12 +102,16 @@ class ResultCache:
         _stop_malloc_trimming()
 
     def open_in_background(self) -> None:
-        """Start opening (or creating) the cache in a thread, so a run's start-up overlaps it.
+        """Start opening the cache in a thread, so a run's start-up overlaps it.
 
-        Creating the SQLite file and its tables takes ~10 ms, mostly with the GIL released.
-        The first use waits for the thread; a failure there is left for `_open` to handle.
+        The first use waits for the thread; a failure there is left for `_open` to handle. A
+        cache that does not exist yet is not created here: nothing can be found in it, and its
+        first write creates it (a thread doing Python work holds up a run's start-up, since
+        the main thread waits for the GIL up to the switch interval each time it wants it).
         """
         self._known_empty = not (self.path / diskcache.core.DBNAME).exists()
+        if self._known_empty:
+            return
 
         def connect() -> None:
             with contextlib.suppress(*_BROKEN):

@@ -6,10 +6,10 @@
 - The SDK's platform probe (`X-Stainless-OS`): on a client's first request the SDK runs
   `platform.platform()` and reads /etc/os-release in a worker thread, once for every request
   already in flight, before the first request leaves. Probed here once per process, with the
-  SDK's own function, and handed to each client.
+  SDK's own function (~3 ms), and handed to each client as it is made.
 
-`warm_up` starts both in a background thread from the run's preflight, so they overlap the
-run's own start-up (records, scheduler, first prompts).
+`warm_up` builds the TLS context in a background thread from the run's preflight, so loading
+the CA store overlaps the run's own start-up (records, scheduler, first prompts).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def shared_ssl_context() -> Any:
 
 
 def _probe_platform() -> None:
-    with _platform_lock:  # a warm_up() thread may be probing: wait for that one
+    with _platform_lock:  # clients made in other threads probe once between them
         probe = getattr(importlib.import_module("openai._base_client"), "get_platform", None)
         if probe is not None and not _platform:
             _platform.append(probe())
@@ -62,20 +62,18 @@ def adopt_platform(client: Any) -> None:
         client._platform = _platform[0]
 
 
-def warm_up(base_url: str) -> threading.Thread:
-    """Probe the platform, and for an https server build the TLS context, in the background.
+def warm_up(base_url: str) -> threading.Thread | None:
+    """For an https server, build the TLS context in the background; the thread, or None.
 
-    A failure is left for the client to meet (and raise) when it needs the thing.
+    Plain http needs no TLS context. A failure is left for the client to meet (and raise).
     """
-    tls = base_url.lower().startswith("https:")  # plain http needs no TLS context
+    if not base_url.lower().startswith("https:"):
+        return None
 
     def build() -> None:
         with contextlib.suppress(Exception):
-            _probe_platform()
-        if tls:
-            with contextlib.suppress(Exception):
-                shared_ssl_context()
+            shared_ssl_context()
 
-    thread = threading.Thread(target=build, name="stepchain-llm-warm-up", daemon=True)
+    thread = threading.Thread(target=build, name="stepchain-tls", daemon=True)
     thread.start()
     return thread
