@@ -27,6 +27,12 @@ server's default, which makes every request pay a TCP connect and a server threa
 - Diagnostic "warm process" rows run a one-step pipeline (plan) first in the same worker, so the
   timed run finds the OpenAI SDK imported and warmed up; a probe times the SDK's first use
   (import, client, `client.responses`, first parsed Response) in a fresh process.
+- Diagnostic "LLM client alone" row (`--worker-bare`): the same DAG through StepChain's
+  `LLMClient` (same SDK client, transport and wire format) driven by a few lines of asyncio, no
+  engine: the floor the SDK and the test server leave; the engine's share is the difference.
+- StepChain's modules are byte-compiled before the runs, as pip does on install (0.3.1 and the
+  SDK are pip-installed); with PYTHONDONTWRITEBYTECODE set, an editable checkout would compile
+  from source in every fresh process.
 - The test server's listen backlog is widened first (socketserver's default of 5 makes bursts of
   connections wait ~1 s for a SYN retransmit or get reset); a burst check, before and after,
   shows it and records the peak number of requests in flight.

@@ -99,18 +99,25 @@ class ResultCache:
         # can be found, so lookups skip the wait for the file being created. (Another process
         # creating it at the same moment would only cost a miss, never a wrong result.)
         self._known_empty = False
+        self._first_look = True
         _stop_malloc_trimming()
 
-    def open_in_background(self) -> None:
-        """Start opening the cache in a thread, so a run's start-up overlaps it.
+    def open_in_background(self, *, create: bool = False) -> None:
+        """Start opening the cache in a thread, so what the caller does meanwhile overlaps it.
 
-        The first use waits for the thread; a failure there is left for `_open` to handle. A
-        cache that does not exist yet is not created here: nothing can be found in it, and its
-        first write creates it (a thread doing Python work holds up a run's start-up, since
-        the main thread waits for the GIL up to the switch interval each time it wants it).
+        A cache that does not exist yet is created only with `create` (nothing can be found in
+        it, so lookups skip it until it is written): a run asks for that when it first waits on
+        running steps, since a thread doing Python work while the run's own thread is busy
+        delays that thread by up to the GIL switch interval each time it wants the GIL back.
+        The first use waits for the thread; a failure there is left for `_open` to handle.
         """
-        self._known_empty = not (self.path / diskcache.core.DBNAME).exists()
-        if self._known_empty:
+        if self._cache is not None or self._opening is not None:
+            return
+        missing = not (self.path / diskcache.core.DBNAME).exists()
+        if self._first_look:
+            self._first_look = False
+            self._known_empty = missing
+        if missing and not create:
             return
 
         def connect() -> None:
@@ -121,6 +128,11 @@ class ResultCache:
 
         self._opening = threading.Thread(target=connect, name="stepchain-cache", daemon=True)
         self._opening.start()
+
+    @property
+    def to_create(self) -> bool:
+        """A run found no cache file and has not started creating it."""
+        return self._known_empty and self._cache is None and self._opening is None
 
     def _open(self) -> diskcache.Cache | None:
         if self._opening is not None:

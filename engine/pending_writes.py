@@ -15,8 +15,9 @@ FLUSH_SECONDS = 1.0  # ... or this long after the last write, whichever comes fi
 class PendingWrites:
     """A run's new results on their way to the cache, batched, and lookups that already see them.
 
-    Results are written in one transaction per FLUSH_ENTRIES results or FLUSH_SECONDS (the
-    scheduler wakes up for it while it waits on running steps), and at the end of the run.
+    Results are written in one transaction per FLUSH_ENTRIES results or FLUSH_SECONDS, and at
+    the end of the run; while steps run, the scheduler writes them when it is about to wait
+    (and wakes up for it when they fall due), so the write does not delay a step's start.
     Until then a lookup finds them here as JSON gives them back, so a step gets exactly the hit
     it would get if they were written already. A process killed before a write loses only
     those cache entries: the run record has every completed step's output, so `resume` asks
@@ -45,6 +46,10 @@ class PendingWrites:
             found.update(self.cache.lookup_many(rest))
         return found
 
+    @property
+    def full(self) -> bool:
+        return len(self._pending) >= FLUSH_ENTRIES
+
     def due_in(self) -> float | None:
         """Seconds until the pending results are due to be written; None when there are none."""
         if not self._pending:
@@ -55,7 +60,7 @@ class PendingWrites:
         if not self._pending:
             return
         due = time.monotonic() - self._written_at >= FLUSH_SECONDS
-        if force or due or len(self._pending) >= FLUSH_ENTRIES:
+        if force or due or self.full:
             pending, self._pending = self._pending, {}
             now = time.time()
             entries = []

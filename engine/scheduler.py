@@ -26,6 +26,7 @@ from stepchain.steps.template import template_outcome
 from stepchain.templates import Vars
 
 log = logging.getLogger(LOGGER_NAME)
+IDLE_SECONDS = 0.05  # a wait this long with no step ending: the run's requests are out
 Observer = Callable[[str, str, StepResult | None], None]  # (event, step_id, result)
 
 
@@ -88,10 +89,13 @@ class Scheduler:
                 done: set[asyncio.Task] | list[asyncio.Task] = [
                     task for task in self.running if task.done()
                 ]
-            else:  # wait for a step, or until pending cache writes are due
+            else:
                 done, _ = await asyncio.wait(
-                    self.running, timeout=self.writes.due_in(), return_when=asyncio.FIRST_COMPLETED
+                    self.running, timeout=self._idle_after(), return_when=asyncio.FIRST_COMPLETED
                 )
+                if not done:  # nothing ended for a while: the moment for cache work
+                    self.cache.open_in_background(create=True)  # a new cache, for its writes
+                    self.writes.flush()  # if due
             for task in done:
                 sid = self.running.pop(task)
                 self._finish(task.result())
@@ -102,11 +106,21 @@ class Scheduler:
                     if not waiting[dep]:
                         ready.append(dep)
             self.storage.commit()  # durable before any dependent starts
-            self.writes.flush()
+            if not self.running or self.writes.full:  # else: written when next idle (above)
+                self.writes.flush()
         self._mark_not_started()
         self.storage.commit()
         self.writes.flush(force=True)
         return self._result()
+
+    def _idle_after(self) -> float | None:
+        """How long a wait on running steps may last before the cache's work is done: when
+        pending results fall due, or, while a new cache is still to be created, IDLE_SECONDS
+        (so it is created while the steps' requests are out, not while they are being sent)."""
+        due = self.writes.due_in()
+        if self.cache.to_create:
+            return IDLE_SECONDS if due is None else min(due, IDLE_SECONDS)
+        return due
 
     def _start_ready(self, ready: list[str]) -> list[str]:
         """Start the ready steps; returns those that finished at once (skipped, or inline)."""
