@@ -502,6 +502,27 @@ def test_pending_writes_are_seen_as_written_entries_would_be(isolated_home):
     cache.close()
 
 
+def test_a_missing_cache_is_not_created_by_lookups_only_by_writes(isolated_home):
+    from stepchain.cache import ResultCache
+    from stepchain.settings import Settings
+
+    db = isolated_home / "cache" / "cache.db"
+    cache = ResultCache(Settings.from_env())
+    cache.open_in_background()  # what a run does first: nothing to open yet
+    assert cache.to_create and not db.exists()
+    assert cache.get("k") is None and cache.lookup_many(["k"]) == {}
+    assert not db.exists()  # a lookup in a cache known to be empty touches nothing
+    cache.open_in_background(create=True)  # what a run does once its requests are out
+    cache.set("k", "v", None, None)
+    assert db.exists() and not cache.to_create
+    assert cache.get("k")["output"] == "v"  # after a write, lookups read the file again
+    cache.close()
+    again = ResultCache(Settings.from_env())
+    again.open_in_background()  # an existing cache: opened, and looked up
+    assert not again.to_create and again.lookup_many(["k"])["k"]["output"] == "v"
+    again.close()
+
+
 def test_same_request_twice_in_one_run_is_a_hit_the_second_time(write, calls_log):
     path = write(
         "p.yaml",
