@@ -12,6 +12,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import diskcache
@@ -38,6 +39,7 @@ def cache_key(kind: str, request: Any) -> str:
 
 
 _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
+_COMPRESS_LEVEL = 1  # diskcache's disk_compress_level for this cache (keys and values)
 _MAX_MISSED = 100_000  # remembered key columns of missed lookups (~100 bytes each)
 
 
@@ -64,6 +66,35 @@ def _sql(cache: diskcache.Cache) -> sqlite3.Connection:
 def _db_key(key: str, disk: diskcache.JSONDisk) -> bytes:
     """The `key` column diskcache's JSONDisk stores for `key` (raw = 1)."""
     return zlib.compress(json.dumps(key).encode(), disk.compress_level)
+
+
+class _Reader:
+    """Reads rows of a cache that this process has not opened through diskcache.
+
+    Opening with diskcache writes every setting back (a dozen commits, ~6 ms), which a run's
+    first lookups would wait for; this reads the same rows with a plain connection. Only for
+    the layout `_direct` accepts, checked from the cache's own Settings table.
+    """
+
+    def __init__(self, db: sqlite3.Connection, disk: diskcache.JSONDisk) -> None:
+        self.db = db
+        self.disk = disk
+
+    @classmethod
+    def open(cls, path: Path) -> _Reader | None:
+        """A reader, or None when the layout is not the plain one (then use diskcache)."""
+        db = sqlite3.connect(path / diskcache.core.DBNAME, isolation_level=None)
+        try:
+            settings = dict(db.execute("SELECT key, value FROM Settings").fetchall())
+            policy = diskcache.core.EVICTION_POLICY.get(settings.get("eviction_policy"), {})
+            if settings.get("statistics") or policy.get("get") is not None:
+                db.close()
+                return None
+            disk = diskcache.JSONDisk(str(path), compress_level=_COMPRESS_LEVEL)
+            return cls(db, disk)
+        except BaseException:
+            db.close()
+            raise
 
 
 def _stop_malloc_trimming() -> None:
@@ -95,29 +126,29 @@ class ResultCache:
         # (compressing a key is most of what a lookup costs)
         self._missed: dict[str, bytes] = {}
         self._opening: threading.Thread | None = None
+        self._reader: _Reader | bool | None = None  # False: layout not plain, use diskcache
         # True from the start of a run that found no cache file until this cache writes: nothing
         # can be found, so lookups skip the wait for the file being created. (Another process
         # creating it at the same moment would only cost a miss, never a wrong result.)
         self._known_empty = False
-        self._first_look = True
         _stop_malloc_trimming()
 
-    def open_in_background(self, *, create: bool = False) -> None:
-        """Start opening the cache in a thread, so what the caller does meanwhile overlaps it.
+    def start_run(self) -> None:
+        """Note whether the cache exists as a run starts: a missing one can hold nothing, so
+        lookups skip it (not even creating it) until this cache writes. An existing one is
+        opened by its first lookup."""
+        self._known_empty = not (self.path / diskcache.core.DBNAME).exists()
 
-        A cache that does not exist yet is created only with `create` (nothing can be found in
-        it, so lookups skip it until it is written): a run asks for that when it first waits on
-        running steps, since a thread doing Python work while the run's own thread is busy
-        delays that thread by up to the GIL switch interval each time it wants the GIL back.
-        The first use waits for the thread; a failure there is left for `_open` to handle.
+    def open_in_background(self) -> None:
+        """Open (or create) the cache for its writes in a thread, so the first write finds it
+        ready (lookups do not need it: they read with a plain connection, `_Reader`).
+
+        A run calls this once its steps' requests are out and it is idle: a thread doing
+        Python work while the run's own thread is busy delays that thread by up to the GIL
+        switch interval each time it wants the GIL back. The first use waits for the thread;
+        a failure there is left for `_open` to handle.
         """
-        if self._cache is not None or self._opening is not None:
-            return
-        missing = not (self.path / diskcache.core.DBNAME).exists()
-        if self._first_look:
-            self._first_look = False
-            self._known_empty = missing
-        if missing and not create:
+        if not self.to_open:
             return
 
         def connect() -> None:
@@ -130,9 +161,9 @@ class ResultCache:
         self._opening.start()
 
     @property
-    def to_create(self) -> bool:
-        """A run found no cache file and has not started creating it."""
-        return self._known_empty and self._cache is None and self._opening is None
+    def to_open(self) -> bool:
+        """Nothing has opened the cache through diskcache yet (lookups need not)."""
+        return self._cache is None and self._opening is None
 
     def _open(self) -> diskcache.Cache | None:
         if self._opening is not None:
@@ -151,51 +182,34 @@ class ResultCache:
     def _connect(self) -> diskcache.Cache:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path.chmod(0o700)
-        return diskcache.Cache(str(self.path), disk=diskcache.JSONDisk, disk_compress_level=1)
+        return diskcache.Cache(
+            str(self.path), disk=diskcache.JSONDisk, disk_compress_level=_COMPRESS_LEVEL
+        )
 
     def get(self, key: str) -> dict[str, Any] | None:
-        if self._known_empty:
-            return None
-        try:
-            entry = self._open().get(key)
-        except _BROKEN as exc:
-            log.warning("cache entry %s unreadable (%s); recomputing", key[:12], exc)
-            return None
-        if not isinstance(entry, dict) or "output" not in entry:
-            return None
-        return entry
+        return self.lookup_many([key]).get(key)
 
     def lookup_many(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The valid entries among `keys` (as `get` would return them), in one query per 500 keys.
-
-        Falls back to `get` per key when the cache is not the plain JSONDisk layout this reads.
-        """
+        """The valid entries among `keys` (as diskcache's `get` would return them), in one
+        query per 500 keys; per key through diskcache when the layout is not the plain one."""
         found: dict[str, dict[str, Any]] = {}
         if not keys or self._known_empty:
             return found
         try:
-            cache = self._open()
-            if not _direct(cache):
-                for key in keys:
-                    entry = self.get(key)
-                    if entry is not None:
-                        found[key] = entry
-                return found
-            disk = cache.disk
+            source = self._read_source()
+            if source is None:
+                return self._get_each(keys)
+            db, disk = source
             by_db_key = {_db_key(key, disk): key for key in dict.fromkeys(keys)}
             wanted = list(by_db_key)
             now = time.time()
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start : start + _CHUNK]
-                rows = (
-                    _sql(cache)
-                    .execute(
-                        "SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN "
-                        f"({','.join('?' * len(chunk))}) AND (expire_time IS NULL OR expire_time > ?)",
-                        (*chunk, now),
-                    )
-                    .fetchall()
-                )
+                rows = db.execute(
+                    "SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN "
+                    f"({','.join('?' * len(chunk))}) AND (expire_time IS NULL OR expire_time > ?)",
+                    (*chunk, now),
+                ).fetchall()
                 for db_key, mode, filename, db_value in rows:
                     key = by_db_key[bytes(db_key)]
                     try:
@@ -210,6 +224,31 @@ class ResultCache:
             self._missed.update((k, b) for b, k in by_db_key.items() if k not in found)
         except _BROKEN as exc:
             log.warning("cache unreadable (%s); recomputing", exc)
+        return found
+
+    def _read_source(self) -> tuple[sqlite3.Connection, diskcache.JSONDisk] | None:
+        """Where lookups read rows: diskcache's connection once it is open, else a plain one."""
+        if self._cache is not None or self._opening is not None or self._reader is False:
+            cache = self._open()
+            return (_sql(cache), cache.disk) if _direct(cache) else None
+        if self._reader is None:
+            if not (self.path / diskcache.core.DBNAME).exists():
+                return None  # nothing to read; diskcache creates it (and finds nothing)
+            self._reader = _Reader.open(self.path) or False
+            if self._reader is False:
+                return self._read_source()
+        return self._reader.db, self._reader.disk
+
+    def _get_each(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        found = {}
+        for key in keys:
+            try:
+                entry = self._open().get(key)
+            except _BROKEN as exc:
+                log.warning("cache entry %s unreadable (%s); recomputing", key[:12], exc)
+                continue
+            if isinstance(entry, dict) and "output" in entry:
+                found[key] = entry
         return found
 
     def set(self, key: str, output: Any, usage: dict[str, int] | None, ttl: float | None) -> None:
@@ -307,6 +346,9 @@ class ResultCache:
 
     def close(self) -> None:
         self._missed.clear()
+        if self._reader:
+            self._reader.db.close()
+        self._reader = None
         if self._opening is not None:
             self._opening.join()
             self._opening = None

@@ -79,12 +79,8 @@ class Executor:
         settings = current_settings(self.settings)
         run_id = options.run_id or default_run_id(pipeline)
         cache = ResultCache(settings)
-        cache.open_in_background()  # overlaps the run database's start-up
-        try:
-            storage = Storage(settings)
-        except BaseException:
-            cache.close()
-            raise
+        cache.start_run()
+        storage = Storage(settings)
         try:
             with storage.lock(run_id):
                 return await self._drive(

@@ -94,7 +94,7 @@ class Scheduler:
                     self.running, timeout=self._idle_after(), return_when=asyncio.FIRST_COMPLETED
                 )
                 if not done:  # nothing ended for a while: the moment for cache work
-                    self.cache.open_in_background(create=True)  # a new cache, for its writes
+                    self.cache.open_in_background()  # ready for the first write
                     self.writes.flush()  # if due
             for task in done:
                 sid = self.running.pop(task)
@@ -115,10 +115,10 @@ class Scheduler:
 
     def _idle_after(self) -> float | None:
         """How long a wait on running steps may last before the cache's work is done: when
-        pending results fall due, or, while a new cache is still to be created, IDLE_SECONDS
-        (so it is created while the steps' requests are out, not while they are being sent)."""
+        pending results fall due, or, while the cache is still to be opened for writing,
+        IDLE_SECONDS (so it opens while the steps' requests are out, not while they are sent)."""
         due = self.writes.due_in()
-        if self.cache.to_create:
+        if self.cache.to_open:
             return IDLE_SECONDS if due is None else min(due, IDLE_SECONDS)
         return due
 

@@ -508,18 +508,18 @@ def test_a_missing_cache_is_not_created_by_lookups_only_by_writes(isolated_home)
 
     db = isolated_home / "cache" / "cache.db"
     cache = ResultCache(Settings.from_env())
-    cache.open_in_background()  # what a run does first: nothing to open yet
-    assert cache.to_create and not db.exists()
+    cache.start_run()  # what a run does first: notes the cache is missing
+    assert cache.to_open and not db.exists()
     assert cache.get("k") is None and cache.lookup_many(["k"]) == {}
     assert not db.exists()  # a lookup in a cache known to be empty touches nothing
-    cache.open_in_background(create=True)  # what a run does once its requests are out
+    cache.open_in_background()  # what a run does once its requests are out
     cache.set("k", "v", None, None)
-    assert db.exists() and not cache.to_create
+    assert db.exists() and not cache.to_open
     assert cache.get("k")["output"] == "v"  # after a write, lookups read the file again
     cache.close()
     again = ResultCache(Settings.from_env())
-    again.open_in_background()  # an existing cache: opened, and looked up
-    assert not again.to_create and again.lookup_many(["k"])["k"]["output"] == "v"
+    again.start_run()  # an existing cache: read by lookups without opening it for writes
+    assert again.lookup_many(["k"])["k"]["output"] == "v" and again.to_open
     again.close()
 
 
