@@ -462,7 +462,9 @@ def test_the_retry_after_a_stale_connection_opens_a_new_one_rather_than_another_
         return [*two_idle, await get(client)]
 
     with RawServer(answer(b"a"), answer(b"b"), CLOSE, answer(b"retried"), CLOSE) as server:
-        assert with_client(server.url, scenario) == [b"a", b"b", b"retried"]
+        first, second, third = with_client(server.url, scenario)
+    assert sorted([first, second]) == [b"a", b"b"]  # whichever request the server read first
+    assert third == b"retried"
     assert server.accepted == 3  # the retry did not go to the other, maybe as stale, idle one
     assert len(server.requests) == 4
 
