@@ -12,10 +12,17 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import diskcache
+from stepchain.cache_rows import (
+    COMPRESS_LEVEL,
+    RowReader,
+    connection_of,
+    direct_layout,
+    key_column,
+    stop_malloc_trimming,
+)
 from stepchain.settings import LOGGER_NAME, Settings
 
 CACHE_FORMAT = 1  # bump when what goes into a key or an entry changes meaning
@@ -39,81 +46,7 @@ def cache_key(kind: str, request: Any) -> str:
 
 
 _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
-_COMPRESS_LEVEL = 1  # diskcache's disk_compress_level for this cache (keys and values)
 _MAX_MISSED = 100_000  # remembered key columns of missed lookups (~100 bytes each)
-
-
-def _direct(cache: diskcache.Cache) -> bool:
-    """Whether reading and writing rows directly gives what `Cache.get`/`Cache.set` would.
-
-    True for the layout `ResultCache` creates: JSONDisk keys and values, no statistics, and an
-    eviction policy that does not update rows on reads.
-    """
-    policy = diskcache.core.EVICTION_POLICY.get(cache.eviction_policy, {})
-    return (
-        type(cache.disk) is diskcache.JSONDisk
-        and not cache.statistics
-        and policy.get("get") is None
-        and hasattr(cache, "_con")
-    )
-
-
-def _sql(cache: diskcache.Cache) -> sqlite3.Connection:
-    """diskcache's own connection (this thread's), so our statements join its transaction."""
-    return cache._con
-
-
-def _db_key(key: str, disk: diskcache.JSONDisk) -> bytes:
-    """The `key` column diskcache's JSONDisk stores for `key` (raw = 1)."""
-    return zlib.compress(json.dumps(key).encode(), disk.compress_level)
-
-
-class _Reader:
-    """Reads rows of a cache that this process has not opened through diskcache.
-
-    Opening with diskcache writes every setting back (a dozen commits, ~6 ms), which a run's
-    first lookups would wait for; this reads the same rows with a plain connection. Only for
-    the layout `_direct` accepts, checked from the cache's own Settings table.
-    """
-
-    def __init__(self, db: sqlite3.Connection, disk: diskcache.JSONDisk) -> None:
-        self.db = db
-        self.disk = disk
-
-    @classmethod
-    def open(cls, path: Path) -> _Reader | None:
-        """A reader, or None when the layout is not the plain one (then use diskcache)."""
-        db = sqlite3.connect(path / diskcache.core.DBNAME, isolation_level=None)
-        try:
-            settings = dict(db.execute("SELECT key, value FROM Settings").fetchall())
-            policy = diskcache.core.EVICTION_POLICY.get(settings.get("eviction_policy"), {})
-            if settings.get("statistics") or policy.get("get") is not None:
-                db.close()
-                return None
-            disk = diskcache.JSONDisk(str(path), compress_level=_COMPRESS_LEVEL)
-            return cls(db, disk)
-        except BaseException:
-            db.close()
-            raise
-
-
-def _stop_malloc_trimming() -> None:
-    """Make zlib.compress cheap again for the rest of the process (glibc; harmless elsewhere).
-
-    Every zlib.compress (diskcache compresses each key and value) allocates ~260 KB of deflate
-    state. With glibc's initial trim threshold (128 KB), freeing it gives the pages back to the OS
-    and the next call faults them in again: ~100 us a call instead of ~8. Freeing one buffer
-    bigger than the mmap threshold makes glibc raise both thresholds (its documented dynamic
-    behaviour, what any process that once freed a big buffer has), which ends that.
-    """
-    global _MALLOC_TUNED
-    if not _MALLOC_TUNED:
-        _MALLOC_TUNED = True
-        buffer = bytes(1 << 21)  # calloc'd fresh from mmap: no page touched (bytearray: ~2 ms)
-        del buffer
-
-
-_MALLOC_TUNED = False
 
 
 class ResultCache:
@@ -126,12 +59,12 @@ class ResultCache:
         # (compressing a key is most of what a lookup costs)
         self._missed: dict[str, bytes] = {}
         self._opening: threading.Thread | None = None
-        self._reader: _Reader | bool | None = None  # False: layout not plain, use diskcache
+        self._reader: RowReader | bool | None = None  # False: layout not plain, use diskcache
         # True from the start of a run that found no cache file until this cache writes: nothing
         # can be found, so lookups skip the wait for the file being created. (Another process
         # creating it at the same moment would only cost a miss, never a wrong result.)
         self._known_empty = False
-        _stop_malloc_trimming()
+        stop_malloc_trimming()
 
     def start_run(self) -> None:
         """Note whether the cache exists as a run starts: a missing one can hold nothing, so
@@ -141,7 +74,7 @@ class ResultCache:
 
     def open_in_background(self) -> None:
         """Open (or create) the cache for its writes in a thread, so the first write finds it
-        ready (lookups do not need it: they read with a plain connection, `_Reader`).
+        ready (lookups do not need it: they read with a plain connection, `cache_rows.RowReader`).
 
         A run calls this once its steps' requests are out and it is idle: a thread doing
         Python work while the run's own thread is busy delays that thread by up to the GIL
@@ -183,7 +116,7 @@ class ResultCache:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path.chmod(0o700)
         return diskcache.Cache(
-            str(self.path), disk=diskcache.JSONDisk, disk_compress_level=_COMPRESS_LEVEL
+            str(self.path), disk=diskcache.JSONDisk, disk_compress_level=COMPRESS_LEVEL
         )
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -200,7 +133,7 @@ class ResultCache:
             if source is None:
                 return self._get_each(keys)
             db, disk = source
-            by_db_key = {_db_key(key, disk): key for key in dict.fromkeys(keys)}
+            by_db_key = {key_column(key, disk): key for key in dict.fromkeys(keys)}
             wanted = list(by_db_key)
             now = time.time()
             for start in range(0, len(wanted), _CHUNK):
@@ -230,11 +163,11 @@ class ResultCache:
         """Where lookups read rows: diskcache's connection once it is open, else a plain one."""
         if self._cache is not None or self._opening is not None or self._reader is False:
             cache = self._open()
-            return (_sql(cache), cache.disk) if _direct(cache) else None
+            return (connection_of(cache), cache.disk) if direct_layout(cache) else None
         if self._reader is None:
             if not (self.path / diskcache.core.DBNAME).exists():
                 return None  # nothing to read; diskcache creates it (and finds nothing)
-            self._reader = _Reader.open(self.path) or False
+            self._reader = RowReader.open(self.path) or False
             if self._reader is False:
                 return self._read_source()
         return self._reader.db, self._reader.disk
@@ -276,13 +209,13 @@ class ResultCache:
             now = time.time()
             latest = {key: (output, usage, ttl) for key, output, usage, ttl in entries}
             with cache.transact():
-                if not _direct(cache):
+                if not direct_layout(cache):
                     self._set_each(cache, latest, now)
                     return
                 disk = cache.disk
                 rows, slow = [], {}
                 missed = self._missed
-                db_keys = {key: missed.pop(key, None) or _db_key(key, disk) for key in latest}
+                db_keys = {key: missed.pop(key, None) or key_column(key, disk) for key in latest}
                 present = self._present(cache, list(db_keys.values()))
                 for key, (output, usage, ttl) in latest.items():
                     entry = {"output": output, "usage": usage or {}, "created_at": now}
@@ -298,7 +231,7 @@ class ResultCache:
                         continue
                     expire = None if ttl is None else now + ttl
                     rows.append((db_key, now, expire, now, sqlite3.Binary(data)))
-                _sql(cache).executemany(
+                connection_of(cache).executemany(
                     "INSERT INTO Cache(key, raw, store_time, expire_time, access_time,"
                     " access_count, tag, size, mode, filename, value)"
                     f" VALUES (?, 1, ?, ?, ?, 0, NULL, 0, {diskcache.core.MODE_RAW}, NULL, ?)",
@@ -324,7 +257,7 @@ class ResultCache:
         for start in range(0, len(db_keys), _CHUNK):
             chunk = db_keys[start : start + _CHUNK]
             rows = (
-                _sql(cache)
+                connection_of(cache)
                 .execute(
                     f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({','.join('?' * len(chunk))})",
                     chunk,
@@ -362,7 +295,10 @@ class ResultCache:
         """
         try:
             cache = self._open()
-            if _direct(cache) and not _sql(cache).execute("SELECT 1 FROM Cache LIMIT 1").fetchall():
+            if (
+                direct_layout(cache)
+                and not connection_of(cache).execute("SELECT 1 FROM Cache LIMIT 1").fetchall()
+            ):
                 return {}  # an empty cache holds none of them
         except _BROKEN as exc:
             log.warning("cache unreadable (%s); looking entries up one by one", exc)
