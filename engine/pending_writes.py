@@ -16,8 +16,8 @@ class PendingWrites:
     """A run's new results on their way to the cache, batched, and lookups that already see them.
 
     Results are written in one transaction per FLUSH_ENTRIES results or FLUSH_SECONDS, and at
-    the end of the run; while steps run, the scheduler writes them when it is about to wait
-    (and wakes up for it when they fall due), so the write does not delay a step's start.
+    the end of the run; while steps run, the scheduler wakes up when they fall due, so the
+    write mostly happens while it would be idle rather than between a step and its dependents.
     Until then a lookup finds them here as JSON gives them back, so a step gets exactly the hit
     it would get if they were written already. A process killed before a write loses only
     those cache entries: the run record has every completed step's output, so `resume` asks
@@ -46,10 +46,6 @@ class PendingWrites:
             found.update(self.cache.lookup_many(rest))
         return found
 
-    @property
-    def full(self) -> bool:
-        return len(self._pending) >= FLUSH_ENTRIES
-
     def due_in(self) -> float | None:
         """Seconds until the pending results are due to be written; None when there are none."""
         if not self._pending:
@@ -59,8 +55,7 @@ class PendingWrites:
     def flush(self, *, force: bool = False) -> None:
         if not self._pending:
             return
-        due = time.monotonic() - self._written_at >= FLUSH_SECONDS
-        if force or due or self.full:
+        if force or self.due_in() == 0.0 or len(self._pending) >= FLUSH_ENTRIES:
             pending, self._pending = self._pending, {}
             now = time.time()
             entries = []

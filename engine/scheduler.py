@@ -93,9 +93,8 @@ class Scheduler:
                 done, _ = await asyncio.wait(
                     self.running, timeout=self._idle_after(), return_when=asyncio.FIRST_COMPLETED
                 )
-                if not done:  # nothing ended for a while: the moment for cache work
-                    self.cache.open_in_background()  # ready for the first write
-                    self.writes.flush()  # if due
+                if not done:  # nothing ended for a while: open the cache for its writes
+                    self.cache.open_in_background()
             for task in done:
                 sid = self.running.pop(task)
                 self._finish(task.result())
@@ -106,8 +105,7 @@ class Scheduler:
                     if not waiting[dep]:
                         ready.append(dep)
             self.storage.commit()  # durable before any dependent starts
-            if not self.running or self.writes.full:  # else: written when next idle (above)
-                self.writes.flush()
+            self.writes.flush()  # when due or full; the wait above wakes for it, mostly idle
         self._mark_not_started()
         self.storage.commit()
         self.writes.flush(force=True)
