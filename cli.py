@@ -95,8 +95,8 @@ def main() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text")
 def validate(files: tuple[str, ...], fmt: str) -> None:
     """Check pipeline files; print every problem as FILE:LINE:COL: PATH: MESSAGE."""
-    from stepchain.loader import check_file
-    from stepchain.reporting import format_problems
+    from stepchain.pipeline.load import check_file
+    from stepchain.ui.reporting import format_problems
 
     problems = sorted(p for f in files for p in check_file(f))
     if problems or fmt == "json":
@@ -109,7 +109,7 @@ def validate(files: tuple[str, ...], fmt: str) -> None:
 @main.command()
 def schema() -> None:
     """Print the pipeline JSON Schema (Draft 2020-12)."""
-    from stepchain.schema import schema_text
+    from stepchain.pipeline.schema import schema_text
 
     click.echo(schema_text(), nl=False)
 
@@ -120,9 +120,9 @@ def schema() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def plan(file: str, assignments: tuple[str, ...], inputs_file: str | None, as_json: bool) -> None:
     """Show layers, the critical path, and what will replay from cache or run."""
-    from stepchain.loader import load_pipeline
-    from stepchain.planning import plan_pipeline
-    from stepchain.reporting import format_plan
+    from stepchain.pipeline.load import load_pipeline
+    from stepchain.run.plan import plan_pipeline
+    from stepchain.ui.reporting import format_plan
 
     pipeline = load_pipeline(file)
     result = plan_pipeline(pipeline, _inputs(pipeline, assignments, inputs_file))
@@ -134,8 +134,8 @@ def plan(file: str, assignments: tuple[str, ...], inputs_file: str | None, as_js
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "json"]), default="mermaid")
 def graph(file: str, fmt: str) -> None:
     """Draw the dependency graph (mermaid renders in GitHub pull requests)."""
-    from stepchain import graph as graphs
-    from stepchain.loader import load_pipeline
+    from stepchain.pipeline import graph as graphs
+    from stepchain.pipeline.load import load_pipeline
 
     pipeline = load_pipeline(file)
     g = graphs.build_graph({s.id: s.needs for s in pipeline.steps})
@@ -158,7 +158,7 @@ def run(
     file: str, assignments: tuple[str, ...], inputs_file: str | None, resume: bool, **flags: Any
 ) -> None:
     """Run a pipeline."""
-    from stepchain.loader import load_pipeline
+    from stepchain.pipeline.load import load_pipeline
 
     if resume and not flags["run_id"]:
         raise UsageError("--resume needs --run-id", "or use `stepchain resume RUN_ID`")
@@ -171,7 +171,7 @@ def run(
 @run_flags
 def resume(run_id: str, **flags: Any) -> None:
     """Resume a run: reuse its completed steps and run the rest."""
-    from stepchain.executor import recorded_pipeline
+    from stepchain.run.executor import recorded_pipeline
 
     flags["run_id"] = run_id
     _run(recorded_pipeline(run_id), {}, True, **flags)
@@ -180,8 +180,8 @@ def resume(run_id: str, **flags: Any) -> None:
 def _run(
     pipeline: Any, inputs: dict[str, Any], resume: bool, *, as_json: bool, **flags: Any
 ) -> None:
-    from stepchain.executor import Executor
-    from stepchain.progress import LiveTable
+    from stepchain.run.executor import Executor
+    from stepchain.ui.live_table import LiveTable
 
     unknown = [s for s in flags["refresh"] if s not in pipeline.by_id]
     if unknown:
@@ -218,7 +218,7 @@ def _run(
 
 
 def _inputs(pipeline: Any, assignments: tuple[str, ...], inputs_file: str | None) -> dict[str, Any]:
-    from stepchain.inputs import parse_assignments, read_inputs_file
+    from stepchain.pipeline.inputs import parse_assignments, read_inputs_file
 
     values = read_inputs_file(inputs_file) if inputs_file else {}
     values.update(parse_assignments(list(assignments), pipeline))
@@ -235,8 +235,8 @@ def runs() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 def runs_list(as_json: bool, limit: int) -> None:
     """List recent runs."""
-    from stepchain.records import Storage
-    from stepchain.reporting import format_runs
+    from stepchain.run.records import Storage
+    from stepchain.ui.reporting import format_runs
 
     storage = Storage()
     rows = storage.list_runs(limit)
@@ -249,8 +249,8 @@ def runs_list(as_json: bool, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def runs_show(run_id: str, as_json: bool) -> None:
     """Show one run: inputs, every step's status, output, error, attempts, timings, tokens."""
-    from stepchain.records import Storage
-    from stepchain.reporting import format_run
+    from stepchain.run.records import Storage
+    from stepchain.ui.reporting import format_run
 
     storage = Storage()
     state = storage.load_run_state(run_id)
@@ -267,7 +267,7 @@ def cache() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def cache_info(as_json: bool) -> None:
     """Where the cache is, how many entries, how many bytes."""
-    from stepchain.cache import ResultCache
+    from stepchain.cache.store import ResultCache
     from stepchain.settings import current_settings
 
     store = ResultCache(current_settings())
@@ -282,7 +282,7 @@ def cache_info(as_json: bool) -> None:
 @cache.command("clear")
 def cache_clear() -> None:
     """Delete every cached result (run records are kept)."""
-    from stepchain.cache import ResultCache
+    from stepchain.cache.store import ResultCache
     from stepchain.settings import current_settings
 
     store = ResultCache(current_settings())

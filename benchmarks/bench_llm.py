@@ -367,7 +367,7 @@ def bare_worker(dag_path: str, concurrency: int) -> None:
 
     import openai  # noqa: F401
     import stepchain
-    from stepchain.llm_client import LLMClient, ModelCall
+    from stepchain.llm.client import LLMClient, ModelCall
 
     t1 = time.perf_counter()
     dag = json.loads(Path(dag_path).read_text(encoding="utf-8"))

@@ -60,12 +60,12 @@ def stage_breakdown(path: Path, home: Path) -> list[tuple[str, float]]:
         return value
 
     try:
-        from stepchain.loader import build_pipeline
-        from stepchain.planning import plan_pipeline
-        from stepchain.reporting import format_plan
-        from stepchain.schema import schema_problems
-        from stepchain.validation import check_semantics
-        from stepchain.yaml_source import load_source
+        from stepchain.pipeline.checks import check_semantics
+        from stepchain.pipeline.load import build_pipeline
+        from stepchain.pipeline.schema import schema_problems
+        from stepchain.pipeline.yaml_source import load_source
+        from stepchain.run.plan import plan_pipeline
+        from stepchain.ui.reporting import format_plan
 
         text = path.read_text(encoding="utf-8")
         source = timed(

@@ -26,15 +26,15 @@ from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
-from stepchain.cache import ResultCache, cache_key
+from stepchain.cache.store import ResultCache, cache_key
 from stepchain.errors import PipelineInvalid, Problem, RetryableStepError, UsageError
-from stepchain.llm_client import LLMClient, ModelCall
-from stepchain.loader import check_text, load_pipeline_text, read_text
-from stepchain.model import DEFAULT_MODEL, Pipeline
-from stepchain.results import add_usage
-from stepchain.schema import pipeline_schema
+from stepchain.llm.client import LLMClient, ModelCall
+from stepchain.pipeline.definition import DEFAULT_MODEL, Pipeline
+from stepchain.pipeline.load import check_text, load_pipeline_text, read_text
+from stepchain.pipeline.schema import pipeline_schema
+from stepchain.pipeline.yaml_source import load_source
+from stepchain.run.results import add_usage
 from stepchain.settings import LOGGER_NAME, Settings, current_settings
-from stepchain.yaml_source import load_source
 
 log = logging.getLogger(LOGGER_NAME)
 MAX_STEPS_LIMIT = 50

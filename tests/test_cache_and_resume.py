@@ -424,7 +424,7 @@ def test_set_many_rows_are_what_diskcache_set_writes(isolated_home):
     import string
     import warnings
 
-    from stepchain.cache import ResultCache
+    from stepchain.cache.store import ResultCache
     from stepchain.settings import Settings
 
     cache = ResultCache(Settings.from_env())
@@ -457,7 +457,7 @@ def test_set_many_rows_are_what_diskcache_set_writes(isolated_home):
 
 
 def test_lookup_many_gives_what_get_gives(isolated_home):
-    from stepchain.cache import ResultCache
+    from stepchain.cache.store import ResultCache
     from stepchain.settings import Settings
 
     cache = ResultCache(Settings.from_env())
@@ -481,8 +481,8 @@ def test_lookup_many_gives_what_get_gives(isolated_home):
 
 
 def test_pending_writes_are_seen_as_written_entries_would_be(isolated_home):
-    from stepchain.cache import ResultCache
-    from stepchain.pending_writes import PendingWrites
+    from stepchain.cache.pending import PendingWrites
+    from stepchain.cache.store import ResultCache
     from stepchain.settings import Settings
 
     cache = ResultCache(Settings.from_env())
@@ -503,7 +503,7 @@ def test_pending_writes_are_seen_as_written_entries_would_be(isolated_home):
 
 
 def test_a_missing_cache_is_not_created_by_lookups_only_by_writes(isolated_home):
-    from stepchain.cache import ResultCache
+    from stepchain.cache.store import ResultCache
     from stepchain.settings import Settings
 
     db = isolated_home / "cache" / "cache.db"

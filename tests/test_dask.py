@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from stepchain import Executor, Settings, StepChainError, Storage, load_pipeline
-from stepchain.dask_backend import DaskBackend
+from stepchain.run.dask_backend import DaskBackend
 
 distributed = pytest.importorskip("distributed")
 
@@ -327,7 +327,7 @@ def free_port() -> int:
 
 
 def test_unreachable_scheduler_fails_before_anything_runs(pipeline, tmp_path, cli, monkeypatch):
-    from stepchain import dask_backend
+    from stepchain.run import dask_backend
 
     monkeypatch.setattr(dask_backend, "CONNECT_TIMEOUT", 0.5)
     log = tmp_path / "counted.log"

@@ -10,7 +10,7 @@ import pytest
 import stepchain
 from stepchain.decomposer import decompose_to_yaml
 from stepchain.errors import CredentialsMissing, PipelineInvalid, UsageError
-from stepchain.loader import check_text
+from stepchain.pipeline.load import check_text
 
 from tests.support.fake_openai import FakeOpenAI, Reply
 

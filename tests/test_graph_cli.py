@@ -188,7 +188,7 @@ def _networkx_layers_and_critical_path(deps):
 def test_layers_and_critical_path_are_what_networkx_gives(seed):
     import random
 
-    from stepchain.graph import critical_path, layers
+    from stepchain.pipeline.graph import critical_path, layers
 
     rng = random.Random(seed)
     names = [f"s{i}" for i in range(rng.randint(0, 40))]

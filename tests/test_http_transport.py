@@ -1,4 +1,4 @@
-"""`LeanTransport` held to the promises of its module docstring (stepchain.http_transport).
+"""`LeanTransport` held to the promises of its module docstring (stepchain.llm.http_transport).
 
 Every test drives the real OpenAI SDK (or StepChain's `LLMClient`) over real sockets on
 127.0.0.1: `FakeOpenAI` for API-shaped answers, `RawServer` (tests/support/raw_http.py) for
@@ -21,10 +21,10 @@ import httpx2
 import openai
 import pytest
 import trustme
-from stepchain import http_transport
 from stepchain.errors import RetryableStepError
-from stepchain.http_transport import LeanTransport, proxy_in_env
-from stepchain.llm_client import LLMClient, ModelCall, shared_ssl_context
+from stepchain.llm import http_transport
+from stepchain.llm.client import LLMClient, ModelCall, shared_ssl_context
+from stepchain.llm.http_transport import LeanTransport, proxy_in_env
 
 from tests.support.fake_openai import FakeOpenAI, Reply, request_text
 from tests.support.raw_http import CLOSE, HANG, RawServer, then_close, trickle

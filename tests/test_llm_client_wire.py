@@ -18,14 +18,14 @@ from typing import Any
 import openai
 import pytest
 from stepchain.errors import RetryableStepError
-from stepchain.llm_client import (
+from stepchain.llm.client import (
     LLMClient,
     ModelCall,
     ToolCall,
     Turn,
 )
-from stepchain.llm_schema import json_schema_format
-from stepchain.llm_shared import shared_ssl_context, warm_up
+from stepchain.llm.output_format import json_schema_format
+from stepchain.llm.shared import shared_ssl_context, warm_up
 
 from tests.support.fake_openai import FakeOpenAI, Reply
 from tests.support.fake_openai import ToolCall as FakeCall

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from stepchain.errors import RetryableStepError, StepError, StepTimeout
-from stepchain.mcp_client import McpConnection, McpPool, McpServerSpec
+from stepchain.tools.mcp.client import McpConnection, McpPool, McpServerSpec
 
 from tests.support.mcp_servers import SCRIPT as SUPPORT_SERVERS
 
@@ -393,7 +393,7 @@ def test_pool_starts_servers_lazily_and_closes_them_all(run: Run) -> None:
 
 SIGINT_SCRIPT = """
 import asyncio, sys
-from stepchain.mcp_client import McpPool, McpServerSpec
+from stepchain.tools.mcp.client import McpPool, McpServerSpec
 
 async def main():
     spec = McpServerSpec("db", [sys.executable, sys.argv[1]], None, {"SALES_DB": sys.argv[2]}, None, None)

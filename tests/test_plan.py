@@ -62,7 +62,7 @@ def test_plan_is_exact_about_what_a_changed_input_reruns(cli, write, calls_log):
 def test_batched_cache_lookup_finds_exactly_what_get_finds(tmp_path):
     import time
 
-    from stepchain.cache import ResultCache, cache_key
+    from stepchain.cache.store import ResultCache, cache_key
     from stepchain.settings import Settings
 
     cache = ResultCache(Settings(home=tmp_path / "home"))
@@ -97,27 +97,10 @@ steps:
     )
     assert cli("run", path).exit_code == 0
     assert plan(cli, path) == {"a": "replay", "b": "replay"}
-    from stepchain.cache import ResultCache, cache_key
+    from stepchain.cache.store import ResultCache, cache_key
     from stepchain.settings import Settings
 
     cache = ResultCache(Settings.from_env())  # make a's cached output differ from its rendering
     cache.set(cache_key("template", {"output": 1}), "other", None, None)
     cache.close()
     assert plan(cli, path) == {"a": "replay", "b": "run"}
-
-
-def test_planning_leaves_the_garbage_collector_as_it_found_it(cli, write):
-    import gc
-
-    from stepchain.bulk import bulk
-
-    before = gc.get_threshold()
-    assert plan(cli, write("p.yaml", PIPE))["a"] == "run"
-    assert gc.get_threshold() == before
-    with bulk():
-        raised = gc.get_threshold()
-        assert raised[0] > before[0] and gc.isenabled()
-        with bulk():
-            assert gc.get_threshold() == raised
-        assert gc.get_threshold() == raised  # the outer block is still open
-    assert gc.get_threshold() == before

@@ -418,7 +418,7 @@ steps:
 
 def _run_both_ways(write, monkeypatch, tmp_path, max_concurrent=8, **options):
     """The same pipeline and options with template steps inline and as tasks, fresh homes."""
-    from stepchain.scheduler import Scheduler
+    from stepchain.run.scheduler import Scheduler
 
     path = pipeline(write, MIXED_TEMPLATES)
     runs = {}

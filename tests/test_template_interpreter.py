@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jinja2 import nodes
-from stepchain.template_interpreter import Interpreter, Vars, supported
-from stepchain.templates import environment
+from stepchain.templates.interpreter import Interpreter, Vars, supported
+from stepchain.templates.jinja import environment
 
 CONTEXT = {
     "inputs": {"quarter": "Q4 2023", "top_n": 3, "flags": [True, False], "empty": []},
@@ -195,7 +195,7 @@ def expressions(draw, depth=2):
 @settings(max_examples=300, deadline=None)
 @given(expressions(), expressions(), st.sampled_from([CONTEXT, VARS_CONTEXT]))
 def test_random_expressions_agree(a, b, context):
-    from stepchain.templates import compile_expression, compile_template
+    from stepchain.templates.jinja import compile_expression, compile_template
 
     source = "{{ " + a + " }} / {% if " + b + " %}T{% else %}F{% endif %}"
     compiled, interpreted = both(source, context)
@@ -253,7 +253,7 @@ SHAPED = [
 @pytest.mark.parametrize("source", SHAPED)
 def test_templates_render_like_jinja_whatever_path_they_take(source, context):
     from jinja2 import TemplateSyntaxError
-    from stepchain.templates import _SINGLE_EXPR, _is_single_output, compile_template
+    from stepchain.templates.jinja import _SINGLE_EXPR, _is_single_output, compile_template
 
     env = environment()
     try:
@@ -271,7 +271,7 @@ def test_templates_render_like_jinja_whatever_path_they_take(source, context):
 
 
 def test_templates_that_differ_only_in_names_and_text_share_one_parse():
-    from stepchain.templates import _shape_tree, compile_template
+    from stepchain.templates.jinja import _shape_tree, compile_template
 
     _shape_tree.cache_clear()
     for i in range(50):
@@ -280,7 +280,7 @@ def test_templates_that_differ_only_in_names_and_text_share_one_parse():
 
 
 def test_templates_that_differ_only_in_strings_share_one_parse():
-    from stepchain.templates import _shape_tree, compile_expression, compile_template
+    from stepchain.templates.jinja import _shape_tree, compile_expression, compile_template
 
     _shape_tree.cache_clear()
     for i in range(50):
@@ -298,8 +298,8 @@ def test_templates_that_differ_only_in_strings_share_one_parse():
 @pytest.mark.parametrize("source", SHAPED + TEMPLATES)
 def test_references_through_a_shape_are_those_of_the_template(source):
     from jinja2 import TemplateSyntaxError
-    from stepchain.template_shapes import shape_of
-    from stepchain.templates import _references, references
+    from stepchain.templates.jinja import _references, references
+    from stepchain.templates.shapes import shape_of
 
     try:
         expected = outcome(lambda: _references(source))
@@ -323,7 +323,7 @@ def test_references_through_a_shape_are_those_of_the_template(source):
     ],
 )
 def test_expression_references_through_a_shape(expr):
-    from stepchain.templates import _references, references
+    from stepchain.templates.jinja import _references, references
 
     assert references(expr, expression=True) == _references("{{ " + expr + " }}")
 

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from stepchain.loader import check_text, load_pipeline
+from stepchain.pipeline.load import check_text, load_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 BROKEN = sorted((REPO / "tests" / "broken").glob("*.yaml"))
@@ -376,7 +376,7 @@ def test_yaml_1_2_reads_plain_scalars_as_a_person_would():
 
 def test_problems_are_the_same_with_the_pure_python_yaml_parser(monkeypatch):
     """Without libyaml, PyYAML's own parser must not change a single line or message."""
-    from stepchain import yaml_source
+    from stepchain.pipeline import yaml_source
     from yaml.parser import Parser
     from yaml.reader import Reader
     from yaml.scanner import Scanner

@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jinja2 import TemplateSyntaxError
 from jsonschema import Draft202012Validator
-from stepchain import schema as schema_module
-from stepchain import templates
 from stepchain.errors import Problem
-from stepchain.graph import layers
-from stepchain.loader import check_text
-from stepchain.model import Pipeline
-from stepchain.yaml_source import load_source
+from stepchain.pipeline import schema as schema_module
+from stepchain.pipeline.definition import Pipeline
+from stepchain.pipeline.graph import layers
+from stepchain.pipeline.load import check_text
+from stepchain.pipeline.yaml_source import load_source
+from stepchain.templates import jinja as templates
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = [

@@ -16,7 +16,7 @@ class Outcome:
     usage: dict[str, int] = field(default_factory=dict)
 
 
-_MODULES = {"template": "template", "tool": "tool", "run": "command", "prompt": "llm"}
+_MODULES = {"template": "template", "tool": "tool", "run": "command", "prompt": "prompt"}
 
 
 _LOADED: dict[str, ModuleType] = {}

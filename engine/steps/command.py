@@ -9,9 +9,9 @@ import signal
 from typing import Any
 
 from stepchain.errors import StepError
-from stepchain.model import Step
-from stepchain.render import render_text, render_value
+from stepchain.pipeline.definition import Step
 from stepchain.steps import Outcome
+from stepchain.templates.render import render_text, render_value
 
 STDERR_TAIL = 2000
 

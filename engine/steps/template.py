@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from stepchain.model import Step
-from stepchain.render import render_value
+from stepchain.pipeline.definition import Step
 from stepchain.steps import Outcome
+from stepchain.templates.render import render_value
 
 
 def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[str, Any]:

@@ -1,0 +1,145 @@
+"""From a file to a validated, typed Pipeline: parse, upgrade, schema, semantics, build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from stepchain.errors import PipelineInvalid, Problem, UsageError
+from stepchain.pipeline.checks import check_semantics
+from stepchain.pipeline.definition import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    KINDS,
+    Backoff,
+    Pipeline,
+    Step,
+    ToolSpec,
+    parse_ttl,
+)
+from stepchain.pipeline.schema import schema_problems
+from stepchain.pipeline.v03 import is_v03_plan, upgrade_v03
+from stepchain.pipeline.yaml_source import Source, load_source
+
+
+def check_text(
+    file: str, text: str, *, build: bool = True
+) -> tuple[list[Problem], Pipeline | None]:
+    """All problems of a pipeline text, sorted; the Pipeline when there are none."""
+    source = load_source(file, text)
+    if source.data is None and source.problems:
+        return sorted(source.problems), None
+    if not isinstance(source.data, dict):
+        problem = source.problem((), "a pipeline is a mapping with version, name and steps")
+        return sorted([*source.problems, problem]), None
+    if is_v03_plan(source.data):
+        upgrade_v03(source)
+    problems = list(source.problems) + schema_problems(source)
+    checked = check_semantics(source)
+    problems = sorted(set(problems + checked.problems))
+    if problems or not build:
+        return problems, None
+    return [], build_pipeline(source, checked.deps)
+
+
+def read_text(path: str | Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"no such pipeline file: {path}", "check the path") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not a pipeline file") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Load and validate a pipeline file.
+
+    Raises:
+        PipelineInvalid: with every problem found, each at FILE:LINE:COL.
+        UsageError: when the file cannot be read.
+    """
+    text = read_text(path)
+    problems, pipeline = check_text(str(path), text)
+    if pipeline is None:
+        raise PipelineInvalid(problems)
+    pipeline.path = Path(path)
+    return pipeline
+
+
+def load_pipeline_text(text: str, file: str = "<pipeline>", base: Path | None = None) -> Pipeline:
+    """Validate a pipeline given as text (e.g. a decomposer's answer)."""
+    problems, pipeline = check_text(file, text)
+    if pipeline is None:
+        raise PipelineInvalid(problems)
+    if base is not None:
+        pipeline.path = base / file
+    return pipeline
+
+
+def build_pipeline(source: Source, deps: dict[str, set[str]]) -> Pipeline:
+    data = source.data
+    defaults = dict(data.get("defaults") or {})
+    steps = [_build_step(i, raw, defaults, deps[raw["id"]]) for i, raw in enumerate(data["steps"])]
+    return Pipeline(
+        name=data["name"],
+        description=data.get("description"),
+        steps=steps,
+        text=source.text,
+        inputs=dict(data.get("inputs") or {}),
+        env=tuple(data.get("env") or ()),
+        secrets=tuple(data.get("secrets") or ()),
+        defaults=defaults,
+        tools={name: _build_tool(name, raw) for name, raw in (data.get("tools") or {}).items()},
+        outputs=dict(data.get("outputs") or {}),
+        source=source,
+    )
+
+
+def _build_step(index: int, raw: dict[str, Any], defaults: dict[str, Any], deps: set[str]) -> Step:
+    get, default = raw.get, defaults.get  # a step's own value, else the pipeline's default
+    kind = next(k for k in KINDS if k in raw)
+    cache = get("cache", default("cache", True))
+    spec = dict(raw)
+    if kind == "prompt":
+        for key in ("model", "temperature", "max_output_tokens", "max_tool_calls", "api"):
+            if key not in spec and key in defaults:
+                spec[key] = defaults[key]
+    backoff = get("backoff", default("backoff", None))
+    return Step(
+        id=raw["id"],
+        kind=kind,
+        index=index,
+        spec=spec,
+        needs=frozenset(deps),
+        name=get("name"),
+        description=get("description"),
+        when=get("when"),
+        foreach=get("foreach"),
+        retries=get("retries", default("retries", DEFAULT_RETRIES)),
+        backoff=Backoff(**backoff) if backoff else _DEFAULT_BACKOFF,
+        timeout=float(get("timeout", default("timeout", DEFAULT_TIMEOUT))),
+        cache=cache is not False,
+        cache_ttl=parse_ttl(cache) if isinstance(cache, str) else None,
+        continue_on_error=get("continue_on_error", default("continue_on_error", False)),
+    )
+
+
+_DEFAULT_BACKOFF = Backoff()  # frozen: one shared by every step that sets none
+
+
+def _build_tool(name: str, raw: dict[str, Any]) -> ToolSpec:
+    known = set(ToolSpec.__dataclass_fields__) - {"name", "extra"}
+    fields = {k: v for k, v in raw.items() if k in known}
+    if "command" in fields:
+        fields["command"] = tuple(fields["command"])
+    if "allowed_tools" in fields:
+        fields["allowed_tools"] = tuple(fields["allowed_tools"])
+    extra = {k: v for k, v in raw.items() if k not in known}
+    return ToolSpec(name=name, extra=extra, **fields)
+
+
+def check_file(path: str | Path) -> list[Problem]:
+    """Every problem of one pipeline file (what `stepchain validate` prints)."""
+    return check_text(str(path), read_text(path), build=False)[0]

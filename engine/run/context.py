@@ -1,0 +1,182 @@
+"""Everything one run needs while it executes: options, context values, tools, connections."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from secrets import token_hex
+from typing import Any
+
+from stepchain.errors import CommandsNotAllowed, StepChainError, StepError
+from stepchain.pipeline.definition import Pipeline, Step
+from stepchain.run.masking import Masker
+from stepchain.settings import Settings
+from stepchain.templates.jinja import Vars
+from stepchain.tools.functions import FunctionTool, load_function_tool
+
+
+@dataclass
+class RunOptions:
+    """How to run: the flags of `stepchain run` and the arguments of `execute()`."""
+
+    run_id: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    max_concurrent: int = 8
+    fail_fast: bool = False
+    no_cache: bool = False
+    refresh: frozenset[str] = frozenset()
+    allow_run: bool | None = None  # None: STEPCHAIN_ALLOW_RUN decides
+    approve: bool = False
+    executor: str = "local"
+    scheduler: str | None = None
+    handle_signals: bool = False  # the CLI turns SIGINT/SIGTERM into a clean interrupt
+
+
+def default_run_id(pipeline: Pipeline) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{pipeline.name}-{stamp}-{token_hex(2)}"
+
+
+class Runtime:
+    """Per-run state shared by the step kinds. Created by the executor, closed at the end."""
+
+    def __init__(
+        self, pipeline: Pipeline, settings: Settings, options: RunOptions, run_id: str, inputs: dict
+    ) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self.options = options
+        self.run_id = run_id
+        self.inputs = inputs
+        self.env = {name: os.environ.get(name) for name in pipeline.env}
+        self.secrets = {name: os.environ.get(name) for name in pipeline.secrets}
+        self.mask = Masker([v for v in self.secrets.values() if v])
+        self._function_tools: dict[str, FunctionTool] = {}
+        self._mcp_pool: Any = None
+        self._llm: Any = None
+        self._roots: dict[str, Any] | None = None  # the template context's fixed roots
+        self.backend: Any = None  # a DaskBackend with --executor dask, else None (local)
+
+    # -- checks before anything runs ------------------------------------------------------
+    def preflight(self) -> None:
+        """Fail before the first step for what would otherwise fail in the middle."""
+        missing = [n for n, v in {**self.env, **self.secrets}.items() if v is None]
+        if missing:
+            raise StepChainError(
+                f"environment variable(s) not set: {', '.join(missing)}",
+                "the pipeline declares them under env:/secrets:; export them before running",
+            )
+        commands = [s.id for s in self.pipeline.steps if s.kind == "run"]
+        if commands and not self.commands_allowed:
+            raise CommandsNotAllowed(
+                f"this pipeline runs commands (steps: {', '.join(commands)}) and commands are not allowed",
+                "review the commands, then pass --allow-run (or set STEPCHAIN_ALLOW_RUN=1)",
+            )
+        for name, spec in self.pipeline.tools.items():
+            if spec.type == "function":
+                self.function_tool(name)
+        if any(t.type == "mcp" for t in self.pipeline.tools.values()):
+            from stepchain.tools.mcp.bridge import check_approval_possible
+
+            check_approval_possible(self)
+        if self.pipeline.has_llm_steps:
+            from stepchain.llm.client import base_url_from_env, check_credentials
+            from stepchain.llm.shared import warm_up
+
+            check_credentials()
+            warm_up(base_url_from_env())  # built while the run starts up
+
+    @property
+    def commands_allowed(self) -> bool:
+        if self.options.allow_run is not None:
+            return self.options.allow_run
+        return os.environ.get("STEPCHAIN_ALLOW_RUN", "").lower() in ("1", "true", "yes")
+
+    # -- templates ------------------------------------------------------------------------
+    def base_context(self) -> dict[str, Any]:
+        if self._roots is None:
+            self._roots = {
+                "inputs": Vars(self.inputs),
+                "env": Vars(self.env),
+                "secrets": Vars(self.secrets),
+                "run": Vars(id=self.run_id),
+            }
+        return dict(self._roots)
+
+    @staticmethod
+    def path_of(step: Step, *fields: str | int) -> tuple:
+        return ("steps", step.index, *fields)
+
+    def locate(self, path: tuple) -> str:
+        return self.pipeline.locate(path)
+
+    # -- tools ----------------------------------------------------------------------------
+    def function_tool(self, name: str) -> FunctionTool:
+        if name not in self._function_tools:
+            self._function_tools[name] = load_function_tool(
+                self.pipeline.tools[name], self.pipeline.base_dir
+            )
+        return self._function_tools[name]
+
+    def mcp_identity(self, name: str) -> dict[str, Any]:
+        """What identifies an MCP server in cache keys (env names only: values may be secrets)."""
+        spec = self.pipeline.tools[name]
+        return {"command": list(spec.command or []), "url": spec.url, "env": sorted(spec.env)}
+
+    @property
+    def mcp(self) -> Any:
+        if self._mcp_pool is None:
+            from stepchain.tools.mcp.bridge import make_pool
+
+            self._mcp_pool = make_pool(self)
+        return self._mcp_pool
+
+    async def call_mcp(self, server: str, tool: str, arguments: dict, timeout: float | None) -> Any:
+        from stepchain.tools.mcp.bridge import call_tool
+
+        return await call_tool(self, server, tool, arguments, timeout)
+
+    @cached_property
+    def approval_lock(self) -> Any:
+        """One approval question at a time (asyncio is imported only by commands that run)."""
+        import asyncio
+
+        return asyncio.Lock()
+
+    async def offload(self, func: Any, /, **kwargs: Any) -> Any:
+        """Run blocking work: in a thread locally, or on a Dask worker with --executor dask."""
+        if self.backend is None:
+            from stepchain.tools.blocking import run_in_thread
+
+            return await run_in_thread(func, **kwargs)
+        return await self.backend.run(func, **kwargs)
+
+    @property
+    def llm(self) -> Any:
+        if self._llm is None:
+            from stepchain.llm.client import LLMClient
+
+            self._llm = LLMClient.from_env()
+        return self._llm
+
+    async def aclose(self) -> None:
+        if self._mcp_pool is not None:
+            await self._mcp_pool.close_all()
+        if self._llm is not None:
+            await self._llm.aclose()
+
+    def describe_error(self, exc: BaseException) -> str:
+        """The message recorded for a failed step, secrets masked."""
+        text = str(exc) if isinstance(exc, StepChainError) else f"{type(exc).__name__}: {exc}"
+        return self.mask.text(text)
+
+
+def is_tty() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+__all__ = ["RunOptions", "Runtime", "StepError", "default_run_id"]

@@ -1,0 +1,196 @@
+"""The public way to run a pipeline: Executor, execute(), resume_run()."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from stepchain.cache.store import ResultCache
+from stepchain.errors import StepChainError
+from stepchain.pipeline.definition import Pipeline
+from stepchain.pipeline.inputs import resolve_inputs
+from stepchain.pipeline.load import load_pipeline, load_pipeline_text
+from stepchain.run.context import RunOptions, Runtime, default_run_id
+from stepchain.run.records import Storage
+from stepchain.run.results import RunResult, StepResult
+from stepchain.run.scheduler import Observer, Scheduler
+from stepchain.settings import Settings, current_settings
+
+
+class Executor:
+    """Runs pipelines. `max_concurrent` bounds steps and foreach items in flight."""
+
+    def __init__(
+        self,
+        max_concurrent: int = 8,
+        *,
+        settings: Settings | None = None,
+        executor: str = "local",
+        scheduler: str | None = None,
+    ) -> None:
+        self.max_concurrent = max_concurrent
+        self.settings = settings
+        self.executor = executor
+        self.scheduler = scheduler
+
+    def execute(
+        self,
+        pipeline: Pipeline | str | Path,
+        run_id: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        resume: bool = False,
+        **options: Any,
+    ) -> list[StepResult]:
+        """Run (or resume) a pipeline; one StepResult per step, in pipeline order."""
+        return self.run(pipeline, run_id=run_id, inputs=inputs, resume=resume, **options).results
+
+    def run(
+        self,
+        pipeline: Pipeline | str | Path,
+        *,
+        run_id: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        resume: bool = False,
+        observer: Observer | None = None,
+        **options: Any,
+    ) -> RunResult:
+        """Run a pipeline and return the whole RunResult (what `stepchain run --json` prints)."""
+        opts = RunOptions(
+            run_id=run_id,
+            inputs=dict(inputs or {}),
+            resume=resume,
+            max_concurrent=self.max_concurrent,
+            executor=self.executor,
+            scheduler=self.scheduler,
+            **options,
+        )
+        return asyncio.run(self.arun(pipeline, opts, observer))
+
+    async def arun(
+        self, pipeline: Pipeline | str | Path, options: RunOptions, observer: Observer | None = None
+    ) -> RunResult:
+        if not isinstance(pipeline, Pipeline):
+            pipeline = load_pipeline(pipeline)
+        settings = current_settings(self.settings)
+        run_id = options.run_id or default_run_id(pipeline)
+        cache = ResultCache(settings)
+        storage = Storage(settings)
+        try:
+            with storage.lock(run_id):
+                return await self._drive(
+                    pipeline, options, run_id, storage, cache, settings, observer
+                )
+        finally:
+            storage.close()
+            cache.close()
+
+    async def _drive(
+        self,
+        pipeline: Pipeline,
+        options: RunOptions,
+        run_id: str,
+        storage: Storage,
+        cache: ResultCache,
+        settings: Settings,
+        observer: Observer | None,
+    ) -> RunResult:
+        previous: dict[str, StepResult] = {}
+        given = dict(options.inputs)
+        if options.resume:
+            state = storage.load_run_state(run_id)
+            previous = {r.step_id: r for r in state.results if r.status == "completed"}
+            given = {**state.inputs, **given}
+        elif storage.exists(run_id):
+            raise StepChainError(
+                f"run '{run_id}' already exists",
+                f"resume it with `stepchain resume {run_id}`, or choose another --run-id",
+            )
+        inputs = resolve_inputs(pipeline, given)
+        runtime = Runtime(pipeline, settings, options, run_id, inputs)
+        if options.executor != "local":  # local runs need not import the Dask backend
+            from stepchain.run.dask_backend import open_backend
+
+            # --executor dask: connect (and check the workers) before anything runs or is recorded
+            runtime.backend = await open_backend(options.executor, options.scheduler, pipeline)
+        try:
+            runtime.preflight()
+            storage.begin_run(
+                run_id,
+                name=pipeline.name,
+                path=str(pipeline.path.resolve()) if pipeline.path else None,
+                text=pipeline.text,
+                text_hash=pipeline.hash,
+                inputs=runtime.mask(inputs),
+            )
+            storage.commit()
+            scheduler = Scheduler(runtime, storage, cache, previous, observer)
+            try:
+                with _signals(scheduler, enabled=options.handle_signals):
+                    result = await scheduler.run()
+            finally:
+                await runtime.aclose()
+        finally:
+            if runtime.backend is not None:
+                await runtime.backend.close()
+        storage.finish_run(run_id, result.status, result.outputs, result.usage)
+        return result
+
+
+def execute(
+    pipeline: Pipeline | str | Path,
+    run_id: str | None = None,
+    inputs: dict[str, Any] | None = None,
+    resume: bool = False,
+    max_concurrent: int = 8,
+    **options: Any,
+) -> list[StepResult]:
+    """Run (or resume) a pipeline and return one StepResult per step.
+
+    Args:
+        pipeline: a Pipeline from load_pipeline() or decompose(), or a file path.
+        run_id: names the run so it can be resumed; default `<name>-<UTC time>-<4 hex>`.
+        inputs: values for the pipeline's declared inputs.
+        resume: reuse the completed steps of run `run_id` and run the rest.
+    """
+    return Executor(max_concurrent).execute(pipeline, run_id, inputs, resume, **options)
+
+
+def resume_run(run_id: str, executor: Executor | None = None, **options: Any) -> RunResult:
+    """Resume a recorded run from its file (or, if the file is gone, from the recorded text)."""
+    executor = executor or Executor()
+    pipeline = recorded_pipeline(run_id, executor.settings)
+    return executor.run(pipeline, run_id=run_id, resume=True, **options)
+
+
+def recorded_pipeline(run_id: str, settings: Settings | None = None) -> Pipeline:
+    """The pipeline a run ran: its file as it is now, or the recorded text if the file is gone."""
+    storage = Storage(current_settings(settings))
+    try:
+        state = storage.load_run_state(run_id)
+    finally:
+        storage.close()
+    path = Path(state.pipeline_path) if state.pipeline_path else None
+    if path and path.exists():
+        return load_pipeline(path)
+    return load_pipeline_text(
+        state.pipeline_text, path.name if path else "<recorded>", path.parent if path else None
+    )
+
+
+@contextmanager
+def _signals(scheduler: Scheduler, *, enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, scheduler.interrupt)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

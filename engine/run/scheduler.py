@@ -1,0 +1,443 @@
+"""The scheduler: starts each step the moment its dependencies finish, bounded by a semaphore.
+
+Each finished step's record is committed before any of its dependents starts, so a killed run
+loses at most the steps that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from stepchain.cache.pending import PendingWrites
+from stepchain.cache.store import ResultCache, cache_key
+from stepchain.errors import RetryableStepError, StepChainError, StepError, StepTimeout
+from stepchain.pipeline.definition import Step
+from stepchain.run.context import Runtime
+from stepchain.run.records import Storage
+from stepchain.run.results import RunResult, StepResult, add_usage, now
+from stepchain.settings import LOGGER_NAME
+from stepchain.steps import Outcome, kind_module
+from stepchain.steps.template import template_outcome
+from stepchain.templates.jinja import Vars
+from stepchain.templates.render import evaluate, render_value
+
+log = logging.getLogger(LOGGER_NAME)
+Observer = Callable[[str, str, StepResult | None], None]  # (event, step_id, result)
+
+
+class _Failed(Exception):
+    """A step failure carrying how many attempts were made."""
+
+    def __init__(self, error: BaseException, attempts: int, usage: dict | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempts = attempts
+        self.usage = usage or {}
+
+
+class Scheduler:
+    """Runs one pipeline once (or resumes it), recording as it goes."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        storage: Storage,
+        cache: ResultCache,
+        previous: dict[str, StepResult],
+        observer: Observer | None = None,
+    ) -> None:
+        self.rt = runtime
+        self.pipeline = runtime.pipeline
+        self.options = runtime.options
+        self.storage = storage
+        self.cache = cache
+        self.previous = previous
+        self.observe = observer or (lambda *_: None)
+        self.results: dict[str, StepResult] = {}
+        self.visible: dict[str, dict[str, Any]] = Vars()  # what templates see as `steps`
+        self.writes = PendingWrites(cache)  # new cache entries, written in batches
+        self.slots = asyncio.Semaphore(max(1, self.options.max_concurrent))
+        self.running: dict[asyncio.Task, str] = {}
+        self.stop_reason: str | None = None  # set by --fail-fast or an interrupt
+        self.interrupted = False
+        self.spent: dict[str, int] = {}  # tokens spent by this run (cache hits cost nothing)
+
+    # Template steps are pure and synchronous: when a concurrency slot is free they run inline,
+    # all the ready ones of a tick together (one cache query for them), with no task each.
+    # False runs them as tasks like every other kind (the tests compare both ways).
+    inline_templates = True
+
+    # -- the loop -------------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        waiting = {s.id: set(s.needs) for s in self.pipeline.steps}
+        dependents: dict[str, list[str]] = {s.id: [] for s in self.pipeline.steps}
+        for step in self.pipeline.steps:
+            for need in step.needs:
+                dependents[need].append(step.id)
+        ready = [s.id for s in self.pipeline.steps if not waiting[s.id]]
+        while ready or self.running:
+            finished = self._start_ready(ready)  # skipped and inline steps finish at once
+            ready = []
+            if finished or not self.running:  # do not block: what they release may start now
+                if finished:  # but let started tasks and signal handlers (interrupt) run
+                    await asyncio.sleep(0)
+                done: set[asyncio.Task] | list[asyncio.Task] = [
+                    task for task in self.running if task.done()
+                ]
+            else:
+                done, _ = await asyncio.wait(
+                    self.running, timeout=self.writes.due_in(), return_when=asyncio.FIRST_COMPLETED
+                )
+            for task in done:
+                sid = self.running.pop(task)
+                self._finish(task.result())
+                finished.append(sid)
+            for sid in finished:
+                for dep in dependents[sid]:
+                    waiting[dep].discard(sid)
+                    if not waiting[dep]:
+                        ready.append(dep)
+            self.storage.commit()  # durable before any dependent starts
+            self.writes.flush()  # when due or full; the wait above wakes for it, mostly idle
+        self._mark_not_started()
+        self.storage.commit()
+        self.writes.flush(force=True)
+        return self._result()
+
+    def _start_ready(self, ready: list[str]) -> list[str]:
+        """Start the ready steps; returns those that finished at once (skipped, or inline)."""
+        finished: list[str] = []
+        inline: list[Step] = []
+        for sid in ready:
+            step = self.pipeline.step(sid)
+            blocker = self._blocker(step)
+            if blocker or self.stop_reason:
+                self._finish(StepResult(sid, "skipped", reason=blocker or self.stop_reason))
+                finished.append(sid)
+            elif step.kind == "template" and self.inline_templates and not self.slots.locked():
+                inline.append(step)
+            else:
+                self.observe("start", sid, None)
+                self.running[asyncio.create_task(self._run_step(step), name=f"step:{sid}")] = sid
+        if inline:
+            self._run_templates(inline)
+            finished += [step.id for step in inline]
+        return finished
+
+    def _blocker(self, step: Step) -> str | None:
+        results = self.results
+        if all(results[need].status == "completed" for need in step.needs):
+            return None  # the usual case, without sorting the needs
+        for need in sorted(step.needs, key=lambda n: self.pipeline.step(n).index):
+            result = self.results[need]
+            upstream = self.pipeline.step(need)
+            if result.status == "failed" and not upstream.continue_on_error:
+                return f"steps.{need} failed"
+            if result.status == "interrupted":
+                return f"steps.{need} was interrupted"
+            if (
+                result.status == "skipped"
+                and result.reason
+                and not result.reason.startswith("when")
+            ):
+                return f"steps.{need} was skipped ({result.reason})"
+        return None
+
+    def _finish(self, result: StepResult) -> None:
+        self.results[result.step_id] = result
+        self.visible[result.step_id] = {"output": result.output, "status": result.status}
+        step = self.pipeline.step(result.step_id)
+        self.storage.save_step(self.rt.run_id, step.index, result)
+        if result.status == "failed" and not step.continue_on_error and self.options.fail_fast:
+            self.stop_reason = (
+                self.stop_reason or f"not started: --fail-fast after steps.{step.id} failed"
+            )
+        self.observe("finish", result.step_id, result)
+
+    def _mark_not_started(self) -> None:
+        reason = self.stop_reason or "not started"
+        for step in self.pipeline.steps:
+            if step.id not in self.results:
+                self._finish(StepResult(step.id, "skipped", reason=reason))
+
+    def interrupt(self) -> None:
+        """SIGINT/SIGTERM: start nothing new, cancel what is in flight (recorded as interrupted)."""
+        if self.interrupted:
+            return
+        self.interrupted = True
+        self.stop_reason = "not started: run interrupted"
+        for task in self.running:
+            task.cancel()
+
+    # -- one step -------------------------------------------------------------------------
+    async def _run_step(self, step: Step) -> StepResult:
+        result = StepResult(step.id, "completed", started_at=now())
+        try:
+            context = self._context(step)
+            if step.when is not None and not evaluate(
+                step.when, context, self.rt.path_of(step, "when"), self.rt.locate
+            ):
+                result.status, result.reason = "skipped", f"when: {step.when} is false"
+            elif step.foreach is not None:
+                await self._run_foreach(step, context, result)
+            else:
+                await self._run_single(step, context, result)
+        except asyncio.CancelledError:
+            result.status, result.reason = (
+                "interrupted",
+                "run interrupted while the step was running",
+            )
+            result.error = "interrupted"
+        except _Failed as failed:
+            result.status, result.attempts, result.usage = "failed", failed.attempts, failed.usage
+            result.error = self.rt.describe_error(failed.error)
+        except StepChainError as exc:
+            result.status, result.error = "failed", self.rt.describe_error(exc)
+        except Exception as exc:  # a bug in StepChain or a tool: record it, and log the traceback
+            log.exception("unexpected error in step %s", step.id)
+            result.status, result.error = "failed", self.rt.describe_error(exc)
+        result.completed_at = now()
+        result.output = self.rt.mask(result.output)
+        return result
+
+    def _context(self, step: Step) -> dict[str, Any]:
+        # Shared, not copied per step (that would be quadratic): templates cannot mutate it in
+        # the immutable sandbox, and a step renders before anything else can finish.
+        return {**self.rt.base_context(), "steps": self.visible}
+
+    def _prepare(self, step: Step, context: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        request = kind_module(step.kind).render_request(step, context, self.rt)
+        return request, cache_key(step.kind, request)
+
+    async def _run_single(self, step: Step, context: dict[str, Any], result: StepResult) -> None:
+        request, key = self._prepare(step, context)
+        result.cache_key = key
+        reused = self._reusable(step, key)
+        if reused is not None:
+            result.output, result.usage, result.cached = reused.output, reused.usage, True
+            return
+        outcome, result.attempts, result.cached = await self._cached_or_executed(step, request, key)
+        result.output, result.usage = outcome.output, outcome.usage
+
+    async def _run_foreach(self, step: Step, context: dict[str, Any], result: StepResult) -> None:
+        prepared = self._prepare_items(step, context)
+        result.cache_key = cache_key("foreach", [key for _, key in prepared])
+        reused = self._reusable(step, result.cache_key)
+        if reused is not None:
+            result.output, result.usage, result.cached = reused.output, reused.usage, True
+            return
+        runs = [self._cached_or_executed(step, req, key) for req, key in prepared]
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+        failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
+        for _, error in failures:
+            if isinstance(error, asyncio.CancelledError):
+                raise error
+        done = [o for o in outcomes if not isinstance(o, BaseException)]
+        result.attempts = max(
+            [a for _, a, _ in done] + [getattr(e, "attempts", 1) for _, e in failures], default=0
+        )
+        for outcome, _, _ in done:
+            add_usage(result.usage, outcome.usage)
+        if failures:
+            index, error = failures[0]
+            inner = error.error if isinstance(error, _Failed) else error
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise _Failed(
+                StepError(f"item {index}: {self.rt.describe_error(inner)}{more}"), result.attempts
+            )
+        result.output = [outcome.output for outcome, _, _ in done]
+        result.cached = all(cached for _, _, cached in done)
+
+    def _prepare_items(self, step: Step, context: dict[str, Any]) -> list[tuple[dict, str]]:
+        """Each foreach item's rendered request and cache key, in item order."""
+        items = evaluate(step.foreach, context, self.rt.path_of(step, "foreach"), self.rt.locate)
+        if isinstance(items, dict):
+            items = list(items.items())
+        if not isinstance(items, (list, tuple)):
+            raise StepError(
+                f"{self.rt.locate(self.rt.path_of(step, 'foreach'))}: foreach must give a list, "
+                f"got {type(items).__name__}"
+            )
+        return [
+            self._prepare(step, {**context, "item": item, "index": index})
+            for index, item in enumerate(items)
+        ]
+
+    def _reusable(self, step: Step, key: str) -> StepResult | None:
+        """On resume: the completed result of the same request, whatever the cache holds."""
+        previous = self.previous.get(step.id)
+        if previous and previous.cache_key == key and step.id not in self.options.refresh:
+            return previous
+        return None
+
+    async def _cached_or_executed(
+        self, step: Step, request: dict, key: str
+    ) -> tuple[Outcome, int, bool]:
+        if self._use_cache(step):
+            entry = self.writes.get(key)
+            if entry is not None:
+                return Outcome(entry["output"], entry.get("usage") or {}), 0, True
+        outcome, attempts = await self._attempts(step, request)
+        self._executed(step, key, outcome)
+        return outcome, attempts, False
+
+    def _use_cache(self, step: Step) -> bool:
+        return step.cache and not self.options.no_cache and step.id not in self.options.refresh
+
+    def _executed(self, step: Step, key: str, outcome: Outcome) -> None:
+        add_usage(self.spent, outcome.usage)
+        if step.cache:
+            # written in a batch soon (see PendingWrites); a crash before then only costs a
+            # recomputation
+            self.writes.add(key, self.rt.mask(outcome.output), outcome.usage, step.cache_ttl)
+
+    async def _attempts(self, step: Step, request: dict) -> tuple[Outcome, int]:
+        module = kind_module(step.kind)
+        feedback: str | None = None
+        attempt = 0
+        spent: dict[str, int] = {}  # tokens of failed attempts count too (a schema retry costs)
+        while True:
+            attempt += 1
+            try:
+                async with self.slots:
+                    self.observe("attempt", step.id, None)
+                    coro = module.execute(step, request, self.rt, feedback)
+                    outcome = await asyncio.wait_for(coro, step.timeout)
+                if spent:
+                    outcome.usage = add_usage(dict(outcome.usage), spent)
+                return outcome, attempt
+            except TimeoutError:
+                error: BaseException = StepTimeout(f"timed out after {step.timeout:g}s")
+            except RetryableStepError as exc:
+                error = exc
+            except StepError as exc:
+                add_usage(spent, getattr(exc, "usage", None))
+                add_usage(self.spent, spent)
+                raise _Failed(exc, attempt, spent) from None
+            add_usage(spent, getattr(error, "usage", None))
+            if attempt > step.retries:
+                suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+                add_usage(self.spent, spent)
+                raise _Failed(StepError(f"{error}{suffix}"), attempt, spent)
+            feedback = getattr(error, "feedback", None)
+            delay = (
+                error.retry_after
+                if getattr(error, "retry_after", None) is not None
+                else (step.backoff.delay(attempt) * random.uniform(0.5, 1.0))
+            )
+            message = self.rt.describe_error(error)
+            log.info(
+                "step %s attempt %d failed (%s); retrying in %.2fs",
+                step.id,
+                attempt,
+                message,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    # -- template steps inline ------------------------------------------------------------
+    def _run_templates(self, steps: list[Step]) -> None:
+        """Run ready template steps at once, as `_run_step` would, looking their keys up together."""
+        pending: list[tuple[Step, StepResult, list[tuple[dict, str]]]] = []
+        for step in steps:
+            result = StepResult(step.id, "completed", started_at=now())
+            self.observe("start", step.id, None)
+            work = self._guarded(step, result, self._template_work)
+            if work is None:
+                self._complete(result)
+            else:
+                pending.append((step, result, work))
+        keys = [key for step, _, work in pending if self._use_cache(step) for _, key in work]
+        hits = self.writes.lookup_many(keys) if keys else {}
+        for step, result, work in pending:
+            self._guarded(step, result, lambda s, r, w=work: self._template_outcomes(s, r, w, hits))
+            self._complete(result)
+
+    def _guarded(self, step: Step, result: StepResult, func: Callable) -> Any:
+        """`func(step, result)`, a failure recorded on `result` as `_run_step` records it."""
+        try:
+            return func(step, result)
+        except StepChainError as exc:
+            result.status, result.error = "failed", self.rt.describe_error(exc)
+        except Exception as exc:  # a bug in StepChain: record it, and log the traceback
+            log.exception("unexpected error in step %s", step.id)
+            result.status, result.error = "failed", self.rt.describe_error(exc)
+        return None
+
+    def _template_work(self, step: Step, result: StepResult) -> list[tuple[dict, str]] | None:
+        """The requests still to look up or execute, or None when the step is already decided."""
+        context = self._context(step)
+        if step.when is not None and not evaluate(
+            step.when, context, self.rt.path_of(step, "when"), self.rt.locate
+        ):
+            result.status, result.reason = "skipped", f"when: {step.when} is false"
+            return None
+        if step.foreach is not None:
+            work = self._prepare_items(step, context)
+            result.cache_key = cache_key("foreach", [key for _, key in work])
+        else:
+            work = [self._prepare(step, context)]
+            result.cache_key = work[0][1]
+        reused = self._reusable(step, result.cache_key)
+        if reused is not None:
+            result.output, result.usage, result.cached = reused.output, reused.usage, True
+            return None
+        return work
+
+    def _template_outcomes(
+        self, step: Step, result: StepResult, work: list[tuple[dict, str]], hits: dict
+    ) -> None:
+        outcomes: list[tuple[Outcome, int, bool]] = []
+        use_cache = self._use_cache(step)
+        for request, key in work:
+            entry = hits.get(key) if use_cache else None
+            if entry is not None:
+                outcomes.append((Outcome(entry["output"], entry.get("usage") or {}), 0, True))
+                continue
+            self.observe("attempt", step.id, None)
+            outcome = template_outcome(request)
+            self._executed(step, key, outcome)
+            outcomes.append((outcome, 1, False))
+        if step.foreach is None:
+            ((outcome, result.attempts, result.cached),) = outcomes
+            result.output, result.usage = outcome.output, outcome.usage
+            return
+        result.attempts = max((attempts for _, attempts, _ in outcomes), default=0)
+        for outcome, _, _ in outcomes:
+            add_usage(result.usage, outcome.usage)
+        result.output = [outcome.output for outcome, _, _ in outcomes]
+        result.cached = all(cached for _, _, cached in outcomes)
+
+    def _complete(self, result: StepResult) -> None:
+        result.completed_at = now()
+        result.output = self.rt.mask(result.output)
+        self._finish(result)
+
+    # -- the end --------------------------------------------------------------------------
+    def _result(self) -> RunResult:
+        ordered = {s.id: self.results[s.id] for s in self.pipeline.steps}
+        if self.interrupted:
+            status = "interrupted"
+        elif any(
+            r.status in ("failed", "interrupted") and not self.pipeline.step(sid).continue_on_error
+            for sid, r in ordered.items()
+        ):
+            status = "failed"
+        else:
+            status = "completed"
+        return RunResult(self.rt.run_id, status, ordered, self._outputs(), dict(self.spent))
+
+    def _outputs(self) -> dict[str, Any]:
+        context = {**self.rt.base_context(), "steps": self.visible}
+        outputs = {}
+        for name, template in self.pipeline.outputs.items():
+            try:
+                outputs[name] = render_value(template, context, ("outputs", name), self.rt.locate)
+            except StepChainError as exc:
+                log.warning("output %s not rendered: %s", name, exc)
+                outputs[name] = None
+        return self.rt.mask(outputs)

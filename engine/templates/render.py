@@ -1,0 +1,57 @@
+"""Rendering a step's templates against the run context, with errors that point into the file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from stepchain.errors import StepError
+from stepchain.templates.jinja import compile_expression, compile_template
+
+Locate = Callable[[tuple], str]
+
+
+class TemplateFailure(StepError):
+    """A template that failed at render time; never retried (it would fail the same way)."""
+
+
+def render_value(value: Any, context: dict[str, Any], path: tuple, locate: Locate) -> Any:
+    """Render every string in `value` (recursively through lists and mappings)."""
+    if isinstance(value, str):
+        try:
+            return compile_template(value).render(context)
+        except Exception as exc:  # any error inside a user's template is the user's to fix
+            raise _failure(exc, path, locate) from None
+    if isinstance(value, list):
+        return [render_value(v, context, (*path, i), locate) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: render_value(v, context, (*path, k), locate) for k, v in value.items()}
+    return value
+
+
+def render_text(value: str, context: dict[str, Any], path: tuple, locate: Locate) -> str:
+    """Render a template that must produce text (prompts, shell commands)."""
+    rendered = render_value(value, context, path, locate)
+    return rendered if isinstance(rendered, str) else _to_text(rendered)
+
+
+def evaluate(expr: str, context: dict[str, Any], path: tuple, locate: Locate) -> Any:
+    """Evaluate a `when` or `foreach` expression."""
+    try:
+        return compile_expression(expr)(**context)
+    except Exception as exc:
+        raise _failure(exc, path, locate) from None
+
+
+def _to_text(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _failure(exc: Exception, path: tuple, locate: Locate) -> TemplateFailure:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return TemplateFailure(
+        f"{locate(path)}: template error: {message}",
+        "fix the template; `stepchain validate` checks names and syntax before a run",
+    )

@@ -1,0 +1,156 @@
+"""Python function tools: `module:attribute`, imported from the pipeline's folder."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import sys
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stepchain.errors import RetryableStepError, StepChainError, StepError
+from stepchain.pipeline.definition import ToolSpec
+
+Offload = Callable[..., Awaitable[Any]]
+_JSON_TYPES = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+}
+
+
+@dataclass(frozen=True)
+class FunctionTool:
+    """A loaded function tool: the callable, its JSON parameters schema and a code fingerprint."""
+
+    name: str
+    target: str
+    func: Callable[..., Any]
+    description: str
+    parameters: dict[str, Any]
+    fingerprint: str
+
+    async def call(self, arguments: dict[str, Any], offload: Offload | None = None) -> Any:
+        """Call the function; a sync one runs via `offload` (a thread, or a Dask worker)."""
+        try:
+            inspect.signature(self.func).bind(**arguments)
+        except TypeError as exc:
+            raise StepError(
+                f"tool '{self.name}' called with wrong arguments: {exc}",
+                f"its parameters are {json.dumps(self.parameters.get('properties', {}))}",
+            ) from None
+        try:
+            if inspect.iscoroutinefunction(self.func):
+                result = await self.func(**arguments)
+            else:
+                if offload is None:
+                    from stepchain.tools.blocking import run_in_thread as offload
+                result = await offload(self.func, **arguments)
+        except Exception as exc:
+            raise _wrap(self.name, exc) from None
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError):
+            raise StepError(
+                f"tool '{self.name}' returned a {type(result).__name__}, which is not JSON-serialisable",
+                "return dicts, lists, strings, numbers, booleans or None",
+            ) from None
+        return result
+
+    def definition(self) -> dict[str, Any]:
+        """As offered to a model (Responses API function tool)."""
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters,
+        }
+
+
+def load_function_tool(spec: ToolSpec, base_dir: Path) -> FunctionTool:
+    module_name, _, attr = (spec.function or "").partition(":")
+    folder = str(base_dir)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # the pipeline's folder is where its tools live
+    _forget_foreign(module_name, base_dir)
+    try:
+        module = importlib.import_module(module_name)
+        func = module
+        for part in attr.split("."):
+            func = getattr(func, part)
+    except Exception as exc:  # an import error in user code: say which tool and why
+        raise StepChainError(
+            f"tool '{spec.name}': cannot import {spec.function}: {type(exc).__name__}: {exc}",
+            f"make sure {module_name}.py is in {folder} or importable",
+        ) from None
+    if not callable(func):
+        raise StepChainError(f"tool '{spec.name}': {spec.function} is not callable")
+    return FunctionTool(
+        name=spec.name,
+        target=spec.function or "",
+        func=func,
+        description=spec.description or (inspect.getdoc(func) or "").split("\n\n")[0],
+        parameters=spec.parameters or infer_parameters(func),
+        fingerprint=_fingerprint(func),
+    )
+
+
+def _forget_foreign(module_name: str, base_dir: Path) -> None:
+    """Drop a same-named module imported from another pipeline's folder, so this one's loads.
+
+    Two pipelines may both ship a `tools.py`; in one process the first would otherwise win.
+    """
+    top = module_name.split(".")[0]
+    local = base_dir / f"{top}.py" if (base_dir / f"{top}.py").exists() else base_dir / top
+    loaded = sys.modules.get(top)
+    if loaded is None or not local.exists():
+        return
+    origin = Path(getattr(loaded, "__file__", None) or "/nonexistent").resolve()
+    if local.resolve() not in (origin, origin.parent):
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            del sys.modules[name]
+
+
+def infer_parameters(func: Callable[..., Any]) -> dict[str, Any]:
+    """A JSON Schema for the function's keyword arguments, from its signature and hints."""
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:
+        hints = {}
+    properties: dict[str, Any] = {}
+    required = []
+    for name, param in inspect.signature(func).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        origin = typing.get_origin(hints.get(name)) or hints.get(name)
+        json_type = _JSON_TYPES.get(origin)  # type: ignore[arg-type]
+        properties[name] = {"type": json_type} if json_type else {}
+        if param.default is inspect.Parameter.empty:
+            required.append(name)
+    return {"type": "object", "properties": properties, "required": required}
+
+
+def _fingerprint(func: Callable[..., Any]) -> str:
+    # The cache key includes the function's code: editing a tool invalidates its cached results.
+    try:
+        source = inspect.getsource(func)
+    except (OSError, TypeError):
+        source = getattr(func, "__qualname__", repr(func))
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def _wrap(name: str, exc: Exception) -> StepError:
+    if isinstance(exc, StepError):  # already classified (e.g. a Dask worker that died)
+        return exc
+    message = f"tool '{name}' raised {type(exc).__name__}: {exc}"
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return RetryableStepError(message)
+    return StepError(message)

@@ -1,0 +1,91 @@
+"""The live table on stderr: step, status, cached, attempts, tokens, seconds."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from stepchain.pipeline.definition import Pipeline
+from stepchain.run.results import StepResult
+
+_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "skipped": "yellow",
+    "interrupted": "magenta",
+    "running": "cyan",
+    "pending": "dim",
+}
+
+
+class LiveTable:
+    """An observer for the scheduler that redraws a table as steps start and finish."""
+
+    def __init__(self, pipeline: Pipeline, console: Console | None = None) -> None:
+        self.pipeline = pipeline
+        self.console = console or Console(stderr=True)
+        self.rows: dict[str, dict[str, Any]] = {
+            s.id: {"status": "pending", "cached": "", "attempts": 0, "tokens": "", "seconds": ""}
+            for s in pipeline.steps
+        }
+        self.started: dict[str, float] = {}
+        self.many = len(pipeline.steps) > 60  # a huge table helps nobody: summarise instead
+        self.shown = False
+        # Live redraws from table() at most 8 times a second; events only update the rows,
+        # so a 2,000-step run does not build 6,000 tables.
+        self.live = Live(
+            console=self.console, get_renderable=self.table, refresh_per_second=8, transient=False
+        )
+
+    def __enter__(self) -> LiveTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.shown:
+            self.live.__exit__(*exc)
+
+    def __call__(self, event: str, step_id: str, result: StepResult | None) -> None:
+        if not self.shown:  # only once steps run: an error before the first step stays one line
+            self.shown = True
+            self.live.__enter__()
+        row = self.rows[step_id]
+        if event == "start":
+            row["status"] = "running"
+            self.started[step_id] = time.monotonic()
+        elif event == "attempt":
+            row["attempts"] += 1
+        elif event == "finish" and result is not None:
+            row["status"] = result.status
+            row["cached"] = "yes" if result.cached else ""
+            row["attempts"] = result.attempts
+            tokens = result.usage.get("total_tokens")
+            row["tokens"] = str(tokens) if tokens else ""
+            row["seconds"] = f"{result.duration_s:.2f}" if result.duration_s is not None else ""
+
+    def table(self) -> Table:
+        table = Table(title=f"stepchain · {self.pipeline.name}", title_justify="left")
+        for column in ("step", "status", "cached", "attempts", "tokens", "seconds"):
+            table.add_column(
+                column, justify="right" if column in ("attempts", "tokens", "seconds") else "left"
+            )
+        if self.many:
+            counts: dict[str, int] = {}
+            for row in self.rows.values():
+                counts[row["status"]] = counts.get(row["status"], 0) + 1
+            for status, count in sorted(counts.items()):
+                table.add_row(f"{count} steps", f"[{_STYLE[status]}]{status}[/]", "", "", "", "")
+            return table
+        for sid, row in self.rows.items():
+            style = _STYLE.get(row["status"], "")
+            table.add_row(
+                sid,
+                f"[{style}]{row['status']}[/]",
+                row["cached"],
+                str(row["attempts"] or ""),
+                row["tokens"],
+                row["seconds"],
+            )
+        return table
