@@ -29,11 +29,11 @@ from jsonschema import Draft202012Validator
 from stepchain.cache.store import ResultCache, cache_key
 from stepchain.errors import PipelineInvalid, Problem, RetryableStepError, UsageError
 from stepchain.llm.client import LLMClient, ModelCall
+from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import DEFAULT_MODEL, Pipeline
 from stepchain.pipeline.load import check_text, load_pipeline_text, read_text
 from stepchain.pipeline.schema import pipeline_schema
 from stepchain.pipeline.yaml_source import load_source
-from stepchain.run.results import add_usage
 from stepchain.settings import LOGGER_NAME, Settings, current_settings
 
 log = logging.getLogger(LOGGER_NAME)

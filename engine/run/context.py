@@ -91,6 +91,10 @@ class Runtime:
             warm_up(base_url_from_env())  # built while the run starts up
 
     @property
+    def approve(self) -> bool:
+        return self.options.approve
+
+    @property
     def commands_allowed(self) -> bool:
         if self.options.allow_run is not None:
             return self.options.allow_run
@@ -134,6 +138,21 @@ class Runtime:
 
             self._mcp_pool = make_pool(self)
         return self._mcp_pool
+
+    async def mcp_tools(self, server: str) -> list[dict[str, Any]]:
+        """The tools an MCP server lists (starting it if need be)."""
+        connection = await self.mcp.get(server)
+        tools: list[dict[str, Any]] = await connection.list_tools()
+        return tools
+
+    async def run_command(self, request: dict[str, Any], cwd: str) -> tuple[int, bytes, bytes]:
+        """A `run` step's command: here, or on a Dask worker with --executor dask."""
+        if self.backend is not None:
+            result: tuple[int, bytes, bytes] = await self.backend.run_command(request, cwd)
+            return result
+        from stepchain.steps.command import run_locally
+
+        return await run_locally(request, cwd)
 
     async def call_mcp(self, server: str, tool: str, arguments: dict, timeout: float | None) -> Any:
         from stepchain.tools.mcp.bridge import call_tool

@@ -7,17 +7,16 @@ steps and looked up in the cache; a step is `unknown` only where an upstream ste
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Literal
 
-from stepchain.cache.store import ResultCache, cache_key
+from stepchain.cache.store import ResultCache
 from stepchain.errors import StepChainError
 from stepchain.pipeline.definition import Pipeline, Step
 from stepchain.pipeline.graph import layers_and_critical_path
 from stepchain.pipeline.inputs import resolve_inputs
 from stepchain.run.context import RunOptions, Runtime
+from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.settings import Settings, current_settings
-from stepchain.steps import kind_module
 from stepchain.templates.jinja import Vars
 from stepchain.templates.render import evaluate
 
@@ -68,17 +67,22 @@ def _plan(pipeline: Pipeline, inputs: dict[str, Any] | None, settings: Settings 
     known: dict[str, dict[str, Any]] = Vars()  # step id -> {"output", "status"} once predictable
     plan = Plan(pipeline.name, generations, longest)
     try:
-        # A layer's steps only read steps of earlier layers, so each layer is rendered first and
-        # its cache keys are then looked up together, in one query instead of one per key.
+        # A layer's steps only read steps of earlier layers, so each layer is prepared first and
+        # its cache keys are then looked up together.
         for number, layer in enumerate(generations):
             steps = sorted((pipeline.step(sid) for sid in layer), key=lambda s: s.index)
-            prepared = [_prepare_step(step, runtime, known) for step in steps]
-            wanted = [key for p in prepared if isinstance(p, _Rendered) for key in p.cache_keys()]
-            entries = cache.lookup_many(wanted)
+            prepared = [_prepare(step, runtime, known) for step in steps]
+            wanted = [
+                key
+                for p in prepared
+                if isinstance(p, PreparedStep) and p.step.cache
+                for key in p.keys
+            ]
+            entries = cache.lookup_many(wanted) if wanted else {}
             for step, outcome in zip(steps, prepared, strict=True):
                 action, detail = (
-                    _resolve(step, outcome, entries, known)
-                    if isinstance(outcome, _Rendered)
+                    _resolve(outcome, entries, known)
+                    if isinstance(outcome, PreparedStep)
                     else outcome
                 )
                 plan.steps.append(
@@ -91,86 +95,44 @@ def _plan(pipeline: Pipeline, inputs: dict[str, Any] | None, settings: Settings 
     return plan
 
 
-@dataclass
-class _Rendered:
-    """A step whose requests are rendered; what it does depends on the cache."""
-
-    step: Step
-    requests: list[Any]
-    keys: list[str] | None = None  # one per request, once computed; none when not cached
-
-    def cache_keys(self) -> list[str]:
-        if self.keys is None:
-            kind = self.step.kind
-            self.keys = [cache_key(kind, r) for r in self.requests] if self.step.cache else []
-        return self.keys
-
-
-def _prepare_step(
+def _prepare(
     step: Step, runtime: Runtime, known: dict[str, dict[str, Any]]
-) -> _Rendered | tuple[Action, str | None]:
-    """Render the step's requests, or decide it without the cache (skip, unknown, error)."""
-    context = runtime.base_context()
-    context["steps"] = known  # shared: copying it per step would be quadratic
-    missing = [n for n in step.needs if n not in known]
+) -> PreparedStep | tuple[Action, str | None]:
+    """The step prepared as a run would prepare it, or decided without the cache."""
+    context = {**runtime.base_context(), "steps": known}
+    missing = sorted(n for n in step.needs if n not in known)
     if missing:
-        missing.sort()
         if step.when is not None and _known_false(step, context, runtime):
             known[step.id] = {"output": None, "status": "skipped"}
             return "skip", f"when: {step.when} is false"
         return "unknown", f"waits for {', '.join(missing)}"
     try:
-        when = step.when
-        if when is not None and not evaluate(
-            when, context, runtime.path_of(step, "when"), runtime.locate
-        ):
-            known[step.id] = {"output": None, "status": "skipped"}
-            return "skip", f"when: {step.when} is false"
-        module = _kind_module(step.kind)
-        if step.foreach is not None:
-            items = evaluate(
-                step.foreach, context, runtime.path_of(step, "foreach"), runtime.locate
-            )
-            if isinstance(items, dict):
-                items = list(items.items())
-            if not isinstance(items, (list, tuple)):
-                return "error", f"foreach must give a list, got {type(items).__name__}"
-            requests = [
-                module.render_request(step, {**context, "item": it, "index": i}, runtime)
-                for i, it in enumerate(items)
-            ]
-        else:
-            requests = [module.render_request(step, context, runtime)]
+        prepared = prepare_step(step, context, runtime)
     except StepChainError as exc:
         return "error", exc.message
-    return _Rendered(step, requests)
+    if prepared.skip_reason is not None:
+        known[step.id] = {"output": None, "status": "skipped"}
+        return "skip", prepared.skip_reason
+    return prepared
 
 
 def _resolve(
-    step: Step,
-    rendered: _Rendered,
+    prepared: PreparedStep,
     entries: dict[str, dict[str, Any]],
     known: dict[str, dict[str, Any]],
 ) -> tuple[Action, str | None]:
     """Replay when every request is cached, else run; record what later steps can know."""
-    if not step.cache:
-        found: list[dict[str, Any] | None] = [None]
-    elif not entries:  # none of this layer's keys is cached (and there is at least one request)
-        found = [None] if rendered.requests else []
-    else:
-        found = [entries.get(key) for key in rendered.cache_keys()]
-    if any(entry is None for entry in found):
+    step = prepared.step
+    found = [entries.get(key) for key in prepared.keys] if step.cache else [None]
+    hits = [entry for entry in found if entry is not None]
+    if len(hits) < len(found):
         if step.kind == "template":  # pure: its output is known without running anything
-            outputs = [r["output"] for r in rendered.requests]
-            output = outputs if step.foreach is not None else outputs[0]
-            known[step.id] = {"output": output, "status": "completed"}
+            outputs = [request["output"] for request in prepared.requests]
+            known[step.id] = {"output": prepared.output_of(outputs), "status": "completed"}
         return "run", None if step.cache else "cache: false"
-    output = [e["output"] for e in found] if step.foreach is not None else found[0]["output"]
-    known[step.id] = {"output": output, "status": "completed"}
+    outputs = [entry["output"] for entry in hits]
+    known[step.id] = {"output": prepared.output_of(outputs), "status": "completed"}
     return "replay", None
-
-
-_kind_module = lru_cache(maxsize=None)(kind_module)  # importlib's lookup, once per kind
 
 
 def _known_false(step: Step, context: dict[str, Any], runtime: Runtime) -> bool:

@@ -8,13 +8,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 Status = Literal["completed", "failed", "skipped", "interrupted"]
-USAGE_KEYS = ("input_tokens", "output_tokens", "cached_tokens", "total_tokens")
-
-
-def add_usage(total: dict[str, int], more: dict[str, int] | None) -> dict[str, int]:
-    for key, value in (more or {}).items():
-        total[key] = total.get(key, 0) + int(value)
-    return total
 
 
 @dataclass

@@ -13,17 +13,19 @@ from collections.abc import Callable
 from typing import Any
 
 from stepchain.cache.pending import PendingWrites
-from stepchain.cache.store import ResultCache, cache_key
+from stepchain.cache.store import ResultCache
 from stepchain.errors import RetryableStepError, StepChainError, StepError, StepTimeout
+from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import Step
 from stepchain.run.context import Runtime
+from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.run.records import Storage
-from stepchain.run.results import RunResult, StepResult, add_usage, now
+from stepchain.run.results import RunResult, StepResult, now
 from stepchain.settings import LOGGER_NAME
-from stepchain.steps import Outcome, kind_module
+from stepchain.steps import Outcome, kind_of
 from stepchain.steps.template import template_outcome
 from stepchain.templates.jinja import Vars
-from stepchain.templates.render import evaluate, render_value
+from stepchain.templates.render import render_value
 
 log = logging.getLogger(LOGGER_NAME)
 Observer = Callable[[str, str, StepResult | None], None]  # (event, step_id, result)
@@ -177,15 +179,9 @@ class Scheduler:
     async def _run_step(self, step: Step) -> StepResult:
         result = StepResult(step.id, "completed", started_at=now())
         try:
-            context = self._context(step)
-            if step.when is not None and not evaluate(
-                step.when, context, self.rt.path_of(step, "when"), self.rt.locate
-            ):
-                result.status, result.reason = "skipped", f"when: {step.when} is false"
-            elif step.foreach is not None:
-                await self._run_foreach(step, context, result)
-            else:
-                await self._run_single(step, context, result)
+            prepared = prepare_step(step, self._context(), self.rt)
+            if not self._decided(prepared, result):
+                await self._execute(prepared, result)
         except asyncio.CancelledError:
             result.status, result.reason = (
                 "interrupted",
@@ -204,75 +200,68 @@ class Scheduler:
         result.output = self.rt.mask(result.output)
         return result
 
-    def _context(self, step: Step) -> dict[str, Any]:
+    def _context(self) -> dict[str, Any]:
         # Shared, not copied per step (that would be quadratic): templates cannot mutate it in
         # the immutable sandbox, and a step renders before anything else can finish.
         return {**self.rt.base_context(), "steps": self.visible}
 
-    def _prepare(self, step: Step, context: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        request = kind_module(step.kind).render_request(step, context, self.rt)
-        return request, cache_key(step.kind, request)
+    def _decided(self, prepared: PreparedStep, result: StepResult) -> bool:
+        """Settle a step that needs no execution: skipped by `when`, or reused on resume."""
+        step = prepared.step
+        if prepared.skip_reason is not None:
+            result.status, result.reason = "skipped", prepared.skip_reason
+            return True
+        result.cache_key = prepared.cache_key
+        previous = self.previous.get(step.id)
+        if (
+            previous is not None
+            and previous.cache_key == prepared.cache_key
+            and step.id not in self.options.refresh
+        ):  # resume: the completed result of the same request, whatever the cache holds
+            result.output, result.usage, result.cached = previous.output, previous.usage, True
+            return True
+        return False
 
-    async def _run_single(self, step: Step, context: dict[str, Any], result: StepResult) -> None:
-        request, key = self._prepare(step, context)
-        result.cache_key = key
-        reused = self._reusable(step, key)
-        if reused is not None:
-            result.output, result.usage, result.cached = reused.output, reused.usage, True
+    async def _execute(self, prepared: PreparedStep, result: StepResult) -> None:
+        """Each request from the cache or executed; a foreach step's items side by side."""
+        step = prepared.step
+        runs = [
+            self._cached_or_executed(step, request, key)
+            for request, key in zip(prepared.requests, prepared.keys, strict=True)
+        ]
+        if step.foreach is None:
+            self._collect(prepared, result, [await runs[0]])
             return
-        outcome, result.attempts, result.cached = await self._cached_or_executed(step, request, key)
-        result.output, result.usage = outcome.output, outcome.usage
-
-    async def _run_foreach(self, step: Step, context: dict[str, Any], result: StepResult) -> None:
-        prepared = self._prepare_items(step, context)
-        result.cache_key = cache_key("foreach", [key for _, key in prepared])
-        reused = self._reusable(step, result.cache_key)
-        if reused is not None:
-            result.output, result.usage, result.cached = reused.output, reused.usage, True
-            return
-        runs = [self._cached_or_executed(step, req, key) for req, key in prepared]
         outcomes = await asyncio.gather(*runs, return_exceptions=True)
         failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
         for _, error in failures:
             if isinstance(error, asyncio.CancelledError):
                 raise error
         done = [o for o in outcomes if not isinstance(o, BaseException)]
-        result.attempts = max(
-            [a for _, a, _ in done] + [getattr(e, "attempts", 1) for _, e in failures], default=0
-        )
-        for outcome, _, _ in done:
-            add_usage(result.usage, outcome.usage)
+        self._collect(prepared, result, done)
         if failures:
+            result.attempts = max(
+                [result.attempts] + [getattr(e, "attempts", 1) for _, e in failures]
+            )
             index, error = failures[0]
             inner = error.error if isinstance(error, _Failed) else error
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
             raise _Failed(
-                StepError(f"item {index}: {self.rt.describe_error(inner)}{more}"), result.attempts
+                StepError(f"item {index}: {self.rt.describe_error(inner)}{more}"),
+                result.attempts,
+                result.usage,
             )
-        result.output = [outcome.output for outcome, _, _ in done]
+
+    @staticmethod
+    def _collect(
+        prepared: PreparedStep, result: StepResult, done: list[tuple[Outcome, int, bool]]
+    ) -> None:
+        """The step's output, usage, attempts and cached flag from its requests' outcomes."""
+        result.attempts = max((attempts for _, attempts, _ in done), default=0)
+        for outcome, _, _ in done:
+            add_usage(result.usage, outcome.usage)
+        result.output = prepared.output_of([outcome.output for outcome, _, _ in done])
         result.cached = all(cached for _, _, cached in done)
-
-    def _prepare_items(self, step: Step, context: dict[str, Any]) -> list[tuple[dict, str]]:
-        """Each foreach item's rendered request and cache key, in item order."""
-        items = evaluate(step.foreach, context, self.rt.path_of(step, "foreach"), self.rt.locate)
-        if isinstance(items, dict):
-            items = list(items.items())
-        if not isinstance(items, (list, tuple)):
-            raise StepError(
-                f"{self.rt.locate(self.rt.path_of(step, 'foreach'))}: foreach must give a list, "
-                f"got {type(items).__name__}"
-            )
-        return [
-            self._prepare(step, {**context, "item": item, "index": index})
-            for index, item in enumerate(items)
-        ]
-
-    def _reusable(self, step: Step, key: str) -> StepResult | None:
-        """On resume: the completed result of the same request, whatever the cache holds."""
-        previous = self.previous.get(step.id)
-        if previous and previous.cache_key == key and step.id not in self.options.refresh:
-            return previous
-        return None
 
     async def _cached_or_executed(
         self, step: Step, request: dict, key: str
@@ -296,7 +285,7 @@ class Scheduler:
             self.writes.add(key, self.rt.mask(outcome.output), outcome.usage, step.cache_ttl)
 
     async def _attempts(self, step: Step, request: dict) -> tuple[Outcome, int]:
-        module = kind_module(step.kind)
+        kind = kind_of(step.kind)
         feedback: str | None = None
         attempt = 0
         spent: dict[str, int] = {}  # tokens of failed attempts count too (a schema retry costs)
@@ -305,7 +294,7 @@ class Scheduler:
             try:
                 async with self.slots:
                     self.observe("attempt", step.id, None)
-                    coro = module.execute(step, request, self.rt, feedback)
+                    coro = kind.execute(step, request, self.rt, feedback)
                     outcome = await asyncio.wait_for(coro, step.timeout)
                 if spent:
                     outcome.usage = add_usage(dict(outcome.usage), spent)
@@ -342,25 +331,29 @@ class Scheduler:
     # -- template steps inline ------------------------------------------------------------
     def _run_templates(self, steps: list[Step]) -> None:
         """Run ready template steps at once, as `_run_step` would, looking their keys up together."""
-        pending: list[tuple[Step, StepResult, list[tuple[dict, str]]]] = []
+        pending: list[tuple[PreparedStep, StepResult]] = []
         for step in steps:
             result = StepResult(step.id, "completed", started_at=now())
             self.observe("start", step.id, None)
-            work = self._guarded(step, result, self._template_work)
-            if work is None:
+            prepared = self._guarded(
+                step, result, lambda s=step: prepare_step(s, self._context(), self.rt)
+            )
+            if prepared is None or self._decided(prepared, result):
                 self._complete(result)
             else:
-                pending.append((step, result, work))
-        keys = [key for step, _, work in pending if self._use_cache(step) for _, key in work]
+                pending.append((prepared, result))
+        keys = [key for p, _ in pending if self._use_cache(p.step) for key in p.keys]
         hits = self.writes.lookup_many(keys) if keys else {}
-        for step, result, work in pending:
-            self._guarded(step, result, lambda s, r, w=work: self._template_outcomes(s, r, w, hits))
+        for prepared, result in pending:
+            self._guarded(
+                prepared.step, result, lambda p=prepared, r=result: self._templates_done(p, r, hits)
+            )
             self._complete(result)
 
-    def _guarded(self, step: Step, result: StepResult, func: Callable) -> Any:
-        """`func(step, result)`, a failure recorded on `result` as `_run_step` records it."""
+    def _guarded(self, step: Step, result: StepResult, func: Callable[[], Any]) -> Any:
+        """`func()`, a failure recorded on `result` as `_run_step` records it."""
         try:
-            return func(step, result)
+            return func()
         except StepChainError as exc:
             result.status, result.error = "failed", self.rt.describe_error(exc)
         except Exception as exc:  # a bug in StepChain: record it, and log the traceback
@@ -368,49 +361,22 @@ class Scheduler:
             result.status, result.error = "failed", self.rt.describe_error(exc)
         return None
 
-    def _template_work(self, step: Step, result: StepResult) -> list[tuple[dict, str]] | None:
-        """The requests still to look up or execute, or None when the step is already decided."""
-        context = self._context(step)
-        if step.when is not None and not evaluate(
-            step.when, context, self.rt.path_of(step, "when"), self.rt.locate
-        ):
-            result.status, result.reason = "skipped", f"when: {step.when} is false"
-            return None
-        if step.foreach is not None:
-            work = self._prepare_items(step, context)
-            result.cache_key = cache_key("foreach", [key for _, key in work])
-        else:
-            work = [self._prepare(step, context)]
-            result.cache_key = work[0][1]
-        reused = self._reusable(step, result.cache_key)
-        if reused is not None:
-            result.output, result.usage, result.cached = reused.output, reused.usage, True
-            return None
-        return work
-
-    def _template_outcomes(
-        self, step: Step, result: StepResult, work: list[tuple[dict, str]], hits: dict
+    def _templates_done(
+        self, prepared: PreparedStep, result: StepResult, hits: dict[str, dict[str, Any]]
     ) -> None:
-        outcomes: list[tuple[Outcome, int, bool]] = []
+        step = prepared.step
         use_cache = self._use_cache(step)
-        for request, key in work:
+        done: list[tuple[Outcome, int, bool]] = []
+        for request, key in zip(prepared.requests, prepared.keys, strict=True):
             entry = hits.get(key) if use_cache else None
             if entry is not None:
-                outcomes.append((Outcome(entry["output"], entry.get("usage") or {}), 0, True))
+                done.append((Outcome(entry["output"], entry.get("usage") or {}), 0, True))
                 continue
             self.observe("attempt", step.id, None)
             outcome = template_outcome(request)
             self._executed(step, key, outcome)
-            outcomes.append((outcome, 1, False))
-        if step.foreach is None:
-            ((outcome, result.attempts, result.cached),) = outcomes
-            result.output, result.usage = outcome.output, outcome.usage
-            return
-        result.attempts = max((attempts for _, attempts, _ in outcomes), default=0)
-        for outcome, _, _ in outcomes:
-            add_usage(result.usage, outcome.usage)
-        result.output = [outcome.output for outcome, _, _ in outcomes]
-        result.cached = all(cached for _, _, cached in outcomes)
+            done.append((outcome, 1, False))
+        self._collect(prepared, result, done)
 
     def _complete(self, result: StepResult) -> None:
         result.completed_at = now()

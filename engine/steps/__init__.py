@@ -1,30 +1,21 @@
-"""Step kinds. Each module renders its request and executes it; the registry maps kinds to them."""
+"""Step kinds: one module per kind, each with `render_request` and `execute` (see `base`)."""
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any
+from functools import cache
+
+from stepchain.steps.base import Outcome, RunServices, StepKind
+
+__all__ = ["Outcome", "RunServices", "StepKind", "kind_of"]
 
 
-@dataclass
-class Outcome:
-    """What executing a step's request produced."""
-
-    output: Any
-    usage: dict[str, int] = field(default_factory=dict)
+def kind_of(kind: str) -> StepKind:
+    """The module implementing a step kind (`prompt`, `tool`, `run`, `template`)."""
+    return _kinds()[kind]
 
 
-_MODULES = {"template": "template", "tool": "tool", "run": "command", "prompt": "prompt"}
+@cache
+def _kinds() -> dict[str, StepKind]:
+    from stepchain.steps import command, prompt, template, tool  # imported on first use
 
-
-_LOADED: dict[str, ModuleType] = {}
-
-
-def kind_module(kind: str) -> ModuleType:
-    """The module that implements a step kind (imported on first use)."""
-    module = _LOADED.get(kind)
-    if module is None:
-        module = _LOADED[kind] = importlib.import_module(f"stepchain.steps.{_MODULES[kind]}")
-    return module
+    return {"prompt": prompt, "tool": tool, "run": command, "template": template}

@@ -10,30 +10,27 @@ from typing import Any
 
 from stepchain.errors import StepError
 from stepchain.pipeline.definition import Step
-from stepchain.steps import Outcome
+from stepchain.steps.base import Outcome, RunServices
 from stepchain.templates.render import render_text, render_value
 
 STDERR_TAIL = 2000
 
 
-def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[str, Any]:
-    run = step.get("run")
-    path = runtime.path_of(step, "run")
-    if isinstance(run, str):
-        return {"shell": render_text(run, context, path, runtime.locate)}
-    argv = render_value(run, context, path, runtime.locate)
+def render_request(step: Step, context: dict[str, Any], run: RunServices) -> dict[str, Any]:
+    command = step.get("run")
+    path = run.path_of(step, "run")
+    if isinstance(command, str):
+        return {"shell": render_text(command, context, path, run.locate)}
+    argv = render_value(command, context, path, run.locate)
     return {"argv": [a if isinstance(a, str) else _json(a) for a in argv]}
 
 
 async def execute(
-    step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None
+    step: Step, request: dict[str, Any], run: RunServices, feedback: str | None = None
 ) -> Outcome:
-    cwd = str(runtime.pipeline.base_dir)
+    cwd = str(run.pipeline.base_dir)
     try:
-        if runtime.backend is not None:  # --executor dask: the command runs on a worker
-            returncode, stdout, stderr = await runtime.backend.run_command(request, cwd)
-        else:
-            returncode, stdout, stderr = await _run_here(request, cwd)
+        returncode, stdout, stderr = await run.run_command(request, cwd)
     except (FileNotFoundError, PermissionError) as exc:
         raise StepError(f"cannot start command: {exc}", "check the program name and PATH") from None
     text = stdout.decode("utf-8", errors="replace")
@@ -45,7 +42,8 @@ async def execute(
     return Outcome(text)
 
 
-async def _run_here(request: dict[str, Any], cwd: str) -> tuple[int, bytes, bytes]:
+async def run_locally(request: dict[str, Any], cwd: str) -> tuple[int, bytes, bytes]:
+    """Run the command in a subprocess here; its exit status, stdout and stderr."""
     kwargs: dict[str, Any] = {
         "stdout": asyncio.subprocess.PIPE,
         "stderr": asyncio.subprocess.PIPE,

@@ -18,10 +18,10 @@ from jsonschema import validators
 from jsonschema.exceptions import best_match
 from stepchain.errors import RetryableStepError, StepError
 from stepchain.llm.output_format import json_schema_format, strict_compatible
+from stepchain.llm.usage import add_usage
 from stepchain.llm.wire import ModelCall, ToolCall
 from stepchain.pipeline.definition import DEFAULT_MODEL, Step, ToolSpec
-from stepchain.run.results import add_usage
-from stepchain.steps import Outcome
+from stepchain.steps.base import Outcome, RunServices
 from stepchain.templates.render import render_text, render_value
 
 DEFAULT_MAX_TOOL_CALLS = 10
@@ -41,14 +41,14 @@ class SchemaMismatch(RetryableStepError):
         self.usage = usage  # tokens the failed attempt spent
 
 
-def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[str, Any]:
+def render_request(step: Step, context: dict[str, Any], run: RunServices) -> dict[str, Any]:
     """Everything that determines the answer; computed offline (MCP schemas are not in it)."""
 
     def text(name: str) -> str | None:
         value = step.get(name)
         if value is None:
             return None
-        return render_text(value, context, runtime.path_of(step, name), runtime.locate)
+        return render_text(value, context, run.path_of(step, name), run.locate)
 
     return {
         "model": text("model") or DEFAULT_MODEL,
@@ -57,16 +57,16 @@ def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[st
         "temperature": step.get("temperature"),
         "max_output_tokens": step.get("max_output_tokens"),
         "output_schema": step.get("output_schema"),
-        "tools": [_tool_identity(runtime, name) for name in step.get("tools") or []],
+        "tools": [_tool_identity(run, name) for name in step.get("tools") or []],
         "max_tool_calls": step.get("max_tool_calls", DEFAULT_MAX_TOOL_CALLS),
         "api": step.get("api", "auto"),
     }
 
 
 async def execute(
-    step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None
+    step: Step, request: dict[str, Any], run: RunServices, feedback: str | None = None
 ) -> Outcome:
-    toolbox = await _Toolbox.build(runtime, request["tools"])
+    toolbox = await _Toolbox.build(run, request["tools"])
     schema = request["output_schema"]
     fmt, wrapped = json_schema_format(schema) if schema is not None else (None, False)
     messages: list[dict[str, Any]] = [{"role": "user", "content": request["prompt"]}]
@@ -87,7 +87,7 @@ async def execute(
     usage: dict[str, int] = {}
     limit, made = request["max_tool_calls"], 0
     while True:
-        turn = await runtime.llm.complete(call)
+        turn = await run.llm.complete(call)
         add_usage(usage, turn.usage)
         if not turn.calls:
             break
@@ -149,10 +149,10 @@ def _with_usage(error: StepError, usage: dict[str, int]) -> StepError:
 
 
 # -- tools ----------------------------------------------------------------------------------
-def _tool_identity(runtime: Any, name: str) -> dict[str, Any]:
-    spec: ToolSpec = runtime.pipeline.tools[name]
+def _tool_identity(run: RunServices, name: str) -> dict[str, Any]:
+    spec: ToolSpec = run.pipeline.tools[name]
     if spec.type == "function":
-        tool = runtime.function_tool(name)
+        tool = run.function_tool(name)
         return {**tool.definition(), "function": tool.target, "code": tool.fingerprint}
     if spec.hosted:
         return {"name": name, "hosted": _hosted_definition(spec)}
@@ -160,7 +160,7 @@ def _tool_identity(runtime: Any, name: str) -> dict[str, Any]:
     return {
         "name": name,
         "type": "mcp",
-        "server": runtime.mcp_identity(name),
+        "server": run.mcp_identity(name),
         "allowed_tools": allowed,
     }
 
@@ -195,20 +195,20 @@ def _hosted_definition(spec: ToolSpec, headers: dict[str, str] | None = None) ->
 class _Toolbox:
     """The tools offered to the model in one execution, and how to run the local ones."""
 
-    def __init__(self, runtime: Any) -> None:
-        self.runtime = runtime
+    def __init__(self, run: RunServices) -> None:
+        self.services = run
         self.definitions: list[dict[str, Any]] = []
         self.local: dict[str, tuple[str, str | None]] = {}  # offered name -> (tool, MCP tool)
         self.servers: dict[str, str] = {}  # offered-name prefix -> MCP server
 
     @classmethod
-    async def build(cls, runtime: Any, identities: list[dict[str, Any]]) -> _Toolbox:
-        box = cls(runtime)
+    async def build(cls, run: RunServices, identities: list[dict[str, Any]]) -> _Toolbox:
+        box = cls(run)
         for identity in identities:
             name = identity["name"]
-            spec: ToolSpec = runtime.pipeline.tools[name]
+            spec: ToolSpec = run.pipeline.tools[name]
             if spec.type == "function":
-                definition = runtime.function_tool(name).definition()
+                definition = run.function_tool(name).definition()
                 definition["strict"] = strict_compatible(definition["parameters"])
                 box.definitions.append(definition)
                 box.local[name] = (name, None)
@@ -223,11 +223,11 @@ class _Toolbox:
         if spec.headers:
             path = ("tools", spec.name, "headers")
             headers = render_value(
-                dict(spec.headers), self.runtime.base_context(), path, self.runtime.locate
+                dict(spec.headers), self.services.base_context(), path, self.services.locate
             )
         definition = _hosted_definition(spec, headers)
         if definition["type"] == "mcp" and spec.require_approval == "always":
-            if not self.runtime.options.approve:
+            if not self.services.approve:
                 raise StepError(
                     f"hosted MCP server '{spec.name}' has require_approval: always",
                     "review what it may do, then approve its calls with --approve",
@@ -236,10 +236,9 @@ class _Toolbox:
         return definition
 
     async def _add_mcp(self, spec: ToolSpec) -> None:
-        connection = await self.runtime.mcp.get(spec.name)
         prefix = _offered_name(spec.name, "")
         self.servers[prefix] = spec.name
-        for tool in await connection.list_tools():
+        for tool in await self.services.mcp_tools(spec.name):
             if spec.allowed_tools is not None and tool["name"] not in spec.allowed_tools:
                 continue
             offered = _offered_name(spec.name, tool["name"])
@@ -269,13 +268,13 @@ class _Toolbox:
         tool, remote = target
         try:
             if remote is None:
-                result = await self.runtime.function_tool(tool).call(
-                    arguments, offload=self.runtime.offload
+                result = await self.services.function_tool(tool).call(
+                    arguments, offload=self.services.offload
                 )
             else:
-                result = await self.runtime.call_mcp(tool, remote, arguments, timeout)
+                result = await self.services.call_mcp(tool, remote, arguments, timeout)
         except Exception as exc:  # the model sees the failure and may try differently
-            return f"error: {self.runtime.describe_error(exc)}"
+            return f"error: {self.services.describe_error(exc)}"
         if isinstance(result, str):
             return result
         return json.dumps(result, ensure_ascii=False, default=str)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from stepchain.pipeline.definition import Step
-from stepchain.steps import Outcome
+from stepchain.steps.base import Outcome, RunServices
 from stepchain.templates.render import render_value
 
 
-def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[str, Any]:
+def render_request(step: Step, context: dict[str, Any], run: RunServices) -> dict[str, Any]:
     return {
         "output": render_value(
-            step.get("template"), context, runtime.path_of(step, "template"), runtime.locate
+            step.get("template"), context, run.path_of(step, "template"), run.locate
         )
     }
 
@@ -24,6 +24,6 @@ def template_outcome(request: dict[str, Any]) -> Outcome:
 
 
 async def execute(
-    step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None
+    step: Step, request: dict[str, Any], run: RunServices, feedback: str | None = None
 ) -> Outcome:
     return template_outcome(request)

@@ -5,18 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from stepchain.pipeline.definition import Step
-from stepchain.steps import Outcome
+from stepchain.steps.base import Outcome, RunServices
 from stepchain.templates.render import render_value
 
 
-def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[str, Any]:
-    arguments = render_value(
-        step.get("with") or {}, context, runtime.path_of(step, "with"), runtime.locate
-    )
+def render_request(step: Step, context: dict[str, Any], run: RunServices) -> dict[str, Any]:
+    arguments = render_value(step.get("with") or {}, context, run.path_of(step, "with"), run.locate)
     name, _, remote = step.get("tool").partition(".")
-    spec = runtime.pipeline.tools[name]
+    spec = run.pipeline.tools[name]
     if spec.type == "function":
-        tool = runtime.function_tool(name)
+        tool = run.function_tool(name)
         return {
             "tool": name,
             "function": tool.target,
@@ -26,18 +24,18 @@ def render_request(step: Step, context: dict[str, Any], runtime: Any) -> dict[st
     return {
         "tool": name,
         "remote": remote,
-        "server": runtime.mcp_identity(name),
+        "server": run.mcp_identity(name),
         "arguments": arguments,
     }
 
 
 async def execute(
-    step: Step, request: dict[str, Any], runtime: Any, feedback: str | None = None
+    step: Step, request: dict[str, Any], run: RunServices, feedback: str | None = None
 ) -> Outcome:
     if "function" in request:
-        tool = runtime.function_tool(request["tool"])
-        return Outcome(await tool.call(request["arguments"], offload=runtime.offload))
-    output = await runtime.call_mcp(
+        tool = run.function_tool(request["tool"])
+        return Outcome(await tool.call(request["arguments"], offload=run.offload))
+    output = await run.call_mcp(
         request["tool"], request["remote"], request["arguments"], step.timeout
     )
     return Outcome(output)
