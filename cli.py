@@ -192,7 +192,6 @@ def _run(
         scheduler=flags.pop("scheduler"),
     )
     run_id = flags.pop("run_id")
-    flags["refresh"] = frozenset(flags["refresh"])
     with LiveTable(pipeline) as table:
         result = executor.run(
             pipeline,
@@ -320,26 +319,8 @@ def decompose(
 
 
 def entry() -> None:
-    """The `stepchain` command: `main`, then a quick exit.
-
-    Tearing the interpreter down frees every object one by one; for a 10,000-step pipeline that
-    takes longer (~0.3 s) than printing its plan. Everything StepChain opened is closed by the
-    time a command returns, so the output is flushed and the process ends without it.
-    """
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        if isinstance(exc.code, str):
-            click.echo(exc.code, err=True)
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`stepchain plan F | head`)
-            code = code or 1
-    os._exit(code)
+    """The `stepchain` console command."""
+    main()
 
 
 if __name__ == "__main__":

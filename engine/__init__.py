@@ -1,16 +1,55 @@
 """StepChain: declarative YAML pipelines for LLM and tool workflows, validated, cached, resumable.
 
 The public names are imported on first use, so `stepchain validate` does not pay for the
-executor, the cache or the LLM client.
+executor, the cache or the LLM client; a type checker sees them through the imports below.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "1.0.0"
 
+if TYPE_CHECKING:
+    from stepchain.decomposer import decompose
+    from stepchain.errors import (
+        CommandsNotAllowed,
+        CredentialsMissing,
+        InputError,
+        Interrupted,
+        PipelineInvalid,
+        Problem,
+        RetryableStepError,
+        RunLocked,
+        RunNotFound,
+        StepChainError,
+        StepError,
+        StepTimeout,
+        UsageError,
+    )
+    from stepchain.pipeline.definition import Pipeline, Step
+    from stepchain.pipeline.load import load_pipeline
+    from stepchain.run.executor import Executor, execute, resume_run
+    from stepchain.run.records import RunState, Storage
+    from stepchain.run.results import RunResult, StepResult
+    from stepchain.settings import Settings, setup_stepchain
+
+_ERRORS = (
+    "CommandsNotAllowed",
+    "CredentialsMissing",
+    "InputError",
+    "Interrupted",
+    "PipelineInvalid",
+    "Problem",
+    "RetryableStepError",
+    "RunLocked",
+    "RunNotFound",
+    "StepChainError",
+    "StepError",
+    "StepTimeout",
+    "UsageError",
+)
 _PUBLIC = {
     "Executor": "stepchain.run.executor",
     "execute": "stepchain.run.executor",
@@ -24,9 +63,8 @@ _PUBLIC = {
     "StepResult": "stepchain.run.results",
     "Settings": "stepchain.settings",
     "setup_stepchain": "stepchain.settings",
-    "PipelineInvalid": "stepchain.errors",
-    "StepChainError": "stepchain.errors",
     "decompose": "stepchain.decomposer",
+    **dict.fromkeys(_ERRORS, "stepchain.errors"),
 }
 
 __all__ = [*sorted(_PUBLIC), "__version__"]

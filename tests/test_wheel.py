@@ -2,8 +2,9 @@
 
 SPEC §1: one distribution `stepchain`; `import stepchain` and the `stepchain` command work, the
 pipeline schema ships inside the wheel, and nothing generic (`engine`, `cli`, `schemas`) lands
-top-level in site-packages. The venv sees the system site-packages so that dependencies need no
-download, and the tests check that `stepchain` itself comes from the venv, not from this checkout.
+top-level in site-packages. The venv gets its dependencies from the environment running the tests
+(its site-packages, appended by a .pth file: nothing is downloaded, and nothing leaks in from the
+base interpreter), and the tests check that `stepchain` itself comes from the venv's wheel.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -70,12 +72,21 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def venv_bin(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv with only the wheel installed in it (dependencies from the system)."""
+    """A fresh virtualenv with the wheel installed in it (dependencies from this environment)."""
     root = tmp_path_factory.mktemp("venv")
-    venv.create(root / "venv", system_site_packages=True, with_pip=False, symlinks=True)
+    venv.create(root / "venv", with_pip=False, symlinks=True)
     bin_dir = root / "venv" / "bin"
     python = bin_dir / "python"
-    run(python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", wheel, cwd=root)
+    inner = Path(
+        run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=root)
+        .stdout.strip()
+    )
+    ours = [Path(p) for p in site.getsitepackages() if Path(p).is_dir()]
+    (inner / "_test_dependencies.pth").write_text(
+        "".join(f"{p}\n" for p in ours if not p.is_relative_to(REPO))
+    )
+    run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
+        "-q", wheel, cwd=root)  # fmt: skip
     return bin_dir
 
 

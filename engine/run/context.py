@@ -33,6 +33,7 @@ class RunOptions:
     approve: bool = False
     executor: str = "local"
     scheduler: str | None = None
+    http_client: Any | None = None  # the user's, for LLM calls; never closed by StepChain
     handle_signals: bool = False  # the CLI turns SIGINT/SIGTERM into a clean interrupt
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from stepchain.cache.store import ResultCache
-from stepchain.errors import StepChainError
+from stepchain.errors import StepChainError, UsageError
 from stepchain.pipeline.definition import Pipeline
 from stepchain.pipeline.inputs import resolve_inputs
 from stepchain.pipeline.load import load_pipeline, load_pipeline_text
@@ -29,9 +29,14 @@ class Executor:
         max_concurrent: int = 8,
         *,
         settings: Settings | None = None,
-        executor: str = "local",
+        executor: Literal["local", "dask"] = "local",
         scheduler: str | None = None,
     ) -> None:
+        if max_concurrent < 1:
+            raise UsageError(
+                f"max_concurrent must be at least 1, got {max_concurrent}",
+                "pass max_concurrent=1 to run one step at a time",
+            )
         self.max_concurrent = max_concurrent
         self.settings = settings
         self.executor = executor
@@ -43,10 +48,75 @@ class Executor:
         run_id: str | None = None,
         inputs: dict[str, Any] | None = None,
         resume: bool = False,
-        **options: Any,
+        *,
+        fail_fast: bool = False,
+        no_cache: bool = False,
+        refresh: Iterable[str] = (),
+        allow_run: bool | None = None,
+        approve: bool = False,
+        http_client: Any | None = None,
     ) -> list[StepResult]:
-        """Run (or resume) a pipeline; one StepResult per step, in pipeline order."""
-        return self.run(pipeline, run_id=run_id, inputs=inputs, resume=resume, **options).results
+        """Run (or resume) a pipeline; one StepResult per step, in pipeline order.
+
+        Args:
+            pipeline: a Pipeline from load_pipeline() or decompose(), or a file path.
+            run_id: names the run so it can be resumed; default `<name>-<UTC time>-<4 hex>`.
+            inputs: values for the pipeline's declared inputs.
+            resume: reuse the completed steps of run `run_id` and run the rest.
+            fail_fast: start nothing new after the first failure.
+            no_cache: ignore cache hits (results are still stored).
+            refresh: ids of steps to recompute whatever the cache holds.
+            allow_run: allow `run` steps to start commands (None: STEPCHAIN_ALLOW_RUN decides).
+            approve: approve MCP tools that have `require_approval: always`.
+            http_client: the HTTP client for LLM calls (an `openai.DefaultAsyncHttpxClient`),
+                e.g. with a proxy, client certificates or HTTP/2; StepChain does not close it.
+
+        Raises:
+            StepChainError: the run could not start (see its message and hint).
+        """
+        return self.run(
+            pipeline,
+            run_id=run_id,
+            inputs=inputs,
+            resume=resume,
+            fail_fast=fail_fast,
+            no_cache=no_cache,
+            refresh=refresh,
+            allow_run=allow_run,
+            approve=approve,
+            http_client=http_client,
+        ).results
+
+    def options(
+        self,
+        *,
+        run_id: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        resume: bool = False,
+        fail_fast: bool = False,
+        no_cache: bool = False,
+        refresh: Iterable[str] = (),
+        allow_run: bool | None = None,
+        approve: bool = False,
+        http_client: Any | None = None,
+        handle_signals: bool = False,
+    ) -> RunOptions:
+        """The RunOptions of a run by this executor (the arguments are those of `execute`)."""
+        return RunOptions(
+            run_id=run_id,
+            inputs=dict(inputs or {}),
+            resume=resume,
+            max_concurrent=self.max_concurrent,
+            fail_fast=fail_fast,
+            no_cache=no_cache,
+            refresh=frozenset(refresh),
+            allow_run=allow_run,
+            approve=approve,
+            executor=self.executor,
+            scheduler=self.scheduler,
+            http_client=http_client,
+            handle_signals=handle_signals,
+        )
 
     def run(
         self,
@@ -55,24 +125,67 @@ class Executor:
         run_id: str | None = None,
         inputs: dict[str, Any] | None = None,
         resume: bool = False,
+        fail_fast: bool = False,
+        no_cache: bool = False,
+        refresh: Iterable[str] = (),
+        allow_run: bool | None = None,
+        approve: bool = False,
+        http_client: Any | None = None,
         observer: Observer | None = None,
-        **options: Any,
+        handle_signals: bool = False,
     ) -> RunResult:
-        """Run a pipeline and return the whole RunResult (what `stepchain run --json` prints)."""
-        opts = RunOptions(
+        """Run a pipeline; the whole RunResult (what `stepchain run --json` prints).
+
+        The arguments are those of `execute`; `observer(event, step_id, result)` hears each
+        step start, attempt and finish; `handle_signals` turns SIGINT/SIGTERM into a clean stop.
+        """
+        options = self.options(
             run_id=run_id,
-            inputs=dict(inputs or {}),
+            inputs=inputs,
             resume=resume,
-            max_concurrent=self.max_concurrent,
-            executor=self.executor,
-            scheduler=self.scheduler,
-            **options,
+            fail_fast=fail_fast,
+            no_cache=no_cache,
+            refresh=refresh,
+            allow_run=allow_run,
+            approve=approve,
+            http_client=http_client,
+            handle_signals=handle_signals,
         )
-        return asyncio.run(self.arun(pipeline, opts, observer))
+        return asyncio.run(self.run_with(pipeline, options, observer))
 
     async def arun(
+        self,
+        pipeline: Pipeline | str | Path,
+        *,
+        run_id: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        resume: bool = False,
+        fail_fast: bool = False,
+        no_cache: bool = False,
+        refresh: Iterable[str] = (),
+        allow_run: bool | None = None,
+        approve: bool = False,
+        http_client: Any | None = None,
+        observer: Observer | None = None,
+    ) -> RunResult:
+        """`run` inside a running event loop (signals are left to the caller's loop)."""
+        options = self.options(
+            run_id=run_id,
+            inputs=inputs,
+            resume=resume,
+            fail_fast=fail_fast,
+            no_cache=no_cache,
+            refresh=refresh,
+            allow_run=allow_run,
+            approve=approve,
+            http_client=http_client,
+        )
+        return await self.run_with(pipeline, options, observer)
+
+    async def run_with(
         self, pipeline: Pipeline | str | Path, options: RunOptions, observer: Observer | None = None
     ) -> RunResult:
+        """Run with options made by `options()`: what `run`, `arun` and the CLI share."""
         if not isinstance(pipeline, Pipeline):
             pipeline = load_pipeline(pipeline)
         settings = current_settings(self.settings)
@@ -146,24 +259,44 @@ def execute(
     inputs: dict[str, Any] | None = None,
     resume: bool = False,
     max_concurrent: int = 8,
-    **options: Any,
+    *,
+    fail_fast: bool = False,
+    no_cache: bool = False,
+    refresh: Iterable[str] = (),
+    allow_run: bool | None = None,
+    approve: bool = False,
+    http_client: Any | None = None,
 ) -> list[StepResult]:
     """Run (or resume) a pipeline and return one StepResult per step.
 
-    Args:
-        pipeline: a Pipeline from load_pipeline() or decompose(), or a file path.
-        run_id: names the run so it can be resumed; default `<name>-<UTC time>-<4 hex>`.
-        inputs: values for the pipeline's declared inputs.
-        resume: reuse the completed steps of run `run_id` and run the rest.
+    The arguments are those of `Executor(max_concurrent).execute(...)`.
+
+    Raises:
+        StepChainError: the run could not start (see its message and hint).
     """
-    return Executor(max_concurrent).execute(pipeline, run_id, inputs, resume, **options)
+    return Executor(max_concurrent).execute(
+        pipeline,
+        run_id,
+        inputs,
+        resume,
+        fail_fast=fail_fast,
+        no_cache=no_cache,
+        refresh=refresh,
+        allow_run=allow_run,
+        approve=approve,
+        http_client=http_client,
+    )
 
 
-def resume_run(run_id: str, executor: Executor | None = None, **options: Any) -> RunResult:
+def resume_run(
+    run_id: str, executor: Executor | None = None, options: RunOptions | None = None
+) -> RunResult:
     """Resume a recorded run from its file (or, if the file is gone, from the recorded text)."""
     executor = executor or Executor()
     pipeline = recorded_pipeline(run_id, executor.settings)
-    return executor.run(pipeline, run_id=run_id, resume=True, **options)
+    options = options or executor.options()
+    options.run_id, options.resume = run_id, True
+    return asyncio.run(executor.run_with(pipeline, options))
 
 
 def recorded_pipeline(run_id: str, settings: Settings | None = None) -> Pipeline:
