@@ -67,7 +67,35 @@ _PUBLIC = {
     **dict.fromkeys(_ERRORS, "stepchain.errors"),
 }
 
-__all__ = [*sorted(_PUBLIC), "__version__"]
+__all__ = [
+    "CommandsNotAllowed",
+    "CredentialsMissing",
+    "Executor",
+    "InputError",
+    "Interrupted",
+    "Pipeline",
+    "PipelineInvalid",
+    "Problem",
+    "RetryableStepError",
+    "RunLocked",
+    "RunNotFound",
+    "RunResult",
+    "RunState",
+    "Settings",
+    "Step",
+    "StepChainError",
+    "StepError",
+    "StepResult",
+    "StepTimeout",
+    "Storage",
+    "UsageError",
+    "__version__",
+    "decompose",
+    "execute",
+    "load_pipeline",
+    "resume_run",
+    "setup_stepchain",
+]
 
 
 def __getattr__(name: str) -> Any:

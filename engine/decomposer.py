@@ -370,7 +370,7 @@ def to_yaml(doc: dict[str, Any]) -> str:
             _ordered(s, _STEP_ORDER) if isinstance(s, dict) else s for s in ordered["steps"]
         ]
     text = yaml.dump(ordered, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=4096)
-    lines = []
+    lines: list[str] = []
     for line in text.splitlines():
         # a blank line between steps and before the big sections; nothing else starts there
         if lines and (

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,6 +55,7 @@ class Cli:
 
     def __init__(self) -> None:
         self.runner = CliRunner()
+        self.spawned: list[subprocess.Popen] = []
 
     def __call__(self, *args: str) -> Result:
         return self.runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
@@ -63,9 +64,8 @@ class Cli:
         result = self(*args, "--json")
         return json.loads(result.stdout)
 
-    @staticmethod
-    def spawn(*args: str, **kwargs) -> subprocess.Popen:
-        return subprocess.Popen(
+    def spawn(self, *args: str, **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(
             [sys.executable, "-m", "stepchain.cli", *map(str, args)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -73,6 +73,18 @@ class Cli:
             env={**os.environ, **kwargs.pop("env", {})},
             **kwargs,
         )
+        self.spawned.append(proc)
+        return proc
+
+    def close(self) -> None:
+        """End what a test left running and close its pipes (no ResourceWarning later)."""
+        for proc in self.spawned:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
 
     def proc(self, *args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
         p = self.spawn(*args, **kwargs)
@@ -81,8 +93,10 @@ class Cli:
 
 
 @pytest.fixture
-def cli() -> Cli:
-    return Cli()
+def cli() -> Iterator[Cli]:
+    runner = Cli()
+    yield runner
+    runner.close()
 
 
 def calls(path: Path) -> list[str]:

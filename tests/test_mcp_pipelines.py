@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO, calls
@@ -23,7 +24,7 @@ def running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     status = f"/proc/{pid}/status"
-    return not (os.path.exists(status) and "zombie" in open(status).read())
+    return not (os.path.exists(status) and "zombie" in Path(status).read_text())
 
 
 def sales_pipeline(write, tmp_path, steps: str, tool_extra: str = "", head: str = "") -> object:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import pytest
 from conftest import calls
 from stepchain import Executor
 
@@ -477,3 +478,19 @@ def test_inline_template_records_match_task_records(write, calls_log, monkeypatc
             for r in state.results
         ]
     assert recorded[True] == recorded[False]
+
+
+def test_every_public_name_is_exported_and_importable():
+    import stepchain
+
+    assert set(stepchain.__all__) - {"__version__"} == set(stepchain._PUBLIC)
+    for name in stepchain.__all__:
+        assert getattr(stepchain, name) is not None
+
+
+def test_max_concurrent_below_one_is_refused():
+    from stepchain import UsageError
+
+    for bad in (0, -3):
+        with pytest.raises(UsageError, match="max_concurrent must be at least 1"):
+            Executor(max_concurrent=bad)

@@ -78,8 +78,9 @@ def venv_bin(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     bin_dir = root / "venv" / "bin"
     python = bin_dir / "python"
     inner = Path(
-        run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=root)
-        .stdout.strip()
+        run(
+            python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=root
+        ).stdout.strip()
     )
     ours = [Path(p) for p in site.getsitepackages() if Path(p).is_dir()]
     (inner / "_test_dependencies.pth").write_text(

@@ -49,13 +49,16 @@ class _Scope:
 
 def check_semantics(source: Source) -> Checked:
     """All checks that need more than the schema. Works on partially broken documents too."""
-    data = source.data if isinstance(source.data, dict) else {}
+    data: dict[str, Any] = source.data if isinstance(source.data, dict) else {}
     checked = Checked()
-    raw_steps = data.get("steps") if isinstance(data.get("steps"), list) else []
+    raw_steps = data.get("steps")
+    raw_steps = raw_steps if isinstance(raw_steps, list) else []
     all_steps = [(i, s) for i, s in enumerate(raw_steps) if isinstance(s, dict)]
     steps = [(i, s) for i, s in all_steps if isinstance(s.get("id"), str)]
-    inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
-    tools = data.get("tools") if isinstance(data.get("tools"), dict) else {}
+    inputs = data.get("inputs")
+    inputs = inputs if isinstance(inputs, dict) else {}
+    tools = data.get("tools")
+    tools = tools if isinstance(tools, dict) else {}
     scope = _Scope(
         {i for i, _ in steps},
         _check_ids(source, steps, checked),
@@ -219,11 +222,11 @@ def _check_template(
     found: set[str] = set()
     where = str(path[-1]) if is_expr else None
     for ref in refs:
-        message = _reference_problem(ref, scope, where)
-        if message:
+        problem = _reference_problem(ref, scope, where)
+        if problem:
             pattern = _reference_pattern(ref)
             line, col = _template_position(source, path, ref.lineno, pattern)
-            checked.problems.append(Problem(source.file, line, col, source.display(path), message))
+            checked.problems.append(Problem(source.file, line, col, source.display(path), problem))
         elif ref.root == "steps" and ref.key:
             found.add(ref.key)
     return found

@@ -107,11 +107,11 @@ def _longest(
             length[node] = longest + weight.get(node, 1.0)
     if not length:
         return []
-    node: str | None = max(length, key=length.__getitem__)
+    last: str | None = max(length, key=length.__getitem__)
     path = []
-    while node is not None:
-        path.append(node)
-        node = parent[node]
+    while last is not None:
+        path.append(last)
+        last = parent[last]
     return path[::-1]
 
 

@@ -69,11 +69,11 @@ def _name_from_file(file: str) -> str:
 
 def _rename(source: Source, old: tuple, new: tuple) -> None:
     """Move recorded positions to the new path, remembering how the file spelt it."""
-    for table in (source.positions, source.key_positions, source.ends):
-        for path in [p for p in table if p[: len(old)] == old]:
-            table[new + path[len(old) :]] = table.pop(path)
-    for table in (source.block_scalars, source.folded, source.reported):
-        for path in [p for p in table if p[: len(old)] == old]:
-            table.discard(path)
-            table.add(new + path[len(old) :])
+    for places in (source.positions, source.key_positions, source.ends):
+        for path in [p for p in places if p[: len(old)] == old]:
+            places[new + path[len(old) :]] = places.pop(path)
+    for paths in (source.block_scalars, source.folded, source.reported):
+        for path in [p for p in paths if p[: len(old)] == old]:
+            paths.discard(path)
+            paths.add(new + path[len(old) :])
     source.renamed[new] = old

@@ -203,8 +203,8 @@ class _Builder:
             start = (mark.line + 1, mark.column + 1)
             frame = stack[-1] if stack else None
             if kind in _CLOSE:
-                stack.pop()
-                value, size, counted = *self._close(frame, event), 1
+                closed = stack.pop()  # the frame of the collection this event closes
+                value, size, counted = *self._close(closed, event), 1
             elif kind is ev.DocumentEndEvent:
                 return value
             elif frame is not None and frame.is_map and frame.key is None:
@@ -428,12 +428,12 @@ def syntax_problem(source: Source, exc: yaml.YAMLError) -> Problem:
     opened_at = (opened.line + 1, opened.column + 1) if opened else pos
     problem, context = getattr(exc, "problem", None) or "", getattr(exc, "context", None) or ""
     if "maximum nesting depth" in problem:  # libyaml >= 0.2.6 (PyYAML 6.0.4) stops at 1,000 levels
-        return Problem(source.file, *pos, "", _TOO_DEEP)
+        return Problem(source.file, pos[0], pos[1], "", _TOO_DEEP)
     place, message = _explain(source, problem, context, pos, opened_at) or (
         pos,
         f"{problem or exc}" + (f" ({context})" if context else ""),
     )
-    return Problem(source.file, *place, "", f"YAML syntax error: {message}")
+    return Problem(source.file, place[0], place[1], "", f"YAML syntax error: {message}")
 
 
 _UNQUOTED_TEMPLATE = re.compile(r"(?:^|[:?-]\s+)(\{[{%#])")

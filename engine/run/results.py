@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 Status = Literal["completed", "failed", "skipped", "interrupted"]
+RunStatus = Literal["completed", "failed", "interrupted"]
 
 
 @dataclass
@@ -57,7 +58,7 @@ class RunResult:
     """A whole run: its id, status, outputs and every step's result, in pipeline order."""
 
     run_id: str
-    status: Literal["completed", "failed", "interrupted"]
+    status: RunStatus
     steps: dict[str, StepResult]
     outputs: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)

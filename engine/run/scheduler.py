@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from stepchain.cache.pending import PendingWrites
@@ -20,7 +21,7 @@ from stepchain.pipeline.definition import Step
 from stepchain.run.context import Runtime
 from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.run.records import Storage
-from stepchain.run.results import RunResult, StepResult, now
+from stepchain.run.results import RunResult, RunStatus, StepResult, now
 from stepchain.settings import LOGGER_NAME
 from stepchain.steps import Outcome, kind_of
 from stepchain.steps.template import template_outcome
@@ -300,7 +301,7 @@ class Scheduler:
                     outcome.usage = add_usage(dict(outcome.usage), spent)
                 return outcome, attempt
             except TimeoutError:
-                error: BaseException = StepTimeout(f"timed out after {step.timeout:g}s")
+                error: RetryableStepError = StepTimeout(f"timed out after {step.timeout:g}s")
             except RetryableStepError as exc:
                 error = exc
             except StepError as exc:
@@ -315,7 +316,7 @@ class Scheduler:
             feedback = getattr(error, "feedback", None)
             delay = (
                 error.retry_after
-                if getattr(error, "retry_after", None) is not None
+                if error.retry_after is not None
                 else (step.backoff.delay(attempt) * random.uniform(0.5, 1.0))
             )
             message = self.rt.describe_error(error)
@@ -336,7 +337,7 @@ class Scheduler:
             result = StepResult(step.id, "completed", started_at=now())
             self.observe("start", step.id, None)
             prepared = self._guarded(
-                step, result, lambda s=step: prepare_step(s, self._context(), self.rt)
+                step, result, partial(prepare_step, step, self._context(), self.rt)
             )
             if prepared is None or self._decided(prepared, result):
                 self._complete(result)
@@ -346,7 +347,7 @@ class Scheduler:
         hits = self.writes.lookup_many(keys) if keys else {}
         for prepared, result in pending:
             self._guarded(
-                prepared.step, result, lambda p=prepared, r=result: self._templates_done(p, r, hits)
+                prepared.step, result, partial(self._templates_done, prepared, result, hits)
             )
             self._complete(result)
 
@@ -386,6 +387,7 @@ class Scheduler:
     # -- the end --------------------------------------------------------------------------
     def _result(self) -> RunResult:
         ordered = {s.id: self.results[s.id] for s in self.pipeline.steps}
+        status: RunStatus
         if self.interrupted:
             status = "interrupted"
         elif any(

@@ -51,9 +51,9 @@ class FunctionTool:
             if inspect.iscoroutinefunction(self.func):
                 result = await self.func(**arguments)
             else:
-                if offload is None:
-                    from stepchain.tools.blocking import run_in_thread as offload
-                result = await offload(self.func, **arguments)
+                from stepchain.tools.blocking import run_in_thread
+
+                result = await (offload or run_in_thread)(self.func, **arguments)
         except Exception as exc:
             raise _wrap(self.name, exc) from None
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import TracebackType
 from typing import Any
 
 from rich.console import Console
@@ -43,9 +44,14 @@ class LiveTable:
     def __enter__(self) -> LiveTable:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         if self.shown:
-            self.live.__exit__(*exc)
+            self.live.__exit__(kind, error, traceback)
 
     def __call__(self, event: str, step_id: str, result: StepResult | None) -> None:
         if not self.shown:  # only once steps run: an error before the first step stays one line
