@@ -32,7 +32,7 @@ from stepchain.errors import RetryableStepError, StepChainError, UsageError
 from stepchain.pipeline.definition import Pipeline
 from stepchain.settings import LOGGER_NAME
 from stepchain.steps.command import STDERR_TAIL
-from stepchain.tools.functions import _fingerprint
+from stepchain.tools.functions import code_fingerprint
 
 log = logging.getLogger(LOGGER_NAME)
 CONNECT_TIMEOUT = 5.0  # seconds to reach the scheduler before the run fails
@@ -204,7 +204,7 @@ def _reference(func: Callable[..., Any], folder: str) -> ToolRef | None:
             return None
     except Exception:
         return None
-    return ToolRef(folder, module, qualname, _fingerprint(func), _module_file(module))
+    return ToolRef(folder, module, qualname, code_fingerprint(func), _module_file(module))
 
 
 def _label(func: Callable[..., Any]) -> str:
@@ -251,11 +251,11 @@ def _import_tool(ref: ToolRef) -> Callable[..., Any]:
     _put_first_on_path(ref.folder)
     func = _lookup(ref.module, ref.qualname)
     here = ref.file is not None and os.path.exists(ref.file)
-    if _fingerprint(func) != ref.fingerprint or (here and _module_file(ref.module) != ref.file):
+    if code_fingerprint(func) != ref.fingerprint or (here and _module_file(ref.module) != ref.file):
         # A long-lived worker imported an older version, or a same-named module of another pipeline.
         _forget(ref.module)
         func = _lookup(ref.module, ref.qualname)
-        if _fingerprint(func) != ref.fingerprint:
+        if code_fingerprint(func) != ref.fingerprint:
             raise ImportError(
                 f"{ref.label} on this worker is not the code the coordinator has "
                 f"({getattr(sys.modules.get(ref.module), '__file__', '?')}); "

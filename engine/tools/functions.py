@@ -99,7 +99,7 @@ def load_function_tool(spec: ToolSpec, base_dir: Path) -> FunctionTool:
         func=func,
         description=spec.description or (inspect.getdoc(func) or "").split("\n\n")[0],
         parameters=spec.parameters or infer_parameters(func),
-        fingerprint=_fingerprint(func),
+        fingerprint=code_fingerprint(func),
     )
 
 
@@ -138,7 +138,7 @@ def infer_parameters(func: Callable[..., Any]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": required}
 
 
-def _fingerprint(func: Callable[..., Any]) -> str:
+def code_fingerprint(func: Callable[..., Any]) -> str:
     # The cache key includes the function's code: editing a tool invalidates its cached results.
     try:
         source = inspect.getsource(func)
