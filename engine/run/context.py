@@ -81,7 +81,7 @@ class Runtime:
             if spec.type == "function":
                 self.function_tool(name)
         if any(t.type == "mcp" for t in self.pipeline.tools.values()):
-            from stepchain.tools.mcp.bridge import check_approval_possible
+            from stepchain.run.mcp_servers import check_approval_possible
 
             check_approval_possible(self)
         if self.pipeline.has_llm_steps:
@@ -135,7 +135,7 @@ class Runtime:
     @property
     def mcp(self) -> Any:
         if self._mcp_pool is None:
-            from stepchain.tools.mcp.bridge import make_pool
+            from stepchain.run.mcp_servers import make_pool
 
             self._mcp_pool = make_pool(self)
         return self._mcp_pool
@@ -156,7 +156,7 @@ class Runtime:
         return await run_locally(request, cwd)
 
     async def call_mcp(self, server: str, tool: str, arguments: dict, timeout: float | None) -> Any:
-        from stepchain.tools.mcp.bridge import call_tool
+        from stepchain.run.mcp_servers import call_tool
 
         return await call_tool(self, server, tool, arguments, timeout)
 

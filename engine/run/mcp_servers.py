@@ -1,9 +1,9 @@
-"""The engine's side of MCP: servers built from the pipeline's tools, approval, and calls."""
+"""A run's MCP servers: the pool built from the pipeline's tools, approval, and calls."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepchain.errors import StepChainError, StepError
 from stepchain.pipeline.definition import ToolSpec
@@ -11,8 +11,11 @@ from stepchain.templates.render import render_value
 from stepchain.tools.blocking import run_in_thread
 from stepchain.tools.mcp.client import McpPool, McpServerSpec
 
+if TYPE_CHECKING:
+    from stepchain.run.context import Runtime
 
-def make_pool(runtime: Any) -> McpPool:
+
+def make_pool(runtime: Runtime) -> McpPool:
     """One pool per run: every engine-run (stdio or HTTP) MCP server of the pipeline."""
     context = runtime.base_context()
     specs = {}
@@ -31,7 +34,7 @@ def make_pool(runtime: Any) -> McpPool:
     return McpPool(specs)
 
 
-def approval_servers(runtime: Any) -> list[str]:
+def approval_servers(runtime: Runtime) -> list[str]:
     """Engine-run MCP servers with require_approval: always that some step may call."""
     used: set[str] = set()
     for step in runtime.pipeline.steps:
@@ -42,7 +45,7 @@ def approval_servers(runtime: Any) -> list[str]:
     return sorted(name for name in used if _needs_approval(runtime.pipeline.tools.get(name)))
 
 
-def hosted_approval_servers(runtime: Any) -> list[str]:
+def hosted_approval_servers(runtime: Runtime) -> list[str]:
     """Hosted MCP servers with require_approval: always that some prompt step offers."""
     used = {name for step in runtime.pipeline.steps for name in step.get("tools") or []}
     tools = runtime.pipeline.tools
@@ -56,7 +59,7 @@ def hosted_approval_servers(runtime: Any) -> list[str]:
     )
 
 
-def check_approval_possible(runtime: Any) -> None:
+def check_approval_possible(runtime: Runtime) -> None:
     """Before anything runs: approval needs --approve or a terminal to ask on.
 
     The provider calls a hosted MCP server itself, in the middle of a stateless request, so
@@ -79,7 +82,7 @@ def check_approval_possible(runtime: Any) -> None:
 
 
 async def call_tool(
-    runtime: Any, server: str, tool: str, arguments: dict, timeout: float | None
+    runtime: Runtime, server: str, tool: str, arguments: dict[str, Any], timeout: float | None
 ) -> Any:
     """Call `server.tool`, asking for approval first where the server requires it."""
     if _needs_approval(runtime.pipeline.tools[server]) and not runtime.options.approve:
@@ -98,7 +101,7 @@ def _interactive() -> bool:
     return sys.stdin is not None and sys.stdin.isatty() and sys.stderr.isatty()
 
 
-async def _ask(runtime: Any, server: str, tool: str, arguments: dict) -> None:
+async def _ask(runtime: Runtime, server: str, tool: str, arguments: dict[str, Any]) -> None:
     if not _interactive():
         raise StepError(
             f"MCP tool '{server}.{tool}' requires approval and there is no terminal to ask on",
