@@ -560,7 +560,7 @@ def test_retry_after_as_an_http_date_counts_down_from_now(fake):
 
 # -- api: auto ------------------------------------------------------------------------------
 @pytest.mark.parametrize("status", [404, 405])
-def test_auto_falls_back_to_chat_and_remembers_it(monkeypatch, status):
+def test_auto_falls_back_to_chat_and_remembers_it(status):
     with FakeOpenAI(responses_api=False, missing_status=status) as fake:
         turns = complete(
             ModelCall(model="m", messages=HI),
