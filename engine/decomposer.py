@@ -22,7 +22,7 @@ import logging
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -35,6 +35,9 @@ from stepchain.pipeline.load import check_text, load_pipeline_text, read_text
 from stepchain.pipeline.schema import pipeline_schema
 from stepchain.pipeline.yaml_source import load_source
 from stepchain.settings import LOGGER_NAME, Settings, current_settings
+
+if TYPE_CHECKING:
+    from openai import DefaultAsyncHttpxClient
 
 log = logging.getLogger(LOGGER_NAME)
 MAX_STEPS_LIMIT = 50
@@ -113,6 +116,7 @@ def decompose(
     settings: Settings | None = None,
     max_repairs: int = 3,
     no_cache: bool = False,
+    http_client: DefaultAsyncHttpxClient | None = None,
 ) -> Pipeline:
     """Ask the LLM for a pipeline that does `task`; validated, never run.
 
@@ -127,6 +131,8 @@ def decompose(
         max_repairs: how many times problems are fed back before giving up.
         no_cache: ask the model again even when the cache holds its answers (they are
             replaced by the new ones).
+        http_client: your own `openai.DefaultAsyncHttpxClient` for the requests (proxies,
+            TLS, headers); it is left open.
 
     Raises:
         PipelineInvalid: the model's last answer still had problems (all listed).
@@ -143,6 +149,7 @@ def decompose(
         settings=settings,
         max_repairs=max_repairs,
         no_cache=no_cache,
+        http_client=http_client,
     )
     return load_pipeline_text(text, FILE)
 
@@ -158,6 +165,7 @@ def decompose_to_yaml(
     max_repairs: int = 3,
     no_cache: bool = False,
     schema_ref: str | None = None,
+    http_client: DefaultAsyncHttpxClient | None = None,
 ) -> str:
     """Like decompose(), but the YAML text with its header comment (what `-o FILE` writes).
 
@@ -169,7 +177,7 @@ def decompose_to_yaml(
         raise UsageError(f"max_repairs must be 0 or more, not {max_repairs!r}")
     given = load_tools(tools)
     model = model or DEFAULT_MODEL
-    asker = _Asker(model, temperature, current_settings(settings), no_cache)
+    asker = _Asker(model, temperature, current_settings(settings), no_cache, http_client)
     body = asyncio.run(_draft(asker, task, given, max_steps, max_repairs))
     return header(task, model, schema_ref) + body
 
@@ -290,10 +298,18 @@ def _repair_message(text: str, problems: list[Problem], given: dict[str, Any]) -
 class _Asker:
     """Model calls through the result cache; the client is created on the first real request."""
 
-    def __init__(self, model: str, temperature: float, settings: Settings, no_cache: bool) -> None:
+    def __init__(
+        self,
+        model: str,
+        temperature: float,
+        settings: Settings,
+        no_cache: bool,
+        http_client: DefaultAsyncHttpxClient | None = None,
+    ) -> None:
         self.model, self.temperature, self.system = model, temperature, ""
         self.cache = ResultCache(settings)
         self.no_cache = no_cache
+        self.http_client = http_client
         self.client: LLMClient | None = None
         self.usage: dict[str, int] = {}
 
@@ -315,7 +331,7 @@ class _Asker:
         if entry is not None and isinstance(entry["output"], str):
             return entry["output"]
         if self.client is None:
-            self.client = LLMClient.from_env()
+            self.client = LLMClient.from_env(self.http_client)
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
                 turn = await self.client.complete(call)

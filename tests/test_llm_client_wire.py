@@ -1,39 +1,34 @@
-"""The LLM client's fast path against the SDK's own: same requests on the wire, same answers.
-
-`LLMClient` posts its request body through `AsyncOpenAI.post` (no request transform) and reads
-the answer as plain JSON (no Response / ChatCompletion models). These tests send the same body
-through the SDK's `responses.create` / `chat.completions.create` and compare what the server
-received, then read the same answers through the SDK's models with the extraction the client
-used before, and compare the turns.
-"""
+"""`LLMClient` on the wire: what the server receives for each kind of call, how each answer
+reads, and which failures are retried — over real sockets on 127.0.0.1 (`FakeOpenAI`, and
+`RawServer` for bytes no API server would send)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import ssl
-from pathlib import Path
+import socket
 from typing import Any
 
-import openai
 import pytest
-from stepchain.errors import RetryableStepError
-from stepchain.llm.client import (
-    LLMClient,
-    ModelCall,
-    ToolCall,
-    Turn,
-)
+from stepchain.errors import RetryableStepError, StepError
+from stepchain.llm.client import LLMClient, ModelCall, ToolCall, Turn
 from stepchain.llm.output_format import json_schema_format
-from stepchain.llm.shared import shared_ssl_context, warm_up
 
 from tests.support.fake_openai import FakeOpenAI, Reply
 from tests.support.fake_openai import ToolCall as FakeCall
+from tests.support.raw_http import RawServer, then_close
 
 SCHEMA = {
     "type": "object",
     "properties": {"answer": {"type": "string"}, "score": {"type": ["number", "null"]}},
     "required": ["answer", "score"],
+    "additionalProperties": False,
+}
+LIST_SCHEMA = {"type": "array", "items": {"type": "string"}}
+WRAPPED = {
+    "type": "object",
+    "properties": {"value": LIST_SCHEMA},
+    "required": ["value"],
     "additionalProperties": False,
 }
 FUNCTION = {
@@ -53,33 +48,6 @@ CONVERSATION = [
     {"role": "assistant", "content": "", "calls": [ToolCall("call_1", "lookup", '{"q": "price"}')]},
     {"role": "tool", "call_id": "call_1", "content": "42 EUR"},
 ]
-CALLS = {
-    "plain": ModelCall(model="gpt-test", messages=[{"role": "user", "content": "Hi ünïcode"}]),
-    "options": ModelCall(
-        model="gpt-test",
-        messages=[{"role": "user", "content": "Hi"}],
-        system="Be terse.",
-        temperature=0.2,
-        max_output_tokens=64,
-        timeout=30.0,
-    ),
-    "strict schema": ModelCall(
-        model="gpt-test",
-        messages=[{"role": "user", "content": "Rate it."}],
-        output_format=json_schema_format(SCHEMA)[0],
-    ),
-    "wrapped schema": ModelCall(
-        model="gpt-test",
-        messages=[{"role": "user", "content": "List them."}],
-        output_format=json_schema_format({"type": "array", "items": {"type": "string"}})[0],
-    ),
-    "json object": ModelCall(
-        model="gpt-test",
-        messages=[{"role": "user", "content": "JSON please."}],
-        output_format={"type": "json_object"},
-    ),
-    "tool loop": ModelCall(model="gpt-test", messages=CONVERSATION, tools=[FUNCTION]),
-}
 HOSTED = [
     {"type": "web_search"},
     {"type": "file_search", "vector_store_ids": ["vs_1"]},
@@ -93,7 +61,141 @@ HOSTED = [
         "headers": {"Authorization": "Bearer x"},
     },
 ]
-VOLATILE_HEADERS = {"idempotency-key", "x-stainless-retry-count", "content-length"}
+HI = [{"role": "user", "content": "Hi"}]
+
+# name -> (call, the Responses body the server must receive, the chat body; None: not on chat)
+CASES: dict[str, tuple[ModelCall, dict[str, Any], dict[str, Any] | None]] = {
+    "plain": (
+        ModelCall(model="gpt-test", messages=[{"role": "user", "content": "Hi ünïcode"}]),
+        {"model": "gpt-test", "input": [{"role": "user", "content": "Hi ünïcode"}]},
+        {"model": "gpt-test", "messages": [{"role": "user", "content": "Hi ünïcode"}]},
+    ),
+    "options": (
+        ModelCall(
+            model="gpt-test",
+            messages=HI,
+            system="Be terse.",
+            temperature=0.2,
+            max_output_tokens=64,
+            timeout=30.0,
+        ),
+        {
+            "model": "gpt-test",
+            "input": HI,
+            "instructions": "Be terse.",
+            "max_output_tokens": 64,
+            "temperature": 0.2,
+        },
+        {
+            "model": "gpt-test",
+            "messages": [{"role": "system", "content": "Be terse."}, *HI],
+            "max_tokens": 64,
+            "temperature": 0.2,
+        },
+    ),
+    "strict schema": (
+        ModelCall(model="gpt-test", messages=HI, output_format=json_schema_format(SCHEMA)[0]),
+        {
+            "model": "gpt-test",
+            "input": HI,
+            "text": {
+                "format": {
+                    "type": "json_schema",
+                    "name": "output",
+                    "schema": SCHEMA,
+                    "strict": True,
+                }
+            },
+        },
+        {
+            "model": "gpt-test",
+            "messages": HI,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": SCHEMA, "strict": True},
+            },
+        },
+    ),
+    "wrapped schema": (
+        ModelCall(model="gpt-test", messages=HI, output_format=json_schema_format(LIST_SCHEMA)[0]),
+        {
+            "model": "gpt-test",
+            "input": HI,
+            "text": {
+                "format": {
+                    "type": "json_schema",
+                    "name": "output",
+                    "schema": WRAPPED,
+                    "strict": True,
+                }
+            },
+        },
+        {
+            "model": "gpt-test",
+            "messages": HI,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": WRAPPED, "strict": True},
+            },
+        },
+    ),
+    "json object": (
+        ModelCall(model="gpt-test", messages=HI, output_format={"type": "json_object"}),
+        {"model": "gpt-test", "input": HI, "text": {"format": {"type": "json_object"}}},
+        {"model": "gpt-test", "messages": HI, "response_format": {"type": "json_object"}},
+    ),
+    "tool loop": (
+        ModelCall(model="gpt-test", messages=CONVERSATION, tools=[FUNCTION]),
+        {
+            "model": "gpt-test",
+            "input": [
+                {"role": "user", "content": "Find the price."},
+                {
+                    "type": "function_call",
+                    "call_id": "call_1",
+                    "name": "lookup",
+                    "arguments": '{"q": "price"}',
+                },
+                {"type": "function_call_output", "call_id": "call_1", "output": "42 EUR"},
+            ],
+            "tools": [FUNCTION],
+        },
+        {
+            "model": "gpt-test",
+            "messages": [
+                {"role": "user", "content": "Find the price."},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "lookup", "arguments": '{"q": "price"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "42 EUR"},
+            ],
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "lookup",
+                        "description": "Look something up",
+                        "parameters": FUNCTION["parameters"],
+                        "strict": True,
+                    },
+                }
+            ],
+        },
+    ),
+    "hosted tools": (
+        ModelCall(model="gpt-test", messages=HI, tools=HOSTED),
+        {"model": "gpt-test", "input": HI, "tools": HOSTED},
+        None,
+    ),
+}
 
 
 @pytest.fixture
@@ -104,130 +206,61 @@ def fake(monkeypatch):
         yield server
 
 
-def sdk_client(fake: FakeOpenAI) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key="test-key", base_url=fake.base_url, max_retries=0)
+def complete(*calls: ModelCall, base_url: str | None = None) -> list[Turn]:
+    """The turns of `calls`, one after another, through one client (from the environment, or
+    for `base_url`), closed afterwards."""
 
-
-def complete(call: ModelCall) -> Turn:
-    async def go() -> Turn:
-        client = LLMClient.from_env()
+    async def go() -> list[Turn]:
+        client = LLMClient("test-key", base_url) if base_url else LLMClient.from_env()
         try:
-            return await client.complete(call)
+            return [await client.complete(call) for call in calls]
         finally:
             await client.aclose()
 
     return asyncio.run(go())
 
 
-def via_sdk(fake: FakeOpenAI, endpoint: str, body: dict[str, Any], timeout: Any) -> Any:
-    async def go() -> Any:
-        async with sdk_client(fake) as client:
-            create = (
-                client.responses.create
-                if endpoint == "responses"
-                else client.chat.completions.create
-            )
-            return await create(**body, timeout=timeout)
-
-    return asyncio.run(go())
+def with_api(call: ModelCall, api: str) -> ModelCall:
+    return ModelCall(**{**call.__dict__, "api": api})
 
 
-def same_wire(fake: FakeOpenAI, endpoint: str, timeout: Any) -> None:
-    """The last request, sent again through the SDK's create(), arrives identical."""
-    ours = fake.requests_to(endpoint)[-1]
-    via_sdk(fake, endpoint, ours.json, timeout)
-    theirs = fake.requests_to(endpoint)[-1]
-    assert theirs is not ours
-    assert ours.body == theirs.body
-    assert ours.path == theirs.path and ours.query == theirs.query
-    strip = lambda h: {k: v for k, v in h.items() if k not in VOLATILE_HEADERS}  # noqa: E731
-    assert strip(ours.headers) == strip(theirs.headers)
-
-
-@pytest.mark.parametrize("name", sorted(CALLS))
-def test_responses_request_is_what_the_sdk_create_sends(fake, name):
-    call = CALLS[name]
+# -- requests -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_responses_request_is_the_call_stateless_and_nothing_else(fake, name):
+    call, expected, _ = CASES[name]
     complete(call)
-    same_wire(fake, "responses", call.timeout)
+    [request] = fake.requests_to("responses")
+    assert request.json == {**expected, "store": False}
+    assert request.headers["authorization"] == "Bearer test-key"
+    assert request.headers["content-type"] == "application/json"
+    assert "previous_response_id" not in request.json
 
 
-def test_a_client_sends_the_platform_headers_the_sdk_would(fake):
-    complete(CALLS[sorted(CALLS)[0]])  # the platform probed once per process, as the SDK does
-    assert fake.requests_to("responses")[-1].headers["x-stainless-os"]
-    same_wire(fake, "responses", CALLS[sorted(CALLS)[0]].timeout)
+@pytest.mark.parametrize("name", sorted(k for k, v in CASES.items() if v[2] is not None))
+def test_chat_request_is_the_call_and_nothing_else(fake, name):
+    call, _, expected = CASES[name]
+    complete(with_api(call, "chat"))
+    [request] = fake.requests_to("chat")
+    assert request.json == expected
+    assert request.headers["authorization"] == "Bearer test-key"
+    assert fake.requests_to("responses") == []
 
 
-def test_hosted_tools_request_is_what_the_sdk_create_sends(fake):
-    call = ModelCall(
-        model="gpt-test", messages=[{"role": "user", "content": "Search."}], tools=HOSTED
-    )
-    complete(call)
-    same_wire(fake, "responses", None)
+def test_a_calls_timeout_is_the_requests_timeout(fake):
+    complete(CASES["options"][0], with_api(CASES["options"][0], "chat"), CASES["plain"][0])
+    timed, timed_chat, default = fake.requests
+    assert float(timed.headers["x-stainless-read-timeout"]) == 30.0
+    assert float(timed_chat.headers["x-stainless-read-timeout"]) == 30.0
+    assert float(default.headers["x-stainless-read-timeout"]) == 600.0  # the SDK's default
 
 
-@pytest.mark.parametrize("name", sorted(CALLS))
-def test_chat_request_is_what_the_sdk_create_sends(fake, name):
-    call = CALLS[name]
-    call = ModelCall(**{**call.__dict__, "api": "chat"})
-    complete(call)
-    same_wire(fake, "chat/completions", call.timeout)
+def test_hosted_tools_are_refused_on_chat_before_any_request(fake):
+    with pytest.raises(StepError, match=r"hosted tools \(web_search, file_search"):
+        complete(with_api(CASES["hosted tools"][0], "chat"))
+    assert fake.requests == []
 
 
 # -- answers --------------------------------------------------------------------------------
-def model_turn_responses(response: Any) -> Turn:
-    """How the client read a Response model before it read JSON (the reference)."""
-    usage = response.usage
-    turn = Turn(text="", usage=_model_usage(usage, "responses"))
-    texts = []
-    for item in response.output or []:
-        if item.type == "message":
-            for part in item.content or []:
-                if part.type == "output_text":
-                    texts.append(part.text)
-                elif part.type == "refusal":
-                    turn.refusal = part.refusal
-        elif item.type == "function_call":
-            turn.calls.append(ToolCall(item.call_id, item.name, item.arguments or "{}"))
-    turn.text = "".join(texts)
-    details = getattr(response, "incomplete_details", None)
-    turn.truncated = getattr(details, "reason", None) == "max_output_tokens"
-    return turn
-
-
-def model_turn_chat(completion: Any) -> Turn:
-    choice = (completion.choices or [None])[0]
-    message = getattr(choice, "message", None)
-    turn = Turn(
-        text=getattr(message, "content", None) or "",
-        usage=_model_usage(completion.usage, "chat"),
-        refusal=getattr(message, "refusal", None),
-        truncated=getattr(choice, "finish_reason", None) == "length",
-    )
-    for tc in getattr(message, "tool_calls", None) or []:
-        turn.calls.append(ToolCall(tc.id, tc.function.name, tc.function.arguments or "{}"))
-    return turn
-
-
-def _model_usage(usage: Any, api: str) -> dict[str, int]:
-    if usage is None:
-        return {}
-    names = (
-        ("input_tokens", "output_tokens", "input_tokens_details")
-        if api == "responses"
-        else ("prompt_tokens", "completion_tokens", "prompt_tokens_details")
-    )
-    inp = getattr(usage, names[0], None) or 0
-    out = getattr(usage, names[1], None) or 0
-    cached = getattr(getattr(usage, names[2], None), "cached_tokens", None) or 0
-    total = getattr(usage, "total_tokens", None) or inp + out
-    return {
-        "input_tokens": inp,
-        "output_tokens": out,
-        "cached_tokens": cached,
-        "total_tokens": total,
-    }
-
-
 def _response(output: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     return {
         "id": "resp_1",
@@ -253,7 +286,18 @@ def _message(*parts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-REFUSAL = _response([_message({"type": "refusal", "refusal": "I can't help with that."})])
+def _completion(message: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-test",
+        "choices": [{"index": 0, "finish_reason": finish_reason, "message": message}],
+    }
+
+
+USAGE = {"input_tokens": 7, "output_tokens": 3, "cached_tokens": 2, "total_tokens": 10}
+CALLS = [ToolCall("call_a", "lookup", '{"q": "a"}'), ToolCall("call_b", "lookup", '{"q": broken')]
 TRUNCATED = _response(
     [_message({"type": "output_text", "text": "Half an ans", "annotations": []})],
     status="incomplete",
@@ -266,93 +310,278 @@ TRUNCATED = _response(
         "total_tokens": 28,
     },
 )
-CHAT_REFUSAL = {
-    "id": "chatcmpl-1",
-    "object": "chat.completion",
-    "created": 1,
-    "model": "gpt-test",
-    "choices": [
-        {
-            "index": 0,
-            "finish_reason": "length",
-            "message": {"role": "assistant", "content": "Cut", "refusal": "partly refused"},
-        }
-    ],
-}
-RESPONSES_REPLIES = {
-    "text": Reply.text("Hello there.", input_tokens=7, output_tokens=3, cached_tokens=2),
-    "no usage": Reply(message="Quiet.", include_usage=False),
-    "calls": Reply.tool_calls(
-        FakeCall("lookup", {"q": "a"}, "call_a"),
-        FakeCall("lookup", '{"q": broken', "call_b"),
-        text="Looking.",
+# name -> (the reply, the turn it reads as)
+ANSWERS: dict[str, tuple[Reply, Turn]] = {
+    "text": (
+        Reply.text("Hello there.", input_tokens=7, output_tokens=3, cached_tokens=2),
+        Turn("Hello there.", usage=USAGE),
     ),
-    "json": Reply.json({"answer": "yes", "score": 1}),
-    "refusal": Reply.raw(200, json.dumps(REFUSAL)),
-    "truncated": Reply.raw(200, json.dumps(TRUNCATED)),
+    "no usage": (Reply(message="Quiet.", include_usage=False), Turn("Quiet.")),
+    "calls": (
+        Reply.tool_calls(
+            FakeCall("lookup", {"q": "a"}, "call_a"),
+            FakeCall("lookup", '{"q": broken', "call_b"),
+            text="Looking.",
+            input_tokens=7,
+            output_tokens=3,
+            cached_tokens=2,
+        ),
+        Turn("Looking.", calls=CALLS, usage=USAGE),
+    ),
+    "json": (
+        Reply.json({"answer": "yes", "score": 1}, input_tokens=7, output_tokens=3, cached_tokens=2),
+        Turn('{"answer": "yes", "score": 1}', usage=USAGE),
+    ),
 }
-CHAT_REPLIES = {
-    **{k: v for k, v in RESPONSES_REPLIES.items() if k not in ("refusal", "truncated")},
-    "refusal": Reply.raw(200, json.dumps(CHAT_REFUSAL)),
+RESPONSES_ONLY: dict[str, tuple[Reply, Turn]] = {
+    "refusal": (
+        Reply.raw(200, json.dumps(_response([_message({"type": "refusal", "refusal": "No."})]))),
+        Turn("", refusal="No."),
+    ),
+    "truncated": (
+        Reply.raw(200, json.dumps(TRUNCATED)),
+        Turn(
+            "Half an ans",
+            truncated=True,
+            usage={"input_tokens": 12, "output_tokens": 16, "cached_tokens": 8, "total_tokens": 28},
+        ),
+    ),
+    "hosted tool items": (
+        Reply.raw(
+            200,
+            json.dumps(
+                _response(
+                    [
+                        {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+                        _message({"type": "output_text", "text": "Found it.", "annotations": []}),
+                    ]
+                )
+            ),
+        ),
+        Turn("Found it."),
+    ),
+}
+CHAT_ONLY: dict[str, tuple[Reply, Turn]] = {
+    "refusal and length": (
+        Reply.raw(
+            200,
+            json.dumps(
+                _completion(
+                    {"role": "assistant", "content": "Cut", "refusal": "partly refused"},
+                    finish_reason="length",
+                )
+            ),
+        ),
+        Turn("Cut", refusal="partly refused", truncated=True),
+    ),
+    "null content with calls": (
+        Reply.raw(
+            200,
+            json.dumps(
+                _completion(
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "call_a",
+                                "type": "function",
+                                "function": {"name": "lookup", "arguments": '{"q": "a"}'},
+                            }
+                        ],
+                    },
+                    finish_reason="tool_calls",
+                )
+            ),
+        ),
+        Turn("", calls=CALLS[:1]),
+    ),
 }
 
 
-@pytest.mark.parametrize("name", sorted(RESPONSES_REPLIES))
-def test_responses_answer_reads_as_the_sdk_model_does(fake, name):
-    call = ModelCall(model="gpt-test", messages=[{"role": "user", "content": "Hi"}])
-    fake.script(RESPONSES_REPLIES[name], RESPONSES_REPLIES[name])
-    ours = complete(call)
-    reference = model_turn_responses(via_sdk(fake, "responses", {"model": "m", "input": "x"}, 5))
-    assert ours == reference
-
-
-@pytest.mark.parametrize("name", sorted(CHAT_REPLIES))
-def test_chat_answer_reads_as_the_sdk_model_does(fake, name):
-    call = ModelCall(model="gpt-test", messages=[{"role": "user", "content": "Hi"}], api="chat")
-    fake.script_chat(CHAT_REPLIES[name], CHAT_REPLIES[name])
-    ours = complete(call)
-    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
-    reference = model_turn_chat(via_sdk(fake, "chat/completions", body, 5))
-    assert ours == reference
-
-
-@pytest.mark.parametrize("body", ["[1, 2]", '"text"', "null"])
-def test_an_answer_that_is_not_a_json_object_is_a_retryable_malformed_response(fake, body):
-    fake.script(Reply.raw(200, body))
-    with pytest.raises(RetryableStepError, match="malformed response"):
-        complete(ModelCall(model="gpt-test", messages=[{"role": "user", "content": "Hi"}]))
-
-
-# -- the client -----------------------------------------------------------------------------
-def test_clients_share_one_tls_context_and_use_the_sdk_defaults(fake):
-    async def go() -> list[Any]:
-        clients = [LLMClient.from_env(), LLMClient.from_env()]
-        try:
-            return [c._client for c in clients]
-        finally:
-            for c in clients:
-                await c.aclose()
-
-    first, second = asyncio.run(go())
-    assert shared_ssl_context() is shared_ssl_context()
-    reference = sdk_client(fake)
-    for sdk in (first, second):
-        assert sdk.max_retries == 0
-        assert sdk.timeout == reference.timeout
-        assert sdk._client.follow_redirects is True
-    asyncio.run(reference.close())
-
-
-def test_tls_warm_up_builds_the_context_the_clients_share(monkeypatch):
-    paths = ssl.get_default_verify_paths()
-    cafile = next(
-        (f for f in (paths.cafile, paths.openssl_cafile) if f and Path(f).is_file()), None
+@pytest.mark.parametrize("name", sorted({**ANSWERS, **RESPONSES_ONLY}))
+def test_responses_answer_reads_as_a_turn(fake, name):
+    reply, expected = {**ANSWERS, **RESPONSES_ONLY}[name]
+    fake.script_responses(reply)
+    [turn] = complete(ModelCall(model="gpt-test", messages=HI))
+    assert turn == expected
+    assert (turn.refusal, turn.truncated, turn.usage) == (
+        expected.refusal,
+        expected.truncated,
+        expected.usage,
     )
-    if cafile is None:
-        pytest.skip("no CA file on this machine")
-    monkeypatch.setenv("SSL_CERT_FILE", cafile)  # a key no other test has built
-    assert warm_up("http://127.0.0.1:1/v1") is None  # plain http: no TLS context to build
-    warm_up("https://api.openai.com/v1")
-    context = shared_ssl_context()  # waits for the warm-up thread, or builds it
-    assert context is shared_ssl_context()
-    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+@pytest.mark.parametrize("name", sorted({**ANSWERS, **CHAT_ONLY}))
+def test_chat_answer_reads_as_a_turn(fake, name):
+    reply, expected = {**ANSWERS, **CHAT_ONLY}[name]
+    fake.script_chat(reply)
+    [turn] = complete(ModelCall(model="gpt-test", messages=HI, api="chat"))
+    assert turn == expected
+
+
+@pytest.mark.parametrize("api", ["responses", "chat"])
+def test_a_turn_carries_the_answers_http_headers(fake, api):
+    limits = {"x_ratelimit_remaining_requests": "99", "x_ratelimit_reset_tokens": "6ms"}
+    fake.script(Reply.text("hi").with_headers(**limits))
+    [turn] = complete(ModelCall(model="gpt-test", messages=HI, api=api))
+    assert turn.headers["x-ratelimit-remaining-requests"] == "99"
+    assert turn.headers["x-ratelimit-reset-tokens"] == "6ms"
+    assert turn.headers["x-request-id"].startswith("req_fake_")
+    assert turn.headers["content-type"] == "application/json"
+
+
+# -- malformed answers: retryable errors, never empty outputs ------------------------------
+NOT_JSON = ["{not json", "", "[1, 2]", '"text"', "null", "42"]
+MALFORMED_RESPONSES = [
+    "{}",
+    '{"output": "x"}',
+    '{"output": [1, 2]}',
+    '{"output": [{"type": "message", "content": "not a list"}]}',
+    '{"output": [{"type": "message", "content": [{"type": "output_text", "text": 5}]}]}',
+    '{"output": [{"type": "function_call", "call_id": "c", "arguments": "{}"}]}',
+]
+MALFORMED_CHAT = [
+    "{}",
+    '{"choices": []}',
+    '{"choices": "x"}',
+    '{"choices": [{"index": 0}]}',
+    '{"choices": [{"message": {"role": "assistant", "content": 5}}]}',
+    '{"choices": [{"message": {"content": null, "tool_calls": [{"type": "function"}]}}]}',
+    '{"choices": [{"message": {"content": null, "tool_calls": "x"}}]}',
+]
+
+
+@pytest.mark.parametrize(
+    ("api", "body"),
+    [("responses", b) for b in NOT_JSON + MALFORMED_RESPONSES]
+    + [("chat", b) for b in NOT_JSON + MALFORMED_CHAT],
+)
+def test_a_malformed_answer_is_a_retryable_error(fake, api, body):
+    fake.script(Reply.raw(200, body), "after")
+    call = ModelCall(model="gpt-test", messages=HI, api=api)
+    with pytest.raises(RetryableStepError, match=r"sent a malformed response$"):
+        complete(call)
+    assert complete(call)[0].text == "after"  # the next attempt is a new request
+
+
+def test_an_answer_that_is_not_json_at_all_is_a_retryable_error(fake):
+    fake.script(Reply.raw(200, "<html>Sign in to the Wi-Fi</html>", content_type="text/html"))
+    with pytest.raises(RetryableStepError, match="malformed response"):
+        complete(ModelCall(model="gpt-test", messages=HI))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"id"',
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"id"\r\n10\r\nshort',
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Le",
+    ],
+)
+def test_an_answer_cut_off_or_not_http_is_a_retryable_error(answer):
+    with RawServer(then_close(answer)) as server:
+        with pytest.raises(RetryableStepError, match=r"^cannot reach the LLM server at "):
+            complete(ModelCall(model="gpt-test", messages=HI), base_url=server.url + "/v1")
+        assert len(server.requests) == 1
+
+
+# -- transport failures and statuses --------------------------------------------------------
+def test_a_dropped_connection_is_a_retryable_cannot_reach_error(fake):
+    fake.script(Reply.disconnect(), "after")
+    with pytest.raises(RetryableStepError) as failure:
+        complete(ModelCall(model="gpt-test", messages=HI))
+    assert str(failure.value).startswith(f"cannot reach the LLM server at {fake.base_url}: ")
+    assert complete(ModelCall(model="gpt-test", messages=HI))[0].text == "after"
+
+
+def test_a_refused_connection_says_why():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    with pytest.raises(RetryableStepError) as failure:
+        complete(ModelCall(model="gpt-test", messages=HI), base_url=url)
+    message = str(failure.value)
+    assert message.startswith(f"cannot reach the LLM server at {url}: ")
+    assert message != f"cannot reach the LLM server at {url}: Connection error."  # the cause
+
+
+def test_a_hung_server_is_a_retryable_timeout(fake):
+    fake.script(Reply.hang(), "after")
+    with pytest.raises(RetryableStepError, match=r"^the LLM request to .* timed out$"):
+        complete(ModelCall(model="gpt-test", messages=HI, timeout=0.3))
+    assert complete(ModelCall(model="gpt-test", messages=HI))[0].text == "after"
+
+
+@pytest.mark.parametrize(
+    ("reply", "retryable", "text"),
+    [
+        (Reply.server_error(500), True, "the LLM server failed (500): The server had an error"),
+        (Reply.error(408, "slow"), True, "the LLM server failed (408): slow"),
+        (Reply.rate_limit(retry_after=2), True, "rate limited by the LLM server (429)"),
+        (Reply.unauthorized(), False, "refused the credentials (401)"),
+        (Reply.error(403, "no access"), False, "refused the credentials (403)"),
+        (Reply.bad_request("bad temperature"), False, "rejected the request (400): bad temp"),
+        (Reply.error(422, "unprocessable"), False, "rejected the request (422)"),
+    ],
+)
+def test_statuses_are_classified_and_sent_once(fake, reply, retryable, text):
+    fake.script(reply)
+    with pytest.raises(StepError) as failure:
+        complete(ModelCall(model="gpt-test", messages=HI, api="responses"))
+    assert isinstance(failure.value, RetryableStepError) is retryable
+    assert text in str(failure.value)
+    assert len(fake.requests) == 1  # the SDK never retries: the scheduler does
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"Retry-After": "2"}, 2.0),
+        ({"retry-after-ms": "1500", "Retry-After": "9"}, 1.5),
+        ({"Retry-After": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_rate_limit_carries_the_servers_retry_after(fake, headers, seconds):
+    fake.script(Reply.error(429, "slow down", headers=headers))
+    with pytest.raises(RetryableStepError) as failure:
+        complete(ModelCall(model="gpt-test", messages=HI))
+    assert failure.value.retry_after == seconds
+
+
+def test_retry_after_as_an_http_date_counts_down_from_now(fake):
+    fake.script(Reply.error(429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}))
+    with pytest.raises(RetryableStepError) as failure:
+        complete(ModelCall(model="gpt-test", messages=HI))
+    assert failure.value.retry_after == 0.0  # a date in the past: no wait
+
+
+# -- api: auto ------------------------------------------------------------------------------
+@pytest.mark.parametrize("status", [404, 405])
+def test_auto_falls_back_to_chat_and_remembers_it(status):
+    with FakeOpenAI(responses_api=False, missing_status=status) as fake:
+        turns = complete(
+            ModelCall(model="m", messages=HI),
+            ModelCall(model="m", messages=HI),
+            base_url=fake.base_url,
+        )
+        assert [t.text for t in turns] == ["ok", "ok"]
+        assert len(fake.requests_to("responses")) == 1
+        assert len(fake.requests_to("chat")) == 2
+
+
+def test_auto_with_a_model_neither_endpoint_knows_fails_at_once(fake):
+    fake.script_responses(Reply.not_found("no such model"))
+    fake.script_chat(Reply.not_found("no such model"))
+    with pytest.raises(StepError, match=r"not found on the LLM server .*: no such model") as info:
+        complete(ModelCall(model="gpt-nope", messages=HI))
+    assert not isinstance(info.value, RetryableStepError)
+    assert "check the model name" in (info.value.hint or "")
+
+
+def test_auto_keeps_the_responses_api_when_the_server_has_it(fake):
+    complete(ModelCall(model="m", messages=HI), ModelCall(model="m", messages=HI))
+    assert len(fake.requests_to("responses")) == 2
+    assert fake.requests_to("chat") == []

@@ -1,8 +1,17 @@
-"""The LLM client: one model turn over the OpenAI SDK, Responses API or Chat Completions.
+"""The LLM client: one model turn through the OpenAI SDK, Responses API or Chat Completions.
 
 Callers speak a neutral conversation (`user`, `assistant` with tool calls, `tool` results) and
-get back a `Turn`; this module turns it into either wire format and back.
+get back a `Turn`; `llm.wire` converts it into either API's input and reads the answers.
 
+- One `openai.AsyncOpenAI` per client, used through its public methods only:
+  `responses.with_raw_response.create(...)` and `chat.completions.with_raw_response.create(...)`
+  with the request as keyword arguments, then `.parse()`. The raw response keeps the HTTP
+  headers, which the `Turn` carries (`x-ratelimit-*`, `x-request-id`).
+- HTTP, TLS and proxies are the SDK's: its default HTTP client honours `HTTPS_PROXY`/
+  `HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` and `SSL_CERT_FILE`/`SSL_CERT_DIR`. A caller may pass
+  its own `http_client` (an `openai.DefaultAsyncHttpxClient`); it stays the caller's, and
+  `aclose()` leaves it open. Like any async HTTP client, it belongs to the event loop it is
+  used in: its kept-alive connections cannot serve a later `asyncio.run`.
 - Stateless: every request carries the whole conversation, `store=False`, and never a
   `previous_response_id`. Reasoning items and hosted-tool call items of earlier turns are not
   resent (without storage the provider cannot resolve them); their effect is in the text.
@@ -10,39 +19,34 @@ get back a `Turn`; this module turns it into either wire format and back.
   answers (anything but another 404, which means the model is unknown), that base URL is
   remembered as chat-only for the life of the client.
 - Errors are classified by exception type and status code, never by message text: rate
-  limits, 408/409/5xx, timeouts, connection errors and malformed bodies are retryable
+  limits, 408/409/5xx, timeouts, connection errors and malformed answers are retryable
   (`RetryableStepError`, with `retry_after` from `retry-after-ms`/`Retry-After`); bad
-  credentials, bad requests and unknown models fail at once with what to fix.
+  credentials, bad requests, unknown models and a server certificate that does not verify
+  (`ssl.SSLCertVerificationError` under the SDK's connection error) fail at once with what
+  to fix.
+- An answer that is not JSON, not the API's object, or lacks what the API always sends is a
+  retryable "malformed response", never an empty output.
 - The SDK never retries (`max_retries=0`): the scheduler owns retries and backoff.
-- Requests go through the SDK's `client.post` (its auth, headers, timeouts and error types)
-  with the body already in wire form, in the field order of the SDK's own `create()` (the
-  same bytes); the answer is read as plain JSON. That skips the SDK's per-request params
-  transform and its response models (~2 ms of CPU per request, serial on the event loop).
-  tests/test_llm_client_wire.py checks both against the SDK's `create()` and models.
-- HTTP goes through `http_transport.LeanTransport` (the SDK's default stack costs ~1.5 ms of
-  CPU per request, serial on the event loop), or through the SDK's default transport when the
-  environment names a proxy for the server.
-- The TLS context (https only) and the SDK's platform probe are built once per process, early,
-  by `llm_shared`.
-- Structured output formats come from `llm_schema`; the wire shapes of the conversation and
-  the answers from `llm_wire`.
 - Chat Completions gets `max_tokens` (what compatible servers such as Ollama, vLLM and
   llama.cpp accept) and cannot carry hosted tools.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import ssl
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import openai
+from openai import Omit, not_given, omit
+from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
 from stepchain.errors import CredentialsMissing, RetryableStepError, StepError
-from stepchain.llm.http_transport import LeanTransport, proxy_in_env
-from stepchain.llm.shared import adopt_platform, shared_ssl_context
 from stepchain.llm.wire import (
+    MalformedAnswer,
     ModelCall,
     ToolCall,
     Turn,
@@ -64,7 +68,7 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 API_MODES = ("auto", "responses", "chat")
-_BEARER = {"bearer_auth": True}  # the auth the SDK's own responses/chat `create` ask for
+_T = TypeVar("_T")
 
 
 def check_credentials() -> None:
@@ -85,32 +89,33 @@ def base_url_from_env() -> str:
 class LLMClient:
     """An async OpenAI-compatible client with StepChain's error and usage semantics."""
 
-    def __init__(self, api_key: str, base_url: str | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str | None = None,
+        http_client: openai.DefaultAsyncHttpxClient | None = None,
+    ) -> None:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        if proxy_in_env(self.base_url):  # httpx2 reads proxy variables only for its own transport
-            http_client = openai.DefaultAsyncHttpxClient(verify=shared_ssl_context())
-        else:
-            http_client = openai.DefaultAsyncHttpxClient(
-                transport=LeanTransport(tls_context=shared_ssl_context)
-            )
-        self._client = openai.AsyncOpenAI(
+        self._owns_http_client = http_client is None  # a caller's client is theirs to close
+        self._sdk = openai.AsyncOpenAI(
             api_key=api_key, base_url=self.base_url, max_retries=0, http_client=http_client
         )
-        adopt_platform(self._client)
         self._api_by_url: dict[str, str] = {}  # base URL -> "chat" once /responses was missing
 
     @classmethod
-    def from_env(cls) -> LLMClient:
+    def from_env(cls, http_client: openai.DefaultAsyncHttpxClient | None = None) -> LLMClient:
         """From OPENAI_API_KEY and OPENAI_BASE_URL.
 
         Raises:
             CredentialsMissing: OPENAI_API_KEY is not set.
         """
         check_credentials()
-        return cls(os.environ["OPENAI_API_KEY"], base_url_from_env())
+        return cls(os.environ["OPENAI_API_KEY"], base_url_from_env(), http_client)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        """Close the HTTP client StepChain made; a caller's own stays open."""
+        if self._owns_http_client:
+            await self._sdk.close()
 
     async def complete(self, call: ModelCall) -> Turn:
         """Send one turn with the API the call asks for (auto: Responses, else chat).
@@ -141,7 +146,7 @@ class LLMClient:
         self._api_by_url[self.base_url] = "chat"
         return turn
 
-    async def _send(self, method: Any, call: ModelCall) -> Turn:
+    async def _send(self, method: Callable[[ModelCall], Awaitable[Turn]], call: ModelCall) -> Turn:
         try:
             return await method(call)
         except Exception as exc:
@@ -149,60 +154,70 @@ class LLMClient:
 
     # -- Responses API ----------------------------------------------------------------------
     async def _responses(self, call: ModelCall) -> Turn:
-        # Fields in the order the SDK's `responses.create` sends them: the same bytes on the wire.
-        body: dict[str, Any] = {"model": call.model, "input": responses_input(call.messages)}
-        if call.system:
-            body["instructions"] = call.system
-        if call.max_output_tokens is not None:
-            body["max_output_tokens"] = call.max_output_tokens
-        body["store"] = False
-        if call.temperature is not None:
-            body["temperature"] = call.temperature
-        if call.output_format:
-            body["text"] = {"format": call.output_format}
-        if call.tools:
-            body["tools"] = call.tools
-        return responses_turn(await self._post("/responses", body, call.timeout))
-
-    async def _post(self, path: str, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-        """POST through the SDK (its auth, headers, errors, timeouts); the JSON object back.
-
-        The body goes as built (it is already in wire form: the SDK's request transform would
-        return it unchanged) and the answer is read as plain JSON, not the SDK's models.
-        """
-        raw = await self._client.post(
-            path, cast_to=bytes, body=body, options={"timeout": timeout, "security": _BEARER}
+        # wire.py builds the request's parts as plain JSON-shaped dicts, not the SDK's
+        # TypedDicts: hence the casts to Any.
+        raw = await self._sdk.responses.with_raw_response.create(
+            model=call.model,
+            input=cast(Any, responses_input(call.messages)),
+            instructions=call.system or omit,
+            max_output_tokens=_given(call.max_output_tokens),
+            store=False,
+            temperature=_given(call.temperature),
+            text=cast(Any, {"format": call.output_format}) if call.output_format else omit,
+            tools=cast(Any, call.tools) if call.tools else omit,
+            timeout=not_given if call.timeout is None else call.timeout,
         )
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise _malformed(self.base_url)
-        return data
+        turn = responses_turn(_answer(raw.parse, Response))
+        turn.headers = dict(raw.headers.items())
+        return turn
 
     # -- Chat Completions -------------------------------------------------------------------
     async def _chat(self, call: ModelCall) -> Turn:
-        hosted = [t.get("type") for t in call.tools if t.get("type") != "function"]
+        hosted = [str(t.get("type")) for t in call.tools if t.get("type") != "function"]
         if hosted:
             raise StepError(
                 f"hosted tools ({', '.join(hosted)}) need the Responses API, and this step "
                 f"uses Chat Completions at {self.base_url}",
                 "use api: responses with a provider that hosts them, or remove them from tools:",
             )
-        messages = chat_messages(call.system, call.messages)
-        # Fields in the order the SDK's `chat.completions.create` sends them.
-        body: dict[str, Any] = {"model": call.model, "messages": messages}
-        if call.max_output_tokens is not None:
-            body["max_tokens"] = call.max_output_tokens
         fmt = call.output_format
         if fmt and fmt["type"] == "json_schema":
             inner = {k: fmt[k] for k in ("name", "schema", "strict") if k in fmt}
-            body["response_format"] = {"type": "json_schema", "json_schema": inner}
-        elif fmt:
-            body["response_format"] = fmt
-        if call.temperature is not None:
-            body["temperature"] = call.temperature
-        if call.tools:
-            body["tools"] = [chat_tool(t) for t in call.tools]
-        return chat_turn(await self._post("/chat/completions", body, call.timeout))
+            response_format: Any = {"type": "json_schema", "json_schema": inner}
+        else:
+            response_format = fmt or omit
+        raw = await self._sdk.chat.completions.with_raw_response.create(
+            model=call.model,
+            messages=cast(Any, chat_messages(call.system, call.messages)),
+            max_tokens=_given(call.max_output_tokens),
+            response_format=response_format,
+            temperature=_given(call.temperature),
+            tools=cast(Any, [chat_tool(t) for t in call.tools]) if call.tools else omit,
+            timeout=not_given if call.timeout is None else call.timeout,
+        )
+        turn = chat_turn(_answer(raw.parse, ChatCompletion))
+        turn.headers = dict(raw.headers.items())
+        return turn
+
+
+def _given(value: _T | None) -> _T | Omit:
+    """The value, or `omit` (the field is left out of the request) when it is None."""
+    return omit if value is None else value
+
+
+def _answer(parse: Callable[[], object], model: type[openai.BaseModel]) -> dict[str, Any]:
+    """The parsed answer as the JSON object the server sent; MalformedAnswer if it is not one.
+
+    The SDK builds its models without validating them, and hands back whatever else the body
+    held (text, a list, None) as is: only an instance of the expected model is an answer.
+    """
+    try:
+        parsed = parse()
+    except ValueError as exc:  # the body is not JSON (JSONDecodeError, UnicodeDecodeError)
+        raise MalformedAnswer("not JSON") from exc
+    if not isinstance(parsed, model):
+        raise MalformedAnswer(f"not a {model.__name__} object")
+    return parsed.to_dict(warnings=False)
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -216,7 +231,15 @@ def _classify(exc: Exception, base_url: str) -> Exception:
     if isinstance(exc, openai.APITimeoutError):
         return RetryableStepError(f"the LLM request to {base_url} timed out")
     if isinstance(exc, openai.APIConnectionError):
-        return RetryableStepError(f"cannot reach the LLM server at {base_url}: {exc}")
+        cert = _cause(exc, ssl.SSLCertVerificationError)
+        if cert is not None:
+            return StepError(  # another attempt would meet the same certificate
+                f"cannot verify the TLS certificate of the LLM server at {base_url}: {cert}",
+                "for a server with a private CA (or behind a TLS-intercepting proxy), point "
+                "SSL_CERT_FILE (or SSL_CERT_DIR) at that CA's certificate",
+            )
+        reason = exc.__cause__ or exc
+        return RetryableStepError(f"cannot reach the LLM server at {base_url}: {reason}")
     if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
         return StepError(
             f"the LLM server refused the credentials ({exc.status_code}): {_server_message(exc)}",
@@ -235,13 +258,21 @@ def _classify(exc: Exception, base_url: str) -> Exception:
             f"the LLM server rejected the request ({status}): {message}",
             "check the step's model, temperature, max_output_tokens, output_schema and tools",
         )
-    if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
-        return _malformed(base_url)
+    if isinstance(exc, (MalformedAnswer, openai.APIResponseValidationError)):
+        return RetryableStepError(f"the LLM server at {base_url} sent a malformed response")
     return exc
 
 
-def _malformed(base_url: str) -> RetryableStepError:
-    return RetryableStepError(f"the LLM server at {base_url} sent a malformed response")
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` in the chain of causes under `exc`."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _server_message(exc: openai.APIStatusError) -> str:
@@ -253,7 +284,7 @@ def _server_message(exc: openai.APIStatusError) -> str:
     return exc.message
 
 
-def _retry_after(headers: Any) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait, from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
     try:
         if headers.get("retry-after-ms"):

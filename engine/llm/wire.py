@@ -1,10 +1,12 @@
-"""The neutral conversation and the two wire formats' answers: what the LLM client speaks.
+"""The neutral conversation and the two APIs' answers: what the LLM client speaks.
 
 Callers speak a neutral conversation (`user`, `assistant` with tool calls, `tool` results) in a
 `ModelCall` and get back a `Turn`. This module converts the conversation into the Responses API's
-`input` items or Chat Completions' `messages`, and reads either API's JSON answer (text, tool
-calls, refusal, truncation, token usage) without the SDK's response models. Nothing here needs
-the `openai` package.
+`input` items or Chat Completions' `messages`, and reads either API's answer (text, tool calls,
+refusal, truncation, token usage) from the JSON object the server sent, as the SDK's `to_dict()`
+gives it. An answer without what its API always sends (`output` items, a `choices[0].message`,
+a named function call) raises `MalformedAnswer`: it is never read as an empty output. Nothing
+here needs the `openai` package.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ class Turn:
     usage: dict[str, int] = field(default_factory=dict)
     refusal: str | None = None
     truncated: bool = False  # cut off by max_output_tokens
+    # the answer's HTTP headers (lower-case names), e.g. x-ratelimit-*; not part of equality
+    headers: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+
+class MalformedAnswer(ValueError):
+    """The server's answer lacks what its API always sends."""
 
 
 @dataclass
@@ -50,16 +58,17 @@ class ModelCall:
 
 # -- answers --------------------------------------------------------------------------------
 def responses_turn(response: dict[str, Any]) -> Turn:
+    """The turn in a Responses API answer; MalformedAnswer without its `output` items."""
     turn = Turn(text="", usage=_usage(response.get("usage"), "responses"))
     texts = []
-    for item in _items(response.get("output")):
+    for item in _objects(response.get("output"), "output"):
         kind = item.get("type")
         if kind == "message":
-            for part in _items(item.get("content")):
+            for part in _objects(item.get("content"), "message content"):
                 if part.get("type") == "output_text":
-                    texts.append(part.get("text") or "")
+                    texts.append(_text(part.get("text"), "output_text"))
                 elif part.get("type") == "refusal":
-                    turn.refusal = part.get("refusal")
+                    turn.refusal = _text(part.get("refusal"), "refusal") or None
         elif kind == "function_call":
             turn.calls.append(_tool_call(item.get("call_id"), item))
     turn.text = "".join(texts)
@@ -68,27 +77,48 @@ def responses_turn(response: dict[str, Any]) -> Turn:
 
 
 def chat_turn(completion: dict[str, Any]) -> Turn:
-    choice = next(iter(_items(completion.get("choices"))), {})
-    message = _field(choice, "message") or {}
+    """The turn in a Chat Completions answer; MalformedAnswer without `choices[0].message`."""
+    choices = _objects(completion.get("choices"), "choices")
+    message = _field(choices[0], "message") if choices else None
+    if not isinstance(message, dict):
+        raise MalformedAnswer("no choices[0].message")
     turn = Turn(
-        text=_field(message, "content") or "",
+        text=_text(message.get("content"), "message content"),
         usage=_usage(completion.get("usage"), "chat"),
-        refusal=_field(message, "refusal"),
-        truncated=choice.get("finish_reason") == "length",
+        refusal=_text(message.get("refusal"), "refusal") or None,
+        truncated=choices[0].get("finish_reason") == "length",
     )
-    for tc in _items(_field(message, "tool_calls")):
+    for tc in _objects(message.get("tool_calls") or [], "tool_calls"):
         if tc.get("type", "function") == "function":
-            turn.calls.append(_tool_call(tc.get("id"), _field(tc, "function") or {}))
+            function = tc.get("function")
+            if not isinstance(function, dict):
+                raise MalformedAnswer("a tool call without its function")
+            turn.calls.append(_tool_call(tc.get("id"), function))
     return turn
 
 
 def _tool_call(call_id: Any, function: dict[str, Any]) -> ToolCall:
-    return ToolCall(call_id or "", function.get("name") or "", function.get("arguments") or "{}")
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        raise MalformedAnswer("a function call without a name")
+    arguments = _text(function.get("arguments"), "function call arguments") or "{}"
+    return ToolCall(call_id if isinstance(call_id, str) else "", name, arguments)
 
 
-def _items(value: Any) -> list[dict[str, Any]]:
-    """The objects of a JSON array (anything else in it, or a non-array, is skipped)."""
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+def _objects(value: Any, what: str) -> list[dict[str, Any]]:
+    """The objects of a JSON array; MalformedAnswer for anything else, or anything else in it."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise MalformedAnswer(f"{what} is not a list of objects")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    """A string field that may be null (as ""); MalformedAnswer for anything else."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise MalformedAnswer(f"{what} is not text")
+    return value
 
 
 def _field(value: Any, name: str) -> Any:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from secrets import token_hex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepchain.errors import CommandsNotAllowed, StepChainError, StepError
 from stepchain.pipeline.definition import Pipeline, Step
@@ -16,6 +16,9 @@ from stepchain.run.masking import Masker
 from stepchain.settings import Settings
 from stepchain.templates.jinja import Vars
 from stepchain.tools.functions import FunctionTool, load_function_tool
+
+if TYPE_CHECKING:  # openai is imported only by runs with LLM steps
+    from openai import DefaultAsyncHttpxClient
 
 
 @dataclass
@@ -35,6 +38,8 @@ class RunOptions:
     scheduler: str | None = None
     http_client: Any | None = None  # the user's, for LLM calls; never closed by StepChain
     handle_signals: bool = False  # the CLI turns SIGINT/SIGTERM into a clean interrupt
+    # the caller's HTTP client for LLM requests (proxies, TLS, headers); never closed by a run
+    http_client: DefaultAsyncHttpxClient | None = None
 
 
 def default_run_id(pipeline: Pipeline) -> str:
@@ -85,11 +90,9 @@ class Runtime:
 
             check_approval_possible(self)
         if self.pipeline.has_llm_steps:
-            from stepchain.llm.client import base_url_from_env, check_credentials
-            from stepchain.llm.shared import warm_up
+            from stepchain.llm.client import check_credentials
 
             check_credentials()
-            warm_up(base_url_from_env())  # built while the run starts up
 
     @property
     def approve(self) -> bool:
@@ -180,7 +183,7 @@ class Runtime:
         if self._llm is None:
             from stepchain.llm.client import LLMClient
 
-            self._llm = LLMClient.from_env()
+            self._llm = LLMClient.from_env(self.options.http_client)
         return self._llm
 
     async def aclose(self) -> None:

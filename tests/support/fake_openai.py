@@ -1,7 +1,8 @@
 """A scriptable fake OpenAI server for tests.
 
 The real ``openai`` SDK talks to it over real HTTP on ``127.0.0.1`` (the SDK uses httpx2, so
-transport-level mocking such as respx does not apply). Standard library only.
+transport-level mocking such as respx does not apply), or over HTTPS with ``tls=`` a server
+``ssl.SSLContext`` (e.g. one a ``trustme`` CA issued a certificate into). Standard library only.
 
 Quick start::
 
@@ -44,6 +45,7 @@ import contextlib
 import itertools
 import json
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -418,6 +420,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def setup(self) -> None:
+        tls = self.server.fake.tls
+        if tls is not None:  # the handshake happens here, in the connection's own thread
+            try:
+                self.request = tls.wrap_socket(self.request, server_side=True)
+            except (OSError, ssl.SSLError):
+                self.server.fake._handshake_failed()
+                raise
         super().setup()
         self.server.fake._opened(self)
 
@@ -508,6 +517,7 @@ class FakeOpenAI:
         api_key: str | None = None,
         models: Iterable[str] = ("gpt-fake",),
         keep_alive: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """
         :param responses_api: serve ``/v1/responses``; False emulates a chat-only server.
@@ -519,6 +529,7 @@ class FakeOpenAI:
         :param models: ids listed by ``GET /v1/models``.
         :param keep_alive: keep a connection open for the client's next request (HTTP/1.1
             keep-alive, as api.openai.com does); by default every answer closes it.
+        :param tls: a server-side TLS context: serve HTTPS (``url`` is then ``https://``).
         """
         self.responses_api = responses_api
         self.chat_api = chat_api
@@ -528,6 +539,8 @@ class FakeOpenAI:
         self.api_key = api_key
         self.models = list(models)
         self.keep_alive = keep_alive
+        self.tls = tls
+        self.handshake_failures = 0  # TLS handshakes that failed (e.g. the client's CA check)
 
         self._lock = threading.Lock()
         self._queues: dict[str | None, deque[Any]] = {
@@ -607,12 +620,12 @@ class FakeOpenAI:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT`` (no ``/v1``)."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:PORT`` (``https://`` with ``tls``; no ``/v1``)."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:PORT/v1`` -- pass as ``base_url`` / ``OPENAI_BASE_URL``."""
+        """``http://127.0.0.1:PORT/v1`` (or https) -- pass as ``base_url`` / ``OPENAI_BASE_URL``."""
         return f"{self.url}/v1"
 
     def env(self, api_key: str = "test-key") -> dict[str, str]:
@@ -691,6 +704,12 @@ class FakeOpenAI:
             return self._in_flight
 
     @property
+    def open_connections(self) -> int:
+        """Connections open right now, idle (kept alive) or not."""
+        with self._lock:
+            return len(self._connections)
+
+    @property
     def max_in_flight(self) -> int:
         """Peak number of requests being handled at the same time (for concurrency tests)."""
         with self._lock:
@@ -723,6 +742,10 @@ class FakeOpenAI:
     def _opened(self, handler: _Handler) -> None:
         with self._lock:
             self._connections.add(handler)
+
+    def _handshake_failed(self) -> None:
+        with self._lock:
+            self.handshake_failures += 1
 
     def _closed(self, handler: _Handler) -> None:
         with self._lock:
