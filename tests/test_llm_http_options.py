@@ -20,7 +20,6 @@ import stepchain
 import trustme
 from stepchain.decomposer import decompose
 from stepchain.llm.client import LLMClient, ModelCall
-from stepchain.run.context import RunOptions
 
 from tests.support.fake_openai import FakeOpenAI, Reply
 from tests.support.forward_proxy import ForwardProxy
@@ -218,8 +217,11 @@ def test_a_callers_http_client_serves_runs_in_its_event_loop_and_keeps_its_conne
         async with openai.DefaultAsyncHttpxClient(headers={"x-team": "data-eng"}) as client:
             results = []
             for run_id in ("first", "second"):
-                options = RunOptions(run_id=run_id, no_cache=True, http_client=client)
-                results.append(await stepchain.Executor().arun(pipeline, options))
+                results.append(
+                    await stepchain.Executor().arun(
+                        pipeline, run_id=run_id, no_cache=True, http_client=client
+                    )
+                )
                 assert not client.is_closed
                 await asyncio.to_thread(wait_for_connections, keep_alive_env, 1)
         return results

@@ -36,7 +36,6 @@ class RunOptions:
     approve: bool = False
     executor: str = "local"
     scheduler: str | None = None
-    http_client: Any | None = None  # the user's, for LLM calls; never closed by StepChain
     handle_signals: bool = False  # the CLI turns SIGINT/SIGTERM into a clean interrupt
     # the caller's HTTP client for LLM requests (proxies, TLS, headers); never closed by a run
     http_client: DefaultAsyncHttpxClient | None = None

@@ -7,7 +7,7 @@ import signal
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from stepchain.cache.store import ResultCache
 from stepchain.errors import StepChainError, UsageError
@@ -19,6 +19,9 @@ from stepchain.run.records import Storage
 from stepchain.run.results import RunResult, StepResult
 from stepchain.run.scheduler import Observer, Scheduler
 from stepchain.settings import Settings, current_settings
+
+if TYPE_CHECKING:
+    from openai import DefaultAsyncHttpxClient
 
 
 class Executor:
@@ -54,7 +57,7 @@ class Executor:
         refresh: Iterable[str] = (),
         allow_run: bool | None = None,
         approve: bool = False,
-        http_client: Any | None = None,
+        http_client: DefaultAsyncHttpxClient | None = None,
     ) -> list[StepResult]:
         """Run (or resume) a pipeline; one StepResult per step, in pipeline order.
 
@@ -70,6 +73,8 @@ class Executor:
             approve: approve MCP tools that have `require_approval: always`.
             http_client: the HTTP client for LLM calls (an `openai.DefaultAsyncHttpxClient`),
                 e.g. with a proxy, client certificates or HTTP/2; StepChain does not close it.
+                An async client belongs to one event loop: give each `execute()` call its own
+                (or reuse one across `arun()` calls in your loop).
 
         Raises:
             StepChainError: the run could not start (see its message and hint).
@@ -98,7 +103,7 @@ class Executor:
         refresh: Iterable[str] = (),
         allow_run: bool | None = None,
         approve: bool = False,
-        http_client: Any | None = None,
+        http_client: DefaultAsyncHttpxClient | None = None,
         handle_signals: bool = False,
     ) -> RunOptions:
         """The RunOptions of a run by this executor (the arguments are those of `execute`)."""
@@ -130,7 +135,7 @@ class Executor:
         refresh: Iterable[str] = (),
         allow_run: bool | None = None,
         approve: bool = False,
-        http_client: Any | None = None,
+        http_client: DefaultAsyncHttpxClient | None = None,
         observer: Observer | None = None,
         handle_signals: bool = False,
     ) -> RunResult:
@@ -165,7 +170,7 @@ class Executor:
         refresh: Iterable[str] = (),
         allow_run: bool | None = None,
         approve: bool = False,
-        http_client: Any | None = None,
+        http_client: DefaultAsyncHttpxClient | None = None,
         observer: Observer | None = None,
     ) -> RunResult:
         """`run` inside a running event loop (signals are left to the caller's loop)."""
@@ -265,7 +270,7 @@ def execute(
     refresh: Iterable[str] = (),
     allow_run: bool | None = None,
     approve: bool = False,
-    http_client: Any | None = None,
+    http_client: DefaultAsyncHttpxClient | None = None,
 ) -> list[StepResult]:
     """Run (or resume) a pipeline and return one StepResult per step.
 

@@ -434,6 +434,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             super().finish()
         finally:
+            if isinstance(self.request, ssl.SSLSocket):  # the server closes only the raw socket,
+                self.request.close()  # which the TLS socket took over
             self.server.fake._closed(self)
 
     def do_GET(self) -> None:
