@@ -82,11 +82,12 @@ def tool_python(name: str, packages: list[str], python: str | None = None) -> tu
 
 def find_python(version: str) -> str | None:
     """An interpreter for `version` (e.g. "3.12"): on PATH or under pyenv."""
-    found = shutil.which(f"python{version}")
-    if found:
-        return found
-    pyenv = sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python"))
-    return str(pyenv[-1]) if pyenv else None
+    candidates = [shutil.which(f"python{version}")]
+    candidates += sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python"), reverse=True)
+    for exe in filter(None, candidates):  # a pyenv shim may exist and still fail
+        if subprocess.run([exe, "-c", ""], capture_output=True).returncode == 0:
+            return str(exe)
+    return None
 
 
 class Report:
