@@ -102,7 +102,7 @@ class Report:
     def row(self, measure: str, value: str, target: str = "", ok: bool | None = None) -> None:
         verdict = "" if ok is None else ("OK" if ok else "MISS")
         self.rows.append({"measure": measure, "value": value, "target": target, "verdict": verdict})
-        extra = f"   target {target}: {verdict}" if target else ""
+        extra = f"   (target {target}: {verdict})" if verdict else ""
         print(f"  {measure}: {value}{extra}", flush=True)
 
     def note(self, text: str) -> None:
