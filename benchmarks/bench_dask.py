@@ -79,7 +79,7 @@ def main() -> None:
     report.row("local executor (threads, one GIL)", f"{local:.2f} s")
     start = time.perf_counter()
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, host="127.0.0.1") as cluster:
+                      dashboard_address=":0", host="127.0.0.1") as cluster:
         up = time.perf_counter() - start
         timed(folder / "fan.yaml", {"items": 2 * args.workers, "loops": 1},
               executor="dask", scheduler=cluster.scheduler_address)  # workers import the tool

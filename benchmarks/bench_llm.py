@@ -94,17 +94,17 @@ print(json.dumps({"import_s": t1 - t0, "run_s": run_s, "wall0": wall0, "outputs"
 """
 
 
-def run_engine(name, argv, fake, dag, cap, extra_env, report) -> None:
+def run_engine(name, argv, fake, dag, cap, extra_env, report, judged=True, baseline=None) -> float | None:
     fake.reset()
     env = dict(os.environ, **fake.env("test-key"), **extra_env)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     except subprocess.TimeoutExpired:
         report.note(f"{name}: failed: no answer within 300 s")
-        return
+        return None
     if done.returncode != 0:
         report.note(f"{name}: failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
-        return
+        return None
     doc = json.loads(done.stdout.strip().splitlines()[-1])
     applied, arrived, problems = {}, {}, []
     parents = dict(dag)
@@ -118,20 +118,25 @@ def run_engine(name, argv, fake, dag, cap, extra_env, report) -> None:
         problems += [f"{sid} lacks {p}'s output" for p in parents.get(sid, []) if answer(p) not in req.text]
     problems += [f"{sid}: {out}" for sid, out in doc["outputs"].items() if out != answer(sid)]
     problems += [f"{sid} never asked" for sid in parents if sid not in applied]
+    if not arrived:
+        report.note(f"{name}: failed: the server got no request; {problems[:3]}")
+        return None
     finish = {}
     for sid, ps in dag:  # the critical path of the applied latencies
         finish[sid] = max((finish[p] for p in ps), default=0.0) + applied.get(sid, 0.0)
     bound = max(finish.values())
-    peak = max(sum(f - applied[s] <= t < f for s, f in finish.items()) for t in
-               [f - applied[s] for s, f in finish.items()])
+    starts = {s: f - applied.get(s, 0.0) for s, f in finish.items()}
+    peak = max(sum(starts[s] <= t < f for s, f in finish.items()) for t in starts.values())
     makespan = doc["run_s"]
     answered = {sid: arrived[sid] + applied[sid] for sid in arrived}
-    gaps = [arrived[s] - max(answered[p] for p in ps) for s, ps in dag if ps and s in arrived]
+    gaps = [arrived[s] - max(answered[p] for p in ps) for s, ps in dag
+            if ps and s in arrived and all(p in answered for p in ps)] or [0.0]
     lead, tail = min(arrived.values()) - doc["wall0"], doc["wall0"] + makespan - max(answered.values())
     report.row(f"{name}: makespan / critical-path bound",
                f"{makespan:.2f} s / {bound:.2f} s = {makespan / bound:.3f}×, "
-               f"{fake.max_in_flight} requests in flight at most", "≤ 1.03×",
-               makespan <= 1.03 * bound and not problems)
+               f"{fake.max_in_flight} requests in flight at most"
+               + (f"; {makespan / baseline:.2f}× the makespan of this checkout" if baseline else ""),
+               "≤ 1.03×" if judged else "", (makespan <= 1.03 * bound and not problems) if judged else None)
     report.note(f"{name}: importing the engine and the SDK {doc['import_s']:.2f} s (before the run); "
                 f"the bound's own schedule needs {peak} requests at once (cap {cap}); "
                 f"run call -> first request {lead * 1000:.0f} ms, last answer -> return {tail * 1000:.0f} ms, "
@@ -139,6 +144,7 @@ def run_engine(name, argv, fake, dag, cap, extra_env, report) -> None:
                 f"(max {max(gaps) * 1000:.0f} ms)"
                 + (f"; PROBLEMS: {'; '.join(problems[:4])}" if problems else "; every request "
                    "carried its dependencies' outputs, every step got its own answer"))
+    return makespan
 
 
 def main() -> None:
@@ -167,7 +173,7 @@ def main() -> None:
         [{"id": sid, "prompt": headline(sid), "dependencies": ps} for sid, ps in dag]))
     (folder / "old_worker.py").write_text(OLD_WORKER, encoding="utf-8")
     with FakeOpenAI(responder=responder, keep_alive=True) as fake:
-        run_engine("StepChain (this checkout)",
+        ours = run_engine("StepChain (this checkout)",
                    [sys.executable, str(folder / "worker.py"), str(folder / "dag.yaml"), str(args.max_concurrent)],
                    fake, dag, args.max_concurrent, {"STEPCHAIN_HOME": str(fresh_home())}, report)
         if args.skip_old:
@@ -182,7 +188,8 @@ def main() -> None:
                 run_engine("StepChain 0.3.1 (PyPI)",
                            [python, str(folder / "old_worker.py"), str(folder / "plan.json"), str(args.max_concurrent)],
                            fake, dag, args.max_concurrent,
-                           {"STEPCHAIN_STORAGE_PATH": str(fresh_home()), "STEPCHAIN_LOG_LEVEL": "ERROR"}, report)
+                           {"STEPCHAIN_STORAGE_PATH": str(fresh_home()), "STEPCHAIN_LOG_LEVEL": "ERROR"}, report,
+                           judged=False, baseline=ours)  # the target is this checkout's
     report.save(args.json)
 
 

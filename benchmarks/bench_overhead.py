@@ -10,13 +10,12 @@ upstream output), so every template text differs. StepChain runs it through the 
 so still a cold cache, but imports and lazily built machinery are warm). Loading the pipeline
 (YAML, validation) is timed apart. Target: repeat <= 150 us/step.
 
-The comparison tools run the same DAG, each step `"<id> <- {0:.16} | {1:.16} | {2:.16}".format(...)`
-on its 3 upstream values, in their own venv under benchmarks/_work/venvs/ (installed on first use):
-dask.delayed (build the graph + dask.compute of all 2,000 values, threaded and sync schedulers),
-Hamilton (Builder().build() + execute of all 2,000 nodes; importing the generated module of 2,000
-functions is apart, like loading the YAML), and Prefect 3 (a @flow submitting @task runs; its
-temporary API server costs ~50 ms per task here, so it runs a 2-layer, 200-step slice after a
-warm-up flow has started the server — skipped with the reason if it fails).
+The comparison tools, each in its venv under benchmarks/_work/venvs/ (installed on first use),
+run the same DAG, each step `"<id> <- {0:.16} | {1:.16} | {2:.16}".format(<3 upstream values>)`:
+dask.delayed (graph building + dask.compute, threaded and sync), a plain Dask graph dict,
+Hamilton (Builder().build() + execute; importing the generated module is apart, like loading the
+YAML), Prefect 3 (@task runs in a @flow: ~50 ms per task through its temporary API server, so a
+200-step slice, after a warm-up flow started the server; skipped with the reason if it fails).
 """
 
 from __future__ import annotations
@@ -33,11 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Report, WORK, arguments, fresh_home, tool_python, work_dir
 
 SEED = 11
-TOOLS = {
-    "dask.delayed": ["dask[delayed]"],
-    "Hamilton": ["sf-hamilton"],
-    "Prefect": ["prefect"],
-}
+TOOLS = {"dask.delayed": ["dask[delayed]"], "Hamilton": ["sf-hamilton"], "Prefect": ["prefect"]}
 
 
 def make_dag(layers: int, width: int) -> list[tuple[str, list[str], str]]:
@@ -92,8 +87,7 @@ def other_dask(dag, scheduler: str):
         nodes = {}
         for sid, parents, fmt in dag:
             nodes[sid] = delayed(fmt.format)(*(nodes[p] for p in parents), dask_key_name=sid)
-        (values,) = dask.compute(nodes, scheduler=scheduler)
-        return values
+        return dask.compute(nodes, scheduler=scheduler)[0]
 
     return once
 
@@ -102,16 +96,13 @@ def other_dask_graph(dag):
     """The same DAG as a plain dask graph (a dict of tasks), no delayed objects."""
     from dask.threaded import get
 
-    def once():
-        values = get({sid: (fmt.format, *parents) for sid, parents, fmt in dag}, [s for s, _, _ in dag])
-        return dict(zip([s for s, _, _ in dag], values))
-
-    return once
+    names = [sid for sid, _, _ in dag]
+    return lambda: get({sid: (fmt.format, *parents) for sid, parents, fmt in dag}, names)
 
 
 def other_hamilton(dag):
     os.environ["HAMILTON_TELEMETRY_ENABLED"] = "false"
-    import importlib.util
+    import importlib
 
     from hamilton import driver
 
@@ -119,18 +110,11 @@ def other_hamilton(dag):
     for sid, parents, fmt in dag:
         params = ", ".join(f"{p}: str" for p in parents)
         source.append(f"def {sid}({params}) -> str:\n    return {fmt!r}.format({', '.join(parents)})")
-    path = WORK / "overhead" / "hamilton_dag.py"
-    path.write_text("\n\n".join(source) + "\n")
-    spec = importlib.util.spec_from_file_location("hamilton_dag", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hamilton_dag"] = module  # Hamilton finds functions through inspect.getmodule
-    spec.loader.exec_module(module)  # like load_pipeline: not timed
+    (WORK / "overhead" / "hamilton_dag.py").write_text("\n\n".join(source) + "\n")
+    sys.path.insert(0, str(WORK / "overhead"))
+    module = importlib.import_module("hamilton_dag")  # like load_pipeline: not timed
     names = [sid for sid, _, _ in dag]
-
-    def once():
-        return driver.Builder().with_modules(module).build().execute(names)
-
-    return once
+    return lambda: driver.Builder().with_modules(module).build().execute(names)
 
 
 def other_prefect(dag):
@@ -162,9 +146,8 @@ def other_main(name: str, layers: int, width: int) -> None:
     times = []
     for _ in range(2):
         start = time.perf_counter()
-        values = once()
+        assert len(once()) == len(dag), "a value per step"
         times.append(time.perf_counter() - start)
-        assert len(values) == len(dag), f"{len(values)} values for {len(dag)} steps"
     print(json.dumps({"steps": len(dag), "first": times[0], "repeat": times[1]}))
 
 
@@ -172,21 +155,19 @@ def run_other(name: str, args, report: Report) -> None:
     base = "dask.delayed" if name.startswith("dask") else name
     python, how = tool_python(base.lower().replace(".", "-"), TOOLS[base])
     if python is None:
-        report.note(f"{name}: skipped, {how}")
-        return
+        return report.note(f"{name}: skipped, {how}")
     env = dict(os.environ, HAMILTON_TELEMETRY_ENABLED="false", DO_NOT_TRACK="1",
                PREFECT_HOME=str(WORK / "overhead" / "prefect-home"), PREFECT_LOGGING_LEVEL="ERROR",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+               PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
     argv = [python, __file__, "--other", name, "--layers", str(args.layers), "--width", str(args.width)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=env)
     except subprocess.TimeoutExpired:
-        report.note(f"{name}: skipped, it took more than 240 s")
-        return
+        return report.note(f"{name}: skipped, it took more than 240 s")
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["?"])[-1]
-        report.note(f"{name}: skipped, it failed (exit {done.returncode}): {tail}")
-        return
+        return report.note(f"{name}: skipped, it failed (exit {done.returncode}): {tail}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     n = figures["steps"]
     report.row(f"{name}: first / repeat", f"{figures['first'] / n * 1e6:,.0f} / "
@@ -194,13 +175,9 @@ def run_other(name: str, args, report: Report) -> None:
 
 
 def main() -> None:
-    if "--other" in sys.argv:
-        i = sys.argv.index("--other")
-        name = sys.argv[i + 1]
-        layers = int(sys.argv[sys.argv.index("--layers") + 1])
-        width = int(sys.argv[sys.argv.index("--width") + 1])
-        return other_main(name, layers, width)
-    args = arguments(__doc__, layers=20, width=100, max_concurrent=8, no_prefect=False)
+    args = arguments(__doc__, layers=20, width=100, max_concurrent=8, no_prefect=False, other="")
+    if args.other:  # run by a comparison tool's venv
+        return other_main(args.other, args.layers, args.width)
     n = args.layers * args.width
     report = Report(f"Engine overhead: {n:,}-step template DAG",
                     f"{args.layers} layers x {args.width}, each step reads 3 of the layer before, "
@@ -216,9 +193,9 @@ def main() -> None:
                sc["repeat"] / n * 1e6 <= 150)
     report.note(f"StepChain: `import stepchain` + Executor {sc['import']:.2f} s, "
                 f"load_pipeline (YAML + validation) {sc['load']:.2f} s, not in the figures")
-    others = ["dask.delayed", "dask.delayed (sync)", "dask graph dict", "Hamilton"] + ([] if args.no_prefect else ["Prefect"])
-    for name in others:
-        run_other(name, args, report)
+    for name in ["dask.delayed", "dask.delayed (sync)", "dask graph dict", "Hamilton", "Prefect"]:
+        if name != "Prefect" or not args.no_prefect:
+            run_other(name, args, report)
     report.save(args.json)
 
 
