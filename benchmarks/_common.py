@@ -44,7 +44,9 @@ def env_with(**extra: str) -> dict[str, str]:
     return env
 
 
-def best_of(argv: list[str], repeat: int = 3, **kwargs) -> tuple[float, subprocess.CompletedProcess]:
+def best_of(
+    argv: list[str], repeat: int = 3, **kwargs
+) -> tuple[float, subprocess.CompletedProcess]:
     """Best wall time of a whole command over `repeat` runs, and the last run's result."""
     times, done = [], None
     for _ in range(repeat):
@@ -54,7 +56,9 @@ def best_of(argv: list[str], repeat: int = 3, **kwargs) -> tuple[float, subproce
     return min(times), done
 
 
-def tool_python(name: str, packages: list[str], python: str | None = None) -> tuple[str | None, str]:
+def tool_python(
+    name: str, packages: list[str], python: str | None = None
+) -> tuple[str | None, str]:
     """A venv under benchmarks/_work/venvs/NAME with `packages`: (its python, how) or (None, why).
 
     Made once and reused while the package list is the same; never touches the package's deps.
@@ -67,8 +71,12 @@ def tool_python(name: str, packages: list[str], python: str | None = None) -> tu
     shutil.rmtree(venv, ignore_errors=True)
     start = time.perf_counter()
     try:
-        subprocess.run([python or sys.executable, "-m", "venv", str(venv)], check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [python or sys.executable, "-m", "venv", str(venv)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         pip = [str(exe), "-m", "pip", "install", "-q", "--disable-pip-version-check", *packages]
         done = subprocess.run(pip, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -111,8 +119,12 @@ class Report:
 
     def save(self, path: str | None) -> None:
         if path:
-            doc = {"title": self.title, "description": self.description,
-                   "rows": self.rows, "notes": self.notes}
+            doc = {
+                "title": self.title,
+                "description": self.description,
+                "rows": self.rows,
+                "notes": self.notes,
+            }
             Path(path).write_text(json.dumps(doc, indent=1), encoding="utf-8")
 
 

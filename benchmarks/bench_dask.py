@@ -58,8 +58,10 @@ def timed(path: Path, inputs: dict, **executor) -> float:
 
 def main() -> None:
     args = arguments(__doc__, items=60, ms=50.0, workers=2)
-    report = Report("Dask executor: CPU-bound foreach",
-                    f"{args.items} items of ~{args.ms:g} ms pure-Python CPU each; cold cache")
+    report = Report(
+        "Dask executor: CPU-bound foreach",
+        f"{args.items} items of ~{args.ms:g} ms pure-Python CPU each; cold cache",
+    )
     try:
         from distributed import LocalCluster
     except ImportError:
@@ -78,16 +80,31 @@ def main() -> None:
     local = timed(folder / "fan.yaml", inputs)
     report.row("local executor (threads, one GIL)", f"{local:.2f} s")
     start = time.perf_counter()
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", host="127.0.0.1") as cluster:
+    with LocalCluster(
+        n_workers=args.workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        host="127.0.0.1",
+    ) as cluster:
         up = time.perf_counter() - start
-        timed(folder / "fan.yaml", {"items": 2 * args.workers, "loops": 1},
-              executor="dask", scheduler=cluster.scheduler_address)  # workers import the tool
-        dask = timed(folder / "fan.yaml", inputs, executor="dask", scheduler=cluster.scheduler_address)
-    report.row(f"dask, {args.workers} worker processes", f"{dask:.2f} s = {local / dask:.2f}× the local "
-               f"executor (ideal {args.workers}×)")
-    report.note(f"LocalCluster start-up {up:.1f} s, not included; load average now "
-                f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+        timed(
+            folder / "fan.yaml",
+            {"items": 2 * args.workers, "loops": 1},
+            executor="dask",
+            scheduler=cluster.scheduler_address,
+        )  # workers import the tool
+        dask = timed(
+            folder / "fan.yaml", inputs, executor="dask", scheduler=cluster.scheduler_address
+        )
+    report.row(
+        f"dask, {args.workers} worker processes",
+        f"{dask:.2f} s = {local / dask:.2f}× the local executor (ideal {args.workers}×)",
+    )
+    report.note(
+        f"LocalCluster start-up {up:.1f} s, not included; load average now "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
+    )
     report.save(args.json)
 
 

@@ -37,9 +37,11 @@ outputs:
 
 def main() -> None:
     args = arguments(__doc__, items=10_000, max_concurrent=8)
-    report = Report(f"foreach of {args.items:,} items over one template",
-                    "cold run through the API in a fresh process; replay as a new `stepchain run` "
-                    "process on the same STEPCHAIN_HOME")
+    report = Report(
+        f"foreach of {args.items:,} items over one template",
+        "cold run through the API in a fresh process; replay as a new `stepchain run` "
+        "process on the same STEPCHAIN_HOME",
+    )
     path = work_dir("foreach") / "foreach.yaml"
     path.write_text(PIPELINE, encoding="utf-8")
     home = fresh_home()
@@ -51,14 +53,19 @@ def main() -> None:
     pipe = load_pipeline(path)
     t1 = time.perf_counter()
     result = Executor(max_concurrent=args.max_concurrent).run(
-        pipe, run_id="bench-foreach-cold", inputs={"n": args.items})
+        pipe, run_id="bench-foreach-cold", inputs={"n": args.items}
+    )
     cold = time.perf_counter() - t1
     fan = result.steps["fan"]
     if result.status != "completed" or len(fan.output) != args.items:
         raise SystemExit(f"cold run: {result.status}, {fan.error}")
     rate = args.items / cold
-    report.row("cold run (API, fresh process)", f"{rate:,.0f} items/s ({cold:.2f} s)",
-               "≥ 5,000 items/s", rate >= 5000)
+    report.row(
+        "cold run (API, fresh process)",
+        f"{rate:,.0f} items/s ({cold:.2f} s)",
+        "≥ 5,000 items/s",
+        rate >= 5000,
+    )
     report.note(f"load_pipeline {t1 - t0:.2f} s, not in the figure")
 
     argv = [*stepchain_cmd(), "run", str(path), "-i", f"n={args.items}", "--json"]
@@ -66,13 +73,24 @@ def main() -> None:
     doc = json.loads(done.stdout) if done.returncode == 0 else {}
     step = doc.get("steps", {}).get("fan", {})
     if not step.get("cached") or len(step.get("output") or []) != args.items:
-        report.row("replay (`stepchain run`, new process)", f"FAILED (exit {done.returncode}, "
-                   f"cached={step.get('cached')}): {done.stderr.strip()[-300:]}", "< 2 s", False)
+        report.row(
+            "replay (`stepchain run`, new process)",
+            f"FAILED (exit {done.returncode}, "
+            f"cached={step.get('cached')}): {done.stderr.strip()[-300:]}",
+            "< 2 s",
+            False,
+        )
     else:
-        report.row("replay (`stepchain run`, new process, whole command)",
-                   f"{replay:.2f} s, every item from the cache", "< 2 s", replay < 2)
+        report.row(
+            "replay (`stepchain run`, new process, whole command)",
+            f"{replay:.2f} s, every item from the cache",
+            "< 2 s",
+            replay < 2,
+        )
     floor, version = best_of([*stepchain_cmd(), "--version"], 3)
-    report.note(f"start-up floor: `stepchain --version` takes {floor:.2f} s ({version.stdout.strip()})")
+    report.note(
+        f"start-up floor: `stepchain --version` takes {floor:.2f} s ({version.stdout.strip()})"
+    )
     report.save(args.json)
 
 

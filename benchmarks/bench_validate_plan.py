@@ -27,15 +27,41 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Report, arguments, best_of, env_with, fresh_home, stepchain_cmd, work_dir
 
-SUBJECTS = ["solar inverters", "heat pumps", "battery recycling", "cold-chain logistics",
-            "warehouse robots", "small modular reactors", "e-bike sharing", "vertical farming",
-            "payment fraud", "satellite broadband", "green hydrogen", "smart meters"]
-REGIONS = ["Northern Europe", "the Gulf states", "Southeast Asia", "the US Midwest", "Brazil", "Japan"]
-ANGLES = ["market size and growth", "regulation", "the main competitors", "supply-chain risks",
-          "pricing", "customer adoption"]
-OPENERS = ["You are a careful analyst who cites every number.",
-           "You are a market researcher; be concise and concrete.",
-           "You are a sceptical reviewer: flag anything unsupported."]
+SUBJECTS = [
+    "solar inverters",
+    "heat pumps",
+    "battery recycling",
+    "cold-chain logistics",
+    "warehouse robots",
+    "small modular reactors",
+    "e-bike sharing",
+    "vertical farming",
+    "payment fraud",
+    "satellite broadband",
+    "green hydrogen",
+    "smart meters",
+]
+REGIONS = [
+    "Northern Europe",
+    "the Gulf states",
+    "Southeast Asia",
+    "the US Midwest",
+    "Brazil",
+    "Japan",
+]
+ANGLES = [
+    "market size and growth",
+    "regulation",
+    "the main competitors",
+    "supply-chain risks",
+    "pricing",
+    "customer adoption",
+]
+OPENERS = [
+    "You are a careful analyst who cites every number.",
+    "You are a market researcher; be concise and concrete.",
+    "You are a sceptical reviewer: flag anything unsupported.",
+]
 
 TOOLS_PY = '''"""Function tools of the generated benchmark pipeline (never called by validate or plan)."""
 
@@ -62,9 +88,14 @@ def topic_steps(n: int, rng: random.Random, prev: str | None) -> list[str]:
     subject, region, angle = rng.choice(SUBJECTS), rng.choice(REGIONS), rng.choice(ANGLES)
     t = f"t{n}"
     title = f"{subject} in {region}"
-    out = [f"  - id: fetch_{t}", f"    name: Sources on {title}", "    tool: fetch",
-           f"    with: {{query: {q(f'{subject} {region} {angle}')}, limit: \"{{{{ inputs.sources }}}}\"}}",
-           f"  - id: clean_{t}", "    template: |"]
+    out = [
+        f"  - id: fetch_{t}",
+        f"    name: Sources on {title}",
+        "    tool: fetch",
+        f'    with: {{query: {q(f"{subject} {region} {angle}")}, limit: "{{{{ inputs.sources }}}}"}}',
+        f"  - id: clean_{t}",
+        "    template: |",
+    ]
     out += block(f"""
 Sources on {title} ({angle}):
 {{% for doc in steps.fetch_{t}.output %}}
@@ -75,24 +106,33 @@ Sources on {title} ({angle}):
 From the sources below, list the {rng.randint(3, 8)} most important facts about {angle} for
 {title}. Quote figures exactly and name the source number of each fact.
 {{{{ steps.clean_{t}.output }}}}""")
-    out += ["    output_schema:", "      type: object",
-            "      properties: {facts: {type: array, items: {type: object, properties: "
-            "{claim: {type: string}, source: {type: integer}}, required: [claim, source]}}}",
-            "      required: [facts]",
-            f"  - id: check_{t}", f"    foreach: steps.facts_{t}.output.facts", "    prompt: |"]
+    out += [
+        "    output_schema:",
+        "      type: object",
+        "      properties: {facts: {type: array, items: {type: object, properties: "
+        "{claim: {type: string}, source: {type: integer}}, required: [claim, source]}}}",
+        "      required: [facts]",
+        f"  - id: check_{t}",
+        f"    foreach: steps.facts_{t}.output.facts",
+        "    prompt: |",
+    ]
     out += block(f"""
 Is this claim about {subject} plausible for {region}? Answer "yes", "no" or "unclear", then one
 sentence why. Claim {{{{ index + 1 }}}}: {{{{ item.claim }}}} (source [{{{{ item.source }}}}])""")
-    out += [f"  - id: score_{t}", "    tool: score",
-            f"    with: {{claims: \"{{{{ steps.check_{t}.output }}}}\", threshold: {rng.randint(4, 8) / 10}}}",
-            f"  - id: chart_{t}", "    when: inputs.charts",
-            f"    run: [python, chart.py, \"{{{{ steps.score_{t}.output | tojson }}}}\", {q(title)}]",
-            f"  - id: summary_{t}"]
+    out += [
+        f"  - id: score_{t}",
+        "    tool: score",
+        f'    with: {{claims: "{{{{ steps.check_{t}.output }}}}", threshold: {rng.randint(4, 8) / 10}}}',
+        f"  - id: chart_{t}",
+        "    when: inputs.charts",
+        f'    run: [python, chart.py, "{{{{ steps.score_{t}.output | tojson }}}}", {q(title)}]',
+        f"  - id: summary_{t}",
+    ]
     if rng.random() < 0.3:
         out.append("    model: gpt-4o")
     out += [f"    temperature: {rng.choice([0, 0.2, 0.4])}", "    prompt: |"]
     out += block(f"""
-Write a {rng.choice(['short', 'one-paragraph', 'three-sentence'])} summary of {angle} for {title},
+Write a {rng.choice(["short", "one-paragraph", "three-sentence"])} summary of {angle} for {title},
 for {{{{ inputs.audience }}}}. Use only these checked facts:
 {{% for f in steps.facts_{t}.output.facts %}}- {{{{ f.claim }}}} -> {{{{ steps.check_{t}.output[loop.index0] }}}}
 {{% endfor %}}Score: {{{{ steps.score_{t}.output.checked }}}} claims checked.""")
@@ -103,25 +143,36 @@ for {{{{ inputs.audience }}}}. Use only these checked facts:
 {{% if steps.chart_{t}.status == "completed" %}}![chart]({{{{ steps.chart_{t}.output | trim }}}}){{% endif %}}""")
     out += [f"  - id: compare_{t}", "    prompt: |"]
     if prev:
-        out += block(f"Compare {title} with the previous topic in two sentences.\n"
-                     f"This one: {{{{ steps.summary_{t}.output }}}}\nPrevious: {{{{ steps.summary_{prev}.output }}}}")
+        out += block(
+            f"Compare {title} with the previous topic in two sentences.\n"
+            f"This one: {{{{ steps.summary_{t}.output }}}}\nPrevious: {{{{ steps.summary_{prev}.output }}}}"
+        )
     else:
         out += block(f"Say in two sentences why {title} matters to {{{{ inputs.audience }}}}.")
-    out += [f"  - id: note_{t}", f"    needs: [section_{t}]",
-            f"    template: {q(f'{title}: {{{{ steps.compare_{t}.output | truncate(200) }}}} ({angle})')}"]
+    out += [
+        f"  - id: note_{t}",
+        f"    needs: [section_{t}]",
+        f"    template: {q(f'{title}: {{{{ steps.compare_{t}.output | truncate(200) }}}} ({angle})')}",
+    ]
     return out
 
 
 def pipeline_yaml(topics: int) -> str:
     rng = random.Random(500 + topics)
-    lines = ["version: 1", f"name: research-{topics}",
-             f"description: Research report over {topics} topics (generated by benchmarks/bench_validate_plan.py).",
-             "inputs:", "  audience: {type: string, default: a product manager}",
-             "  sources: {type: integer, default: 5, minimum: 1, maximum: 20}",
-             "  charts: {type: boolean, default: true}",
-             "defaults: {model: gpt-4o-mini, retries: 2, timeout: 120}",
-             "tools:", "  fetch: {type: function, function: \"research_tools:fetch_docs\"}",
-             "  score: {type: function, function: \"research_tools:score_claims\"}", "steps:"]
+    lines = [
+        "version: 1",
+        f"name: research-{topics}",
+        f"description: Research report over {topics} topics (generated by benchmarks/bench_validate_plan.py).",
+        "inputs:",
+        "  audience: {type: string, default: a product manager}",
+        "  sources: {type: integer, default: 5, minimum: 1, maximum: 20}",
+        "  charts: {type: boolean, default: true}",
+        "defaults: {model: gpt-4o-mini, retries: 2, timeout: 120}",
+        "tools:",
+        '  fetch: {type: function, function: "research_tools:fetch_docs"}',
+        '  score: {type: function, function: "research_tools:score_claims"}',
+        "steps:",
+    ]
     for n in range(topics):
         lines += topic_steps(n, rng, f"t{n - 1}" if n else None)
     lines += ["outputs:", f"  last: {q('{{ steps.note_t' + str(topics - 1) + '.output }}')}"]
@@ -130,26 +181,44 @@ def pipeline_yaml(topics: int) -> str:
 
 def main() -> None:
     args = arguments(__doc__, repeat=3)
-    report = Report("validate and plan (whole commands, best of %d)" % args.repeat,
-                    "generated research-report pipelines mixing prompts, templates, function tools, "
-                    "run steps, foreach, when, output_schema")
+    report = Report(
+        f"validate and plan (whole commands, best of {args.repeat})",
+        "generated research-report pipelines mixing prompts, templates, function tools, "
+        "run steps, foreach, when, output_schema",
+    )
     folder = work_dir("validate")
     (folder / "research_tools.py").write_text(TOOLS_PY, encoding="utf-8")
-    (folder / "chart.py").write_text("import sys\nprint('chart.png', sys.argv[2])\n", encoding="utf-8")
+    (folder / "chart.py").write_text(
+        "import sys\nprint('chart.png', sys.argv[2])\n", encoding="utf-8"
+    )
     env = env_with(STEPCHAIN_HOME=str(fresh_home()))
     cases = [(50, "validate", 1.0), (1000, "validate", 3.0), (1000, "plan", 8.0)]
     for topics, command, target in cases:
         path = folder / f"research-{topics * 10}.yaml"
         if not path.exists():
             path.write_text(pipeline_yaml(topics), encoding="utf-8")
-        best, done = best_of([*stepchain_cmd(), command, str(path)], args.repeat, env=env, cwd=folder)
-        size = f"{path.stat().st_size / 1e6:.1f} MB" if path.stat().st_size > 1e6 else f"{path.stat().st_size // 1000} kB"
+        best, done = best_of(
+            [*stepchain_cmd(), command, str(path)], args.repeat, env=env, cwd=folder
+        )
+        size = (
+            f"{path.stat().st_size / 1e6:.1f} MB"
+            if path.stat().st_size > 1e6
+            else f"{path.stat().st_size // 1000} kB"
+        )
         if done.returncode != 0:
-            report.row(f"`stepchain {command}`, {topics * 10:,} steps", f"FAILED (exit {done.returncode}): "
-                       f"{(done.stdout + done.stderr).strip()[-300:]}", f"< {target:g} s", False)
+            report.row(
+                f"`stepchain {command}`, {topics * 10:,} steps",
+                f"FAILED (exit {done.returncode}): {(done.stdout + done.stderr).strip()[-300:]}",
+                f"< {target:g} s",
+                False,
+            )
             continue
-        report.row(f"`stepchain {command}`, {topics * 10:,} steps ({size})", f"{best:.2f} s",
-                   f"< {target:g} s", best < target)
+        report.row(
+            f"`stepchain {command}`, {topics * 10:,} steps ({size})",
+            f"{best:.2f} s",
+            f"< {target:g} s",
+            best < target,
+        )
     report.save(args.json)
 
 

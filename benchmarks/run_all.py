@@ -27,16 +27,36 @@ SCRIPTS = ["validate_plan", "foreach", "overhead", "llm", "dask"]
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "?") if Path("/proc/cpuinfo").exists() else "?"
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=BENCH).stdout.strip() or "?"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "engine", "cli.py", "schemas"],
-                           capture_output=True, text=True, cwd=BENCH).stdout.strip()
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor() or "?",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else "?"
+    )
+    head = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH
+        ).stdout.strip()
+        or "?"
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "engine", "cli.py", "schemas"],
+        capture_output=True,
+        text=True,
+        cwd=BENCH,
+    ).stdout.strip()
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}; StepChain at commit {head}"
-            f"{' (engine/ has uncommitted changes)' if dirty else ''}; load average at start {load}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}; StepChain at commit {head}"
+        f"{' (engine/ has uncommitted changes)' if dirty else ''}; load average at start {load}"
+    )
 
 
 def main() -> None:
@@ -53,8 +73,10 @@ def main() -> None:
             out = Path(tmp) / f"{name}.json"
             t0 = time.perf_counter()
             try:
-                done = subprocess.run([sys.executable, str(BENCH / f"bench_{name}.py"), "--json", str(out)],
-                                      timeout=900)
+                done = subprocess.run(
+                    [sys.executable, str(BENCH / f"bench_{name}.py"), "--json", str(out)],
+                    timeout=900,
+                )
                 code = done.returncode
             except subprocess.TimeoutExpired:
                 code = "timeout"
@@ -77,24 +99,44 @@ def cell(text: str) -> str:
 
 
 def render(sections, failures, info, date, command, wall) -> str:
-    lines = ["# StepChain benchmark results", "",
-             f"- **Command:** `{command}` (from the repository root; whole run {wall:.0f} s, "
-             "including any first-time installs of the comparison tools)",
-             f"- **Date:** {date}", f"- **Machine:** {info}",
-             "- How each figure is measured: [README.md](README.md) and each script's docstring.", "",
-             "## Targets", "", "| benchmark | measure | measured | target | verdict |", "|---|---|---|---|---|"]
+    lines = [
+        "# StepChain benchmark results",
+        "",
+        f"- **Command:** `{command}` (from the repository root; whole run {wall:.0f} s, "
+        "including any first-time installs of the comparison tools)",
+        f"- **Date:** {date}",
+        f"- **Machine:** {info}",
+        "- How each figure is measured: [README.md](README.md) and each script's docstring.",
+        "",
+        "## Targets",
+        "",
+        "| benchmark | measure | measured | target | verdict |",
+        "|---|---|---|---|---|",
+    ]
     for doc, _ in sections:
         for row in doc["rows"]:
             if row["target"]:
                 verdict = {"OK": "OK", "MISS": "**MISS**"}.get(row["verdict"], "—")
-                lines.append(f"| {cell(doc['title'])} | {cell(row['measure'])} | {cell(row['value'])} | "
-                             f"{cell(row['target'])} | {verdict} |")
+                lines.append(
+                    f"| {cell(doc['title'])} | {cell(row['measure'])} | {cell(row['value'])} | "
+                    f"{cell(row['target'])} | {verdict} |"
+                )
     lines += [f"- {f}" for f in failures]
     for doc, took in sections:
-        lines += ["", f"## {doc['title']}", "", f"{doc['description']} ({took:.0f} s)", "",
-                  "| measure | measured | target | verdict |", "|---|---|---|---|"]
-        lines += [f"| {cell(r['measure'])} | {cell(r['value'])} | {cell(r['target'])} | {r['verdict']} |"
-                  for r in doc["rows"]]
+        lines += [
+            "",
+            f"## {doc['title']}",
+            "",
+            f"{doc['description']} ({took:.0f} s)",
+            "",
+            "| measure | measured | target | verdict |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {cell(r['measure'])} | {cell(r['value'])} | {cell(r['target'])} | "
+            f"{'**MISS**' if r['verdict'] == 'MISS' else r['verdict']} |"
+            for r in doc["rows"]
+        ]
         if doc["notes"]:
             lines += [""] + [f"- {note}" for note in doc["notes"]]
     return "\n".join(lines) + "\n"
