@@ -2,13 +2,12 @@
 
     python benchmarks/bench_overhead.py [--layers 20] [--width 100] [--max-concurrent 8] [--no-prefect]
 
-The DAG: 20 layers x 100 steps; every step of layer k > 0 reads 3 steps of layer k-1 (a seeded
-choice) and renders a distinct string from them (its own id plus the first 16 characters of each
-upstream output), so every template text differs. StepChain runs it through the public API,
-`Executor(max_concurrent=N).execute(pipeline, run_id=...)`, each run with a fresh STEPCHAIN_HOME
-(cold cache): the FIRST run in this fresh process, then a REPEAT in the same process (new home,
-so still a cold cache, but imports and lazily built machinery are warm). Loading the pipeline
-(YAML, validation) is timed apart. Target: repeat <= 150 us/step.
+20 layers x 100 steps; each step of layer k > 0 reads 3 steps of layer k-1 (seeded) and renders
+its own id and the first 16 characters of each upstream output: every template text differs.
+StepChain runs it through the public API, `Executor(max_concurrent=N).execute(pipeline, run_id=)`,
+with a fresh STEPCHAIN_HOME (cold cache) each time: the FIRST run in this fresh process, then a
+REPEAT in the same process (still a cold cache; imports and lazily built machinery warm). Loading
+the pipeline (YAML, validation) is timed apart. Target: repeat <= 150 us/step.
 
 The comparison tools, each in its venv under benchmarks/_work/venvs/ (installed on first use),
 run the same DAG, each step `"<id> <- {0:.16} | {1:.16} | {2:.16}".format(<3 upstream values>)`:
@@ -33,6 +32,9 @@ from _common import WORK, Report, arguments, fresh_home, tool_python, work_dir
 
 SEED = 11
 TOOLS = {"dask.delayed": ["dask[delayed]"], "Hamilton": ["sf-hamilton"], "Prefect": ["prefect"]}
+QUIET = {"HAMILTON_TELEMETRY_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "ERROR",
+         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # and time for Prefect's server to start:
+         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}  # fmt: skip
 
 
 def make_dag(layers: int, width: int) -> list[tuple[str, list[str], str]]:
@@ -101,7 +103,6 @@ def other_dask_graph(dag):
 
 
 def other_hamilton(dag):
-    os.environ["HAMILTON_TELEMETRY_ENABLED"] = "false"
     import importlib
 
     from hamilton import driver
@@ -141,19 +142,16 @@ def other_main(name: str, layers: int, width: int) -> None:
     if name == "Prefect":
         layers = 2  # ~50 ms per task: a 200-step slice
     dag = make_dag(layers, width)
-    once = {
-        "dask.delayed": lambda: other_dask(dag, "threads"),
-        "dask.delayed (sync)": lambda: other_dask(dag, "sync"),
-        "dask graph dict": lambda: other_dask_graph(dag),
-        "Hamilton": lambda: other_hamilton(dag),
-        "Prefect": lambda: other_prefect(dag),
-    }[name]()
-    times = []
-    for _ in range(2):
+    once = {"dask.delayed": lambda: other_dask(dag, "threads"),
+            "dask.delayed (sync)": lambda: other_dask(dag, "sync"),
+            "dask graph dict": lambda: other_dask_graph(dag), "Hamilton": lambda: other_hamilton(dag),
+            "Prefect": lambda: other_prefect(dag)}[name]()  # fmt: skip
+    got = {"steps": len(dag)}
+    for run in ("first", "repeat"):
         start = time.perf_counter()
         assert len(once()) == len(dag), "a value per step"
-        times.append(time.perf_counter() - start)
-    print(json.dumps({"steps": len(dag), "first": times[0], "repeat": times[1]}))
+        got[run] = time.perf_counter() - start
+    print(json.dumps(got))
 
 
 def run_other(name: str, args, report: Report) -> None:
@@ -161,25 +159,9 @@ def run_other(name: str, args, report: Report) -> None:
     python, how = tool_python(base.lower().replace(".", "-"), TOOLS[base])
     if python is None:
         return report.note(f"{name}: skipped, {how}")
-    env = dict(
-        os.environ,
-        HAMILTON_TELEMETRY_ENABLED="false",
-        DO_NOT_TRACK="1",
-        PREFECT_HOME=str(WORK / "overhead" / "prefect-home"),
-        PREFECT_LOGGING_LEVEL="ERROR",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
-    )
-    argv = [
-        python,
-        __file__,
-        "--other",
-        name,
-        "--layers",
-        str(args.layers),
-        "--width",
-        str(args.width),
-    ]
+    env = dict(os.environ, **QUIET, PREFECT_HOME=str(WORK / "overhead" / "prefect-home"))
+    argv = [python, __file__, "--other", name, "--layers", str(args.layers)]
+    argv += ["--width", str(args.width)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=env)
     except subprocess.TimeoutExpired:
@@ -187,14 +169,10 @@ def run_other(name: str, args, report: Report) -> None:
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["?"])[-1]
         return report.note(f"{name}: skipped, it failed (exit {done.returncode}): {tail}")
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
-    n = figures["steps"]
-    report.row(
-        f"{name}: first / repeat",
-        f"{figures['first'] / n * 1e6:,.0f} / "
-        f"{figures['repeat'] / n * 1e6:,.0f} µs/step"
-        + (f" ({n} steps)" if n != args.layers * args.width else ""),
-    )
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    n, slice_ = got["steps"], f" ({got['steps']} steps)" if name == "Prefect" else ""
+    us = [f"{got[run] / n * 1e6:,.0f}" for run in ("first", "repeat")]
+    report.row(f"{name}: first / repeat", f"{us[0]} / {us[1]} µs/step{slice_}")
 
 
 def main() -> None:
@@ -211,17 +189,10 @@ def main() -> None:
     path = work_dir("overhead") / "dag.yaml"
     path.write_text(pipeline_yaml(make_dag(args.layers, args.width)), encoding="utf-8")
     sc = run_stepchain(path, args.max_concurrent)
-    report.row(
-        "StepChain: first run in a fresh process",
-        f"{sc['first'] / n * 1e6:,.0f} µs/step ({sc['first']:.2f} s)",
-        "report (no target)",
-    )
-    report.row(
-        "StepChain: repeat in the same process (new home, cold cache)",
-        f"{sc['repeat'] / n * 1e6:,.0f} µs/step ({sc['repeat']:.2f} s)",
-        "≤ 150 µs/step",
-        sc["repeat"] / n * 1e6 <= 150,
-    )
+    us = {run: sc[run] / n * 1e6 for run in ("first", "repeat")}
+    report.row("StepChain: first run in a fresh process", f"{us['first']:,.0f} µs/step", "report")
+    report.row("StepChain: repeat in the same process (new home, cold cache)",
+               f"{us['repeat']:,.0f} µs/step", "≤ 150 µs/step", us["repeat"] <= 150)  # fmt: skip
     report.note(
         f"StepChain: `import stepchain` + Executor {sc['import']:.2f} s, "
         f"load_pipeline (YAML + validation) {sc['load']:.2f} s, not in the figures"

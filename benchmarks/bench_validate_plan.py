@@ -27,20 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Report, arguments, best_of, env_with, fresh_home, stepchain_cmd, work_dir
 
-SUBJECTS = [
-    "solar inverters",
-    "heat pumps",
-    "battery recycling",
-    "cold-chain logistics",
-    "warehouse robots",
-    "small modular reactors",
-    "e-bike sharing",
-    "vertical farming",
-    "payment fraud",
-    "satellite broadband",
-    "green hydrogen",
-    "smart meters",
-]
+SUBJECTS = ["solar inverters", "heat pumps", "battery recycling", "cold-chain logistics",
+            "warehouse robots", "small modular reactors", "e-bike sharing", "vertical farming",
+            "payment fraud", "satellite broadband", "green hydrogen", "smart meters"]  # fmt: skip
 REGIONS = [
     "Northern Europe",
     "the Gulf states",
@@ -49,14 +38,8 @@ REGIONS = [
     "Brazil",
     "Japan",
 ]
-ANGLES = [
-    "market size and growth",
-    "regulation",
-    "the main competitors",
-    "supply-chain risks",
-    "pricing",
-    "customer adoption",
-]
+ANGLES = ["market size and growth", "regulation", "the main competitors", "supply-chain risks",
+          "pricing", "customer adoption"]  # fmt: skip
 OPENERS = [
     "You are a careful analyst who cites every number.",
     "You are a market researcher; be concise and concrete.",
@@ -188,37 +171,22 @@ def main() -> None:
     )
     folder = work_dir("validate")
     (folder / "research_tools.py").write_text(TOOLS_PY, encoding="utf-8")
-    (folder / "chart.py").write_text(
-        "import sys\nprint('chart.png', sys.argv[2])\n", encoding="utf-8"
-    )
+    (folder / "chart.py").write_text("import sys\nprint('chart.png', sys.argv[2])\n")
     env = env_with(STEPCHAIN_HOME=str(fresh_home()))
     cases = [(50, "validate", 1.0), (1000, "validate", 3.0), (1000, "plan", 8.0)]
     for topics, command, target in cases:
         path = folder / f"research-{topics * 10}.yaml"
         if not path.exists():
             path.write_text(pipeline_yaml(topics), encoding="utf-8")
-        best, done = best_of(
-            [*stepchain_cmd(), command, str(path)], args.repeat, env=env, cwd=folder
-        )
-        size = (
-            f"{path.stat().st_size / 1e6:.1f} MB"
-            if path.stat().st_size > 1e6
-            else f"{path.stat().st_size // 1000} kB"
-        )
+        best, done = best_of([*stepchain_cmd(), command, str(path)], args.repeat, env=env, cwd=folder)  # fmt: skip
+        what = f"`stepchain {command}`, {topics * 10:,} steps ({path.stat().st_size / 1e6:.1f} MB)"
         if done.returncode != 0:
+            failure = (done.stdout + done.stderr).strip()[-300:]
             report.row(
-                f"`stepchain {command}`, {topics * 10:,} steps",
-                f"FAILED (exit {done.returncode}): {(done.stdout + done.stderr).strip()[-300:]}",
-                f"< {target:g} s",
-                False,
+                what, f"FAILED (exit {done.returncode}): {failure}", f"< {target:g} s", False
             )
-            continue
-        report.row(
-            f"`stepchain {command}`, {topics * 10:,} steps ({size})",
-            f"{best:.2f} s",
-            f"< {target:g} s",
-            best < target,
-        )
+        else:
+            report.row(what, f"{best:.2f} s", f"< {target:g} s", best < target)
     report.save(args.json)
 
 
