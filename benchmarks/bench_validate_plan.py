@@ -1,271 +1,193 @@
-"""Benchmark: `stepchain validate` and `stepchain plan` on a generated 10,000-step pipeline.
+"""`stepchain validate` and `stepchain plan` as whole commands, on pipelines of the kind people write.
 
-    python benchmarks/bench_validate_plan.py [--steps 10000] [--width 100] [--repeat 3]
+    python benchmarks/bench_validate_plan.py [--repeat 3]
 
-Both are timed as whole commands (a subprocess each, interpreter start-up and imports included),
-best and median of --repeat runs. Target (issue 2): under 2 seconds each on a 2-core machine.
-`plan` runs against a fresh, empty STEPCHAIN_HOME (cold cache), so every step plans as `run`.
+The generated pipeline is a research report, 10 steps per topic, all kinds mixed: a function tool
+fetching sources, a template cleaning them (a `{% for %}` loop, filters), an LLM prompt with a
+system text and an `output_schema`, a `foreach` prompt over its facts, a tool scoring them, a `run`
+step drawing a chart (`when:` on an input), a summary prompt (a model override on some), a
+Markdown template with conditionals, a prompt comparing the topic with the previous one (edges
+across topics), and a closing note with `needs:`. The texts are phrased from
+a seeded choice of sentences and topics, so they read like prose and differ from topic to topic.
 
-Then, in this process, the time is split by stage (YAML, schema, semantic checks, building the
-pipeline, planning, formatting); with --profile (or automatically when a target is missed) the
-top functions by own time are printed and recorded too. Nothing here asserts anything.
+- 500 steps (50 topics): `stepchain validate FILE` < 1 s.
+- 10,000 steps (1,000 topics): `stepchain validate FILE` < 3 s, `stepchain plan FILE` < 8 s.
+
+Wall time of the whole command (start-up, imports, YAML, schema, checks, graph, output), best
+of --repeat; `plan` against an empty STEPCHAIN_HOME.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
-import shutil
+import json
+import random
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Report, arguments, best_of, env_with, fresh_home, stepchain_cmd, work_dir
 
-from _common import (
-    clear_engine_caches,
-    env_with_home,
-    fresh_home,
-    machine,
-    machine_line,
-    profile_cumulative,
-    stepchain_command,
-    table,
-    template_pipeline,
-    time_command,
-    update_results,
-    verdict,
-    work_dir,
-)
+SUBJECTS = ["solar inverters", "heat pumps", "battery recycling", "cold-chain logistics",
+            "warehouse robots", "small modular reactors", "e-bike sharing", "vertical farming",
+            "payment fraud", "satellite broadband", "green hydrogen", "smart meters"]  # fmt: skip
+REGIONS = [
+    "Northern Europe",
+    "the Gulf states",
+    "Southeast Asia",
+    "the US Midwest",
+    "Brazil",
+    "Japan",
+]
+ANGLES = ["market size and growth", "regulation", "the main competitors", "supply-chain risks",
+          "pricing", "customer adoption"]  # fmt: skip
+OPENERS = [
+    "You are a careful analyst who cites every number.",
+    "You are a market researcher; be concise and concrete.",
+    "You are a sceptical reviewer: flag anything unsupported.",
+]
 
-TARGET_S = 2.0
+TOOLS_PY = '''"""Function tools of the generated benchmark pipeline (never called by validate or plan)."""
 
 
-def stage_breakdown(path: Path, home: Path) -> list[tuple[str, float]]:
-    """Seconds spent in each stage of validate and plan, measured in this process.
+def fetch_docs(query: str, limit: int = 5) -> list[dict]:
+    return [{"title": f"{query} #{i}", "text": f"About {query}.", "url": f"https://example.org/{i}"}
+            for i in range(limit)]
 
-    Uses engine internals (loader stages); if they have moved, returns what it could measure.
-    """
-    import os
 
-    os.environ["STEPCHAIN_HOME"] = str(home)
-    stages: list[tuple[str, float]] = []
+def score_claims(claims: list, threshold: float = 0.5) -> dict:
+    return {"checked": len(claims), "threshold": threshold}
+'''
 
-    def timed(name: str, func: Any) -> Any:
-        start = time.perf_counter()
-        value = func()
-        stages.append((name, time.perf_counter() - start))
-        return value
 
-    try:
-        from stepchain.pipeline.checks import check_semantics
-        from stepchain.pipeline.load import build_pipeline
-        from stepchain.pipeline.schema import schema_problems
-        from stepchain.pipeline.yaml_source import load_source
-        from stepchain.run.plan import plan_pipeline
-        from stepchain.ui.reporting import format_plan
+def q(text: str) -> str:
+    return json.dumps(text)
 
-        text = path.read_text(encoding="utf-8")
-        source = timed(
-            "YAML parse + positions (yaml_source.load_source)", lambda: load_source(str(path), text)
+
+def block(text: str, indent: int = 6) -> list[str]:
+    return [" " * indent + line if line else "" for line in text.strip("\n").splitlines()]
+
+
+def topic_steps(n: int, rng: random.Random, prev: str | None) -> list[str]:
+    subject, region, angle = rng.choice(SUBJECTS), rng.choice(REGIONS), rng.choice(ANGLES)
+    t = f"t{n}"
+    title = f"{subject} in {region}"
+    out = [
+        f"  - id: fetch_{t}",
+        f"    name: Sources on {title}",
+        "    tool: fetch",
+        f'    with: {{query: {q(f"{subject} {region} {angle}")}, limit: "{{{{ inputs.sources }}}}"}}',
+        f"  - id: clean_{t}",
+        "    template: |",
+    ]
+    out += block(f"""
+Sources on {title} ({angle}):
+{{% for doc in steps.fetch_{t}.output %}}
+[{{{{ loop.index }}}}] {{{{ doc.title | trim }}}}: {{{{ doc.text | truncate({rng.randint(120, 400)}) }}}} <{{{{ doc.url }}}}>
+{{% endfor %}}""")
+    out += [f"  - id: facts_{t}", f"    system: {q(rng.choice(OPENERS))}", "    prompt: |"]
+    out += block(f"""
+From the sources below, list the {rng.randint(3, 8)} most important facts about {angle} for
+{title}. Quote figures exactly and name the source number of each fact.
+{{{{ steps.clean_{t}.output }}}}""")
+    out += [
+        "    output_schema:",
+        "      type: object",
+        "      properties: {facts: {type: array, items: {type: object, properties: "
+        "{claim: {type: string}, source: {type: integer}}, required: [claim, source]}}}",
+        "      required: [facts]",
+        f"  - id: check_{t}",
+        f"    foreach: steps.facts_{t}.output.facts",
+        "    prompt: |",
+    ]
+    out += block(f"""
+Is this claim about {subject} plausible for {region}? Answer "yes", "no" or "unclear", then one
+sentence why. Claim {{{{ index + 1 }}}}: {{{{ item.claim }}}} (source [{{{{ item.source }}}}])""")
+    out += [
+        f"  - id: score_{t}",
+        "    tool: score",
+        f'    with: {{claims: "{{{{ steps.check_{t}.output }}}}", threshold: {rng.randint(4, 8) / 10}}}',
+        f"  - id: chart_{t}",
+        "    when: inputs.charts",
+        f'    run: [python, chart.py, "{{{{ steps.score_{t}.output | tojson }}}}", {q(title)}]',
+        f"  - id: summary_{t}",
+    ]
+    if rng.random() < 0.3:
+        out.append("    model: gpt-4o")
+    out += [f"    temperature: {rng.choice([0, 0.2, 0.4])}", "    prompt: |"]
+    out += block(f"""
+Write a {rng.choice(["short", "one-paragraph", "three-sentence"])} summary of {angle} for {title},
+for {{{{ inputs.audience }}}}. Use only these checked facts:
+{{% for f in steps.facts_{t}.output.facts %}}- {{{{ f.claim }}}} -> {{{{ steps.check_{t}.output[loop.index0] }}}}
+{{% endfor %}}Score: {{{{ steps.score_{t}.output.checked }}}} claims checked.""")
+    out += [f"  - id: section_{t}", "    template: |"]
+    out += block(f"""
+## {title[0].upper() + title[1:]}
+{{{{ steps.summary_{t}.output }}}}
+{{% if steps.chart_{t}.status == "completed" %}}![chart]({{{{ steps.chart_{t}.output | trim }}}}){{% endif %}}""")
+    out += [f"  - id: compare_{t}", "    prompt: |"]
+    if prev:
+        out += block(
+            f"Compare {title} with the previous topic in two sentences.\n"
+            f"This one: {{{{ steps.summary_{t}.output }}}}\nPrevious: {{{{ steps.summary_{prev}.output }}}}"
         )
-        timed("JSON Schema (schema.schema_problems)", lambda: schema_problems(source))
-        checked = timed(
-            "semantic checks (validation.check_semantics)", lambda: check_semantics(source)
-        )
-        pipeline = timed(
-            "build Pipeline (loader.build_pipeline)", lambda: build_pipeline(source, checked.deps)
-        )
-        pipeline.path = path
-        plan = timed(
-            "plan (planning.plan_pipeline, cold cache)", lambda: plan_pipeline(pipeline, {})
-        )
-        timed("format plan (reporting.format_plan)", lambda: format_plan(plan))
-    except Exception as exc:  # internals changed: report, do not fail the benchmark
-        stages.append((f"(breakdown stopped: {type(exc).__name__}: {exc})", 0.0))
-    return stages
-
-
-def profiles(path: Path, home: Path, top: int) -> dict[str, tuple[str, str]]:
-    """cProfile of validate and plan, in process (the CLI entry point, as the command runs it)."""
-    import os
-
-    from stepchain.cli import main
-
-    os.environ["STEPCHAIN_HOME"] = str(home)
-    out: dict[str, tuple[str, str]] = {}
-    for name, args in (("validate", ["validate", str(path)]), ("plan", ["plan", str(path)])):
-        _reset_template_caches()
-        sink = io.StringIO()
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            _, tot, cum = profile_cumulative(lambda a=args: main(a, standalone_mode=False), top=top)
-        out[name] = (tot, cum)
+    else:
+        out += block(f"Say in two sentences why {title} matters to {{{{ inputs.audience }}}}.")
+    out += [
+        f"  - id: note_{t}",
+        f"    needs: [section_{t}]",
+        f"    template: {q(f'{title}: {{{{ steps.compare_{t}.output | truncate(200) }}}} ({angle})')}",
+    ]
     return out
 
 
-def _reset_template_caches() -> None:
-    clear_engine_caches()
+def pipeline_yaml(topics: int) -> str:
+    rng = random.Random(500 + topics)
+    lines = [
+        "version: 1",
+        f"name: research-{topics}",
+        f"description: Research report over {topics} topics (generated by benchmarks/bench_validate_plan.py).",
+        "inputs:",
+        "  audience: {type: string, default: a product manager}",
+        "  sources: {type: integer, default: 5, minimum: 1, maximum: 20}",
+        "  charts: {type: boolean, default: true}",
+        "defaults: {model: gpt-4o-mini, retries: 2, timeout: 120}",
+        "tools:",
+        '  fetch: {type: function, function: "research_tools:fetch_docs"}',
+        '  score: {type: function, function: "research_tools:score_claims"}',
+        "steps:",
+    ]
+    for n in range(topics):
+        lines += topic_steps(n, rng, f"t{n - 1}" if n else None)
+    lines += ["outputs:", f"  last: {q('{{ steps.note_t' + str(topics - 1) + '.output }}')}"]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--width", type=int, default=100, help="steps per layer")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument(
-        "--variants",
-        default="repetitive,distinct",
-        help="template styles: repetitive (generator-like), distinct (no two alike)",
+    args = arguments(__doc__, repeat=3)
+    report = Report(
+        f"validate and plan (whole commands, best of {args.repeat})",
+        "generated research-report pipelines mixing prompts, templates, function tools, "
+        "run steps, foreach, when, output_schema",
     )
-    parser.add_argument("--profile", action="store_true", help="always profile (cProfile)")
-    parser.add_argument("--no-profile", action="store_true", help="never profile")
-    parser.add_argument("--top", type=int, default=20, help="profile entries to show")
-    parser.add_argument("--no-record", action="store_true", help="do not update RESULTS.md")
-    args = parser.parse_args()
-
-    info = machine()
-    print(f"machine: {machine_line(info)}")
-    folder = work_dir("validate_plan")
-    cmd = stepchain_command()
-    home = fresh_home()
-    env = env_with_home(home)
-    results: dict[tuple[str, str], dict[str, Any]] = {}
-    stages: dict[str, list[tuple[str, float]]] = {}
-    shapes: dict[str, dict[str, Any]] = {}
-    paths: dict[str, Path] = {}
-    try:
-        floor = time_command([*cmd, "--version"], repeat=args.repeat, env=env)
-        print(f"start-up floor (stepchain --version): best {floor['best']:.2f}s")
-        for variant in args.variants.split(","):
-            text, shape = template_pipeline(
-                args.steps, args.width, name="bench-validate-plan", distinct=variant == "distinct"
+    folder = work_dir("validate")
+    (folder / "research_tools.py").write_text(TOOLS_PY, encoding="utf-8")
+    (folder / "chart.py").write_text("import sys\nprint('chart.png', sys.argv[2])\n")
+    env = env_with(STEPCHAIN_HOME=str(fresh_home()))
+    cases = [(50, "validate", 1.0), (1000, "validate", 3.0), (1000, "plan", 8.0)]
+    for topics, command, target in cases:
+        path = folder / f"research-{topics * 10}.yaml"
+        if not path.exists():
+            path.write_text(pipeline_yaml(topics), encoding="utf-8")
+        best, done = best_of([*stepchain_cmd(), command, str(path)], args.repeat, env=env, cwd=folder)  # fmt: skip
+        what = f"`stepchain {command}`, {topics * 10:,} steps ({path.stat().st_size / 1e6:.1f} MB)"
+        if done.returncode != 0:
+            failure = (done.stdout + done.stderr).strip()[-300:]
+            report.row(
+                what, f"FAILED (exit {done.returncode}): {failure}", f"< {target:g} s", False
             )
-            path = folder / f"pipeline-{variant}.yaml"
-            path.write_text(text, encoding="utf-8")
-            shape["mb"] = len(text) / 1e6
-            shapes[variant], paths[variant] = shape, path
-            print(
-                f"\n[{variant} templates] {path} ({shape['mb']:.1f} MB, {text.count(chr(10)):,} lines): "
-                f"{shape['steps']:,} template steps in {shape['layers']} layers of {shape['width']}, "
-                f"{shape['edges']:,} references, {shape['foreach_steps']:,} foreach, "
-                f"{shape['when_steps']:,} when"
-            )
-            for name in ("validate", "plan"):
-                print(f"timing `stepchain {name}` x{args.repeat} ...", flush=True)
-                timing = time_command([*cmd, name, str(path)], repeat=args.repeat, env=env)
-                results[(variant, name)] = timing
-                tail = (timing["stdout"].strip().splitlines() or [""])[-1]
-                print(
-                    f"  {name:<8} best {timing['best']:6.2f}s  median {timing['median']:6.2f}s  "
-                    f"runs {', '.join(f'{t:.2f}' for t in timing['times'])}  exit {timing['rc']}  "
-                    f"target < {TARGET_S:g}s: {verdict(timing['best'] < TARGET_S)}"
-                )
-                if timing["rc"] != 0:
-                    print(
-                        "  (non-zero exit) stderr tail:\n    "
-                        + "\n    ".join(timing["stderr"].splitlines()[-8:])
-                    )
-                elif tail:
-                    print(f"  last line: {tail[:120]}")
-            print("stage breakdown (in process, one pass):", flush=True)
-            _reset_template_caches()
-            stages[variant] = stage_breakdown(path, fresh_home())
-            total = sum(t for _, t in stages[variant]) or 1.0
-            for name, seconds in stages[variant]:
-                print(f"  {seconds:7.2f}s  {100 * seconds / total:5.1f}%  {name}")
-
-        missed = [v for (v, _), r in results.items() if r["best"] >= TARGET_S or r["rc"] != 0]
-        prof = None
-        if args.profile or (missed and not args.no_profile):
-            variant = missed[-1] if missed else list(paths)[-1]
-            print(
-                f"\nprofiling the {variant} pipeline (cProfile, in process; profiling slows "
-                "everything ~1.5-2x) ...",
-                flush=True,
-            )
-            prof = (variant, profiles(paths[variant], fresh_home(), args.top))
-            for name, (tot, _) in prof[1].items():
-                print(f"\n--- {name}: top {args.top} by own time ---\n{tot}")
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-    if args.no_record:
-        return
-    rows = [
-        [
-            f"`stepchain {name} FILE`",
-            variant,
-            f"{r['best']:.2f}",
-            f"{r['median']:.2f}",
-            ", ".join(f"{t:.2f}" for t in r["times"]),
-            r["rc"],
-            f"< {TARGET_S:g} s",
-            verdict(r["best"] < TARGET_S and r["rc"] == 0),
-        ]
-        for (variant, name), r in results.items()
-    ]
-    rows.append(
-        [
-            "`stepchain --version` (start-up floor)",
-            "",
-            f"{floor['best']:.2f}",
-            f"{floor['median']:.2f}",
-            ", ".join(f"{t:.2f}" for t in floor["times"]),
-            floor["rc"],
-            "",
-            "",
-        ]
-    )
-    shape = next(iter(shapes.values()))
-    body = [
-        "## validate and plan on a 10,000-step pipeline (`bench_validate_plan.py`)",
-        "",
-        f"Machine: {machine_line(info)}",
-        "",
-        f"Pipeline: {shape['steps']:,} template steps, {shape['layers']} layers of {shape['width']}, "
-        f"{shape['edges']:,} `steps.X.output` references, {shape['foreach_steps']:,} foreach steps, "
-        f"{shape['when_steps']:,} `when`s; {shape['mb']:.1f} MB of YAML. Two template styles: "
-        "*repetitive* (a few shapes differing only in step ids, as a generator writes them) and "
-        "*distinct* (every template holds arithmetic spelling its step number, so no two share a "
-        "structure). "
-        f"Whole commands, wall-clock seconds, {args.repeat} runs each; `plan` with a cold cache.",
-        "",
-        table(
-            ["command", "templates", "best s", "median s", "runs s", "exit", "target", "verdict"],
-            rows,
-        ),
-        "",
-        "Where the time goes (in process, one pass each, seconds):",
-        "",
-    ]
-    names = [n for n, _ in next(iter(stages.values()))]
-    stage_rows = []
-    for i, name in enumerate(names):
-        row = [name]
-        for variant in stages:
-            values = stages[variant]
-            row.append(f"{values[i][1]:.2f}" if i < len(values) else "")
-        stage_rows.append(row)
-    body.append(table(["stage", *stages], stage_rows))
-    if prof:
-        variant, texts = prof
-        for name, (tot, cum) in texts.items():
-            body += [
-                "",
-                f"<details><summary>cProfile of <code>stepchain {name}</code> on the {variant} "
-                f"pipeline (top {args.top} by own time, then cumulative)</summary>",
-                "",
-                "```",
-                tot,
-                "",
-                cum,
-                "```",
-                "</details>",
-            ]
-    update_results("validate-plan", "\n".join(body))
-    print(f"\nrecorded in {Path(__file__).resolve().parent / 'RESULTS.md'}")
+        else:
+            report.row(what, f"{best:.2f} s", f"< {target:g} s", best < target)
+    report.save(args.json)
 
 
 if __name__ == "__main__":
