@@ -20,7 +20,11 @@ def canonical_json(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
-def cache_key(kind: str, request: Any) -> str:
-    """SHA-256 (hex) of canonical JSON of everything that determines a step's result."""
-    payload = canonical_json({"format": CACHE_FORMAT, "kind": kind, "request": request})
+def cache_key(kind: str, request: Any, *, version: int = CACHE_FORMAT) -> str:
+    """SHA-256 (hex) of canonical JSON of everything that determines a step's result.
+
+    `version` gives the key an older format gave the same request (run records made before a
+    format change hold such keys).
+    """
+    payload = canonical_json({"format": version, "kind": kind, "request": request})
     return hashlib.sha256(payload.encode()).hexdigest()
