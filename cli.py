@@ -266,7 +266,7 @@ def cache() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def cache_info(as_json: bool) -> None:
     """Where the cache is, how many entries, how many bytes."""
-    from stepchain.cache.store import ResultCache
+    from stepchain.cache import ResultCache
     from stepchain.settings import current_settings
 
     store = ResultCache(current_settings())
@@ -281,7 +281,7 @@ def cache_info(as_json: bool) -> None:
 @cache.command("clear")
 def cache_clear() -> None:
     """Delete every cached result (run records are kept)."""
-    from stepchain.cache.store import ResultCache
+    from stepchain.cache import ResultCache
     from stepchain.settings import current_settings
 
     store = ResultCache(current_settings())

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from jsonschema import Draft202012Validator
-from stepchain.cache.store import ResultCache, cache_key
+from stepchain.cache import ResultCache, cache_key
 from stepchain.errors import PipelineInvalid, Problem, RetryableStepError, UsageError
 from stepchain.llm.client import LLMClient, ModelCall
 from stepchain.llm.usage import add_usage
@@ -343,7 +343,7 @@ class _Asker:
                 log.info("decompose: %s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
         add_usage(self.usage, turn.usage)
-        self.cache.set(key, turn.text, turn.usage, None)
+        self.cache.put(key, turn.text, turn.usage, None)
         return turn.text
 
     async def aclose(self) -> None:

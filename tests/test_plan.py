@@ -62,23 +62,27 @@ def test_plan_is_exact_about_what_a_changed_input_reruns(cli, write, calls_log):
 def test_batched_cache_lookup_finds_exactly_what_get_finds(tmp_path):
     import time
 
-    from stepchain.cache.store import ResultCache, cache_key
+    import diskcache
+    from stepchain.cache import ResultCache, cache_key
     from stepchain.settings import Settings
 
     cache = ResultCache(Settings(home=tmp_path / "home"))
     keys = [cache_key("template", {"output": str(i)}) for i in range(1200)]
-    assert cache.get_many(keys) == {}  # an empty cache
+    assert cache.lookup_many(keys) == {}  # an empty cache
     cache.set_many([(k, {"n": i}, None, None) for i, k in enumerate(keys[:600:2])])
-    cache.set(keys[1], "soon gone", None, 0.01)  # expires before the lookup
-    cache.set(keys[3], [1, 2], {"tokens": 3}, 3600.0)
-    cache._open().set(keys[5], "not an entry")  # what get() refuses, get_many refuses too
+    cache.put(keys[1], "soon gone", None, 0.01)  # expires before the lookup
+    cache.put(keys[3], [1, 2], {"tokens": 3}, 3600.0)
+    with diskcache.Cache(str(cache.path)) as other:  # values that are not entries: misses
+        other.set(keys[5], "not an entry")
+        other.set(keys[7], '{"usage": {}}')
     time.sleep(0.05)
     wanted = [*keys, keys[0], "0" * 64]  # a duplicate and a key never stored
-    found = cache.get_many(wanted)
+    found = cache.lookup_many(wanted)
     expected = {k: cache.get(k) for k in wanted if cache.get(k) is not None}
     assert found == expected
     assert len(found) == 301 and keys[1] not in found and keys[5] not in found
-    assert cache.get_many([]) == {}
+    assert keys[7] not in found
+    assert cache.lookup_many([]) == {}
     cache.close()
 
 
@@ -97,10 +101,10 @@ steps:
     )
     assert cli("run", path).exit_code == 0
     assert plan(cli, path) == {"a": "replay", "b": "replay"}
-    from stepchain.cache.store import ResultCache, cache_key
+    from stepchain.cache import ResultCache, cache_key
     from stepchain.settings import Settings
 
     cache = ResultCache(Settings.from_env())  # make a's cached output differ from its rendering
-    cache.set(cache_key("template", {"output": 1}), "other", None, None)
+    cache.put(cache_key("template", {"output": 1}), "other", None, None)
     cache.close()
     assert plan(cli, path) == {"a": "replay", "b": "run"}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from stepchain.cache.store import ResultCache
+from stepchain.cache import ResultCache, entry_text, read_entry
 
 FLUSH_ENTRIES = 1000  # write after this many results ...
 FLUSH_SECONDS = 1.0  # ... or this long after the last write, whichever comes first
@@ -18,7 +17,7 @@ class PendingWrites:
     Results are written in one transaction per FLUSH_ENTRIES results or FLUSH_SECONDS, and at
     the end of the run; while steps run, the scheduler wakes up when they fall due, so the
     write mostly happens while it would be idle rather than between a step and its dependents.
-    Until then a lookup finds them here as JSON gives them back, so a step gets exactly the hit
+    Until then a lookup finds them here as the stored JSON text gives them back, so a step gets exactly the hit
     it would get if they were written already. A process killed before a write loses only
     those cache entries: the run record has every completed step's output, so `resume` asks
     for none of them again.
@@ -75,9 +74,7 @@ class PendingWrites:
         output, usage, ttl, written = item
         if ttl is not None and written + ttl <= time.time():
             return None  # expired, as diskcache would say
-        try:  # what a read of the written entry gives (JSONDisk: json.dumps, no default)
-            return json.loads(
-                json.dumps({"output": output, "usage": usage or {}, "created_at": written})
-            )
+        try:  # the output and usage a read of the written entry gives
+            return read_entry(entry_text(output, usage, written))
         except (TypeError, ValueError):
-            return None  # not JSON: the write will fail too
+            return None  # not JSON: the write will leave it out too

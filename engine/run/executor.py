@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from stepchain.cache.store import ResultCache
+from stepchain.cache import ResultCache
 from stepchain.errors import StepChainError, UsageError
 from stepchain.pipeline.definition import Pipeline
 from stepchain.pipeline.inputs import resolve_inputs

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from stepchain.cache.store import ResultCache
+from stepchain.cache import ResultCache
 from stepchain.errors import StepChainError
 from stepchain.pipeline.definition import Pipeline, Step
 from stepchain.pipeline.graph import layers_and_critical_path

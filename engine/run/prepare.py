@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stepchain.cache.store import cache_key
+from stepchain.cache import cache_key
 from stepchain.errors import StepError
 from stepchain.pipeline.definition import Step
 from stepchain.run.context import Runtime

@@ -13,36 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stepchain.errors import RunLocked, RunNotFound
+from stepchain.errors import RunLocked, RunNotFound, StepChainError
+from stepchain.run.migrations import migrate
 from stepchain.run.results import StepResult, now
 from stepchain.settings import Settings, current_settings
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    pipeline_name TEXT NOT NULL,
-    pipeline_path TEXT,
-    pipeline_text TEXT NOT NULL,
-    pipeline_hash TEXT NOT NULL,
-    inputs TEXT NOT NULL,
-    status TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    finished_at TEXT,
-    outputs TEXT,
-    usage TEXT,
-    error TEXT
-);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL REFERENCES runs(run_id),
-    step_id TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    result TEXT NOT NULL,
-    status TEXT NOT NULL,
-    cache_key TEXT,
-    PRIMARY KEY (run_id, step_id)
-);
-"""
-
 
 _ENCODER = json.JSONEncoder(default=str)  # what json.dumps(..., default=str) uses, built once
 
@@ -96,7 +70,7 @@ class RunState:
 
 
 class Storage:
-    """The run database under the state folder (`runs.db`)."""
+    """The run database under the state folder (`runs.db`), versioned (see run.migrations)."""
 
     def __init__(self, settings: Settings | str | Path | None = None) -> None:
         if isinstance(settings, (str, Path)):
@@ -104,10 +78,17 @@ class Storage:
         self.settings = current_settings(settings)
         self.path = self.settings.ensure_home() / "runs.db"
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            migrate(self._db, self.path)  # the tables, created or brought up to date
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StepChainError(f"cannot open the run database {self.path}: {exc}") from None
+        except BaseException:
+            self._db.close()
+            raise
         os.chmod(self.path, 0o600)
         self._staged: list[tuple] = []  # step rows saved since the last commit
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from stepchain.cache import ResultCache
 from stepchain.cache.pending import PendingWrites
-from stepchain.cache.store import ResultCache
 from stepchain.errors import RetryableStepError, StepChainError, StepError, StepTimeout
 from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import Step
