@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from stepchain.cache import ResultCache, entry_text, read_entry
+from stepchain.cache.store import ResultCache, entry_text, read_entry
 
 FLUSH_ENTRIES = 1000  # write after this many results ...
 FLUSH_SECONDS = 1.0  # ... or this long after the last write, whichever comes first
