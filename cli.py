@@ -234,7 +234,7 @@ def runs() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 def runs_list(as_json: bool, limit: int) -> None:
     """List recent runs."""
-    from stepchain.run.records import Storage
+    from stepchain.run.database import Storage
     from stepchain.ui.reporting import format_runs
 
     storage = Storage()
@@ -248,7 +248,7 @@ def runs_list(as_json: bool, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def runs_show(run_id: str, as_json: bool) -> None:
     """Show one run: inputs, every step's status, output, error, attempts, timings, tokens."""
-    from stepchain.run.records import Storage
+    from stepchain.run.database import Storage
     from stepchain.ui.reporting import format_run
 
     storage = Storage()

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from stepchain.pipeline.definition import Pipeline, Step
     from stepchain.pipeline.load import load_pipeline
     from stepchain.run.executor import Executor, execute, resume_run
-    from stepchain.run.records import RunState, Storage
+    from stepchain.run.database import RunState, Storage
     from stepchain.run.results import RunResult, StepResult
     from stepchain.settings import Settings, setup_stepchain
 
@@ -57,8 +57,8 @@ _PUBLIC = {
     "load_pipeline": "stepchain.pipeline.load",
     "Pipeline": "stepchain.pipeline.definition",
     "Step": "stepchain.pipeline.definition",
-    "RunState": "stepchain.run.records",
-    "Storage": "stepchain.run.records",
+    "RunState": "stepchain.run.database",
+    "Storage": "stepchain.run.database",
     "RunResult": "stepchain.run.results",
     "StepResult": "stepchain.run.results",
     "Settings": "stepchain.settings",

@@ -15,7 +15,7 @@ from stepchain.pipeline.definition import Pipeline
 from stepchain.pipeline.inputs import resolve_inputs
 from stepchain.pipeline.load import load_pipeline, load_pipeline_text
 from stepchain.run.context import RunOptions, Runtime, default_run_id
-from stepchain.run.records import Storage
+from stepchain.run.database import Storage
 from stepchain.run.results import RunResult, StepResult
 from stepchain.run.scheduler import Observer, Scheduler
 from stepchain.settings import Settings, current_settings

@@ -7,7 +7,7 @@ from typing import Any
 
 from stepchain.errors import Problem
 from stepchain.run.plan import Plan
-from stepchain.run.records import RunState
+from stepchain.run.database import RunState
 
 
 def format_problems(problems: list[Problem], fmt: str) -> str:

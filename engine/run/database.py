@@ -1,4 +1,4 @@
-"""Run records in SQLite: what ran, with which inputs, and what every step did."""
+"""The run database (SQLite): what ran, with which inputs, and what every step did."""
 
 from __future__ import annotations
 
