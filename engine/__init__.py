@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     )
     from stepchain.pipeline.definition import Pipeline, Step
     from stepchain.pipeline.load import load_pipeline
-    from stepchain.run.executor import Executor, execute, resume_run
     from stepchain.run.database import RunState, Storage
+    from stepchain.run.executor import Executor, execute, resume_run
     from stepchain.run.results import RunResult, StepResult
     from stepchain.settings import Settings, setup_stepchain
 

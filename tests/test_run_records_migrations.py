@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from stepchain.cache import cache_key
 from stepchain.errors import StepChainError
-from stepchain.run.migrations import LATEST, MIGRATIONS, migrate, schema_version
 from stepchain.run.database import Storage
+from stepchain.run.migrations import LATEST, MIGRATIONS, migrate, schema_version
 
 # Written by StepChain at commit 4df2a67 (before versioning), see tests/data/README.md
 V0 = Path(__file__).parent / "data" / "runs-v0.db"

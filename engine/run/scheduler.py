@@ -19,8 +19,8 @@ from stepchain.errors import RetryableStepError, StepChainError, StepError, Step
 from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import Step
 from stepchain.run.context import Runtime
-from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.run.database import Storage
+from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.run.results import RunResult, RunStatus, StepResult, now
 from stepchain.settings import LOGGER_NAME
 from stepchain.steps import Outcome, kind_of

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from stepchain.errors import Problem
-from stepchain.run.plan import Plan
 from stepchain.run.database import RunState
+from stepchain.run.plan import Plan
 
 
 def format_problems(problems: list[Problem], fmt: str) -> str:
