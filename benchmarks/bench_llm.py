@@ -69,9 +69,9 @@ outputs = {{r.step_id: {output} if {ok} else f"failed: {{r.error}}" for r in res
 print(json.dumps({{"import_s": t1 - t0, "run_s": run_s, "wall0": wall0, "outputs": outputs}}))
 """
 NEW_WORKER = WORKER.format(
-    imports="import openai, stepchain",
+    imports="import openai, stepchain\nfrom stepchain import Executor",
     load="pipe = stepchain.load_pipeline(sys.argv[1])",
-    run="results = stepchain.Executor(max_concurrent=int(sys.argv[2])).execute(pipe, run_id='x')",
+    run="results = Executor(max_concurrent=int(sys.argv[2])).execute(pipe, run_id='x')",
     output="r.output",
     ok="r.status == 'completed'",
 )
