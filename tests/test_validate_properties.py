@@ -22,7 +22,7 @@ from stepchain.pipeline.definition import Pipeline
 from stepchain.pipeline.graph import layers
 from stepchain.pipeline.load import check_text
 from stepchain.pipeline.yaml_source import load_source
-from stepchain.templates import jinja as templates
+from stepchain.templates import refs as templates
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = [
@@ -170,7 +170,9 @@ def _parse(text: str, *, expression: bool, fast: bool):
     try:
         if fast:
             return templates.references(text, expression=expression)
-        return templates._references("{{ " + text + " }}" if expression else text)  # Jinja's parse
+        return templates.parsed_references(
+            "{{ " + text + " }}" if expression else text
+        )  # Jinja's parse
     except TemplateSyntaxError:
         return "syntax error"
 

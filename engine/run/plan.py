@@ -18,7 +18,7 @@ from stepchain.pipeline.inputs import resolve_inputs
 from stepchain.run.context import RunOptions, Runtime
 from stepchain.settings import Settings, current_settings
 from stepchain.steps import kind_module
-from stepchain.templates.jinja import Vars
+from stepchain.templates import Vars
 from stepchain.templates.render import evaluate
 
 Action = Literal["replay", "run", "unknown", "skip", "error"]

@@ -22,7 +22,7 @@ from stepchain.run.results import RunResult, StepResult, add_usage, now
 from stepchain.settings import LOGGER_NAME
 from stepchain.steps import Outcome, kind_module
 from stepchain.steps.template import template_outcome
-from stepchain.templates.jinja import Vars
+from stepchain.templates import Vars
 from stepchain.templates.render import evaluate, render_value
 
 log = logging.getLogger(LOGGER_NAME)

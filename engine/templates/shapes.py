@@ -12,6 +12,12 @@ no braces inside tags, strings without escapes, no {% raw %}. Two reductions:
   control (`-`) changes the text next to tags, so templates using it (or comments) get no shape.
 - the *skeleton* (for references only, when there is no shape): text reduced to its line
   breaks, keys to placeholders, strings that are not subscripts emptied.
+
+A shape is rendered as one real Jinja template (`shared_source`): each marker becomes
+`{{ __t[N] }}`, each key `root.__kN__` becomes `__ga[root, __k[N]]` (the sandbox's own getattr,
+see compiled.py) and each string placeholder `__k[N]`; a template of that shape renders with its
+texts and keys passed as `__t` and `__k`. Templates with `__` in a tag get no shape, so these
+names are never the user's.
 """
 
 from __future__ import annotations
@@ -112,7 +118,7 @@ def shape_of(source: str) -> Shape | None:
     if "{{" in joined or "{%" in joined or "{#" in joined or "{\x00" in joined:
         return None  # a tag the regex could not split as Jinja's lexer does
     for tag in tags:
-        if tag[2] in "-+" or tag[-3] in "-+" or "__k" in tag or "\\" in tag:
+        if tag[2] in "-+" or tag[-3] in "-+" or "__" in tag or "\\" in tag:
             return None
     parts = []
     for i, text in enumerate(texts):
@@ -136,8 +142,8 @@ _NAME = r"\.([A-Za-z_][A-Za-z0-9_]*)(?!\w)"
 _VARYING = re.compile(
     rf"steps{_NAME}|inputs{_NAME}|env{_NAME}|secrets{_NAME}|'([^'\\]*)'|\"([^\"\\]*)\""
 )
-_ROOTS = (None, "steps.", "inputs.", "env.", "secrets.")
-UNSHAPEABLE = re.compile(r"[{}\\\r\x00]|__k")  # an expression parsed whole: braces, \\, \r, marks
+_ROOT_PREFIXES = ("", "steps.", "inputs.", "env.", "secrets.")
+UNSHAPEABLE = re.compile(r"[{}\\\r\x00]|__")  # an expression parsed whole: braces, \\, \r, __
 
 
 def placeholders(text: str) -> tuple[str, tuple[str, ...]]:
@@ -145,7 +151,7 @@ def placeholders(text: str) -> tuple[str, tuple[str, ...]]:
     keys: list[str] = []
 
     def placeholder(match: re.Match[str]) -> str:
-        group = match.lastindex
+        group = match.lastindex or 0  # every alternative has a group
         if group > 4:  # a string literal
             keys.append(match.group(group))
             return f"'__k{len(keys) - 1}__'"
@@ -155,6 +161,39 @@ def placeholders(text: str) -> tuple[str, tuple[str, ...]]:
         ):
             return match.group()  # x.steps.a or mysteps.a: not a root
         keys.append(match.group(group))
-        return f"{_ROOTS[group]}__k{len(keys) - 1}__"
+        return f"{_ROOT_PREFIXES[group]}__k{len(keys) - 1}__"
 
     return _VARYING.sub(placeholder, text), tuple(keys)
+
+
+class Placed(NamedTuple):
+    """How many of each construct `shared_source` put into a shape's Jinja source."""
+
+    texts: int  # {{ __t[N] }}
+    attributes: int  # __ga[root, __k[N]]
+    keys: int  # __k[N], the attributes' included
+
+
+_SHARED = re.compile(
+    r"\x00([0-9]+)(\n*)\x00|(steps|inputs|env|secrets)\.__k([0-9]+)__|'__k([0-9]+)__'"
+)
+
+
+def shared_source(shaped: str) -> tuple[str, Placed]:
+    """A shape (or a shaped expression) as Jinja source rendering any template of that shape,
+    given its texts as `__t`, its keys as `__k` and the sandbox's getattr as `__ga`; with what was
+    put in, so that the parse can be checked to be made of exactly that."""
+    counts = [0, 0, 0]
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1) is not None:  # a text marker, keeping the text's line breaks
+            counts[0] += 1
+            return "{{ __t[" + match.group(1) + "]" + match.group(2) + " }}"
+        counts[2] += 1
+        if match.group(3) is not None:  # root.__kN__: an attribute named by a key
+            counts[1] += 1
+            return f"__ga[{match.group(3)}, __k[{match.group(4)}]]"
+        return f"__k[{match.group(5)}]"  # a string literal
+
+    source = _SHARED.sub(replace, shaped)
+    return source, Placed(*counts)
