@@ -460,6 +460,9 @@ def test_context_roots_answer_names_before_dict_methods():
     assert compile_template("{{ inputs.items }} {{ inputs.get }}").render(context) == "an input g"
     assert compile_template("{{ inputs.keys }}").render(context) == [1]
     assert compile_template("{{ steps.values.output }}").render(VARS_CONTEXT) == "v"
+    assert compile_template("{{ env.items() | list }}").render(VARS_CONTEXT) == [("REGION", "eu")]
+    odd = Vars({"__class__": 1, "get": 2})  # Python's own lookups are a dict's
+    assert isinstance(odd, dict) and type(odd) is Vars and dict(odd) == {"__class__": 1, "get": 2}
     # a plain dict answers with its method, as Jinja does
     assert compile_template("{{ x.items }}").render({"x": {"items": 1}})() == {"items": 1}.items()
 
