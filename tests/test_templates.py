@@ -192,6 +192,7 @@ def test_most_templates_share_their_shape_template():
     assert len(shared) >= len(compiled) * 2 // 3
     assert not compile_template("{{ ''.__class__ }}").shared  # `__` in a tag: compiled as written
     assert not compile_template("{{- inputs.quarter }}").shared  # whitespace control
+    assert compile_template("{{ __t[0] }}").render({"__t": [1]}) == 1  # the user's own names
 
 
 def test_expressions_evaluate_like_compile_expression():
@@ -523,9 +524,9 @@ def test_templates_that_differ_only_in_names_and_text_share_one_parse():
 
 
 def test_templates_that_differ_only_in_strings_share_one_parse():
-    from stepchain.templates.compiled import _shape_expression
+    from stepchain.templates.compiled import _shape_native
 
-    _shape_expression.cache_clear()
+    _shape_native.cache_clear()
     for i in range(50):
         source = f"{{{{ ['s{i}', (steps.s{i}.output | string)[:{16}]] }}}}"
         assert compile_template(source).render({"steps": {f"s{i}": {"output": i}}}) == [
@@ -535,7 +536,7 @@ def test_templates_that_differ_only_in_strings_share_one_parse():
         when = f"steps.s{i}.status == 'completed{i}' and inputs.n > 0"
         context = {"steps": {f"s{i}": {"status": f"completed{i}"}}, "inputs": {"n": 1}}
         assert compile_expression(when).render(context) is True
-    assert _shape_expression.cache_info().currsize == 2
+    assert _shape_native.cache_info().currsize == 2
 
 
 @pytest.mark.parametrize("source", SHAPED + TEMPLATES)
@@ -595,7 +596,7 @@ def test_a_template_is_parsed_once_from_loading_to_running(tmp_path, monkeypatch
     assert [result.steps[f"s{i}"].output for i in range(1, 6)] == [
         "+1", "++2", "+++3", "++++0", "+++++1"
     ]  # fmt: skip
-    assert parsed and len(parsed) == len(set(parsed))  # no text parsed twice
+    assert len(parsed) == len(set(parsed)) == 5, parsed  # one parse each, none twice
 
 
 def test_sandbox_escapes_in_a_pipeline_fail_their_steps_through_the_cli(cli, write):
@@ -646,3 +647,31 @@ def test_sandbox_escapes_in_a_pipeline_fail_their_steps_through_the_cli(cli, wri
         assert "is unsafe" in steps[step]["error"]
     plan = cli("plan", path)
     assert "error    subclasses" in plan.stdout and "is unsafe" in plan.stdout
+
+
+def test_templates_of_one_shape_are_parsed_once_from_loading_to_running(tmp_path, monkeypatch):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from stepchain import Executor, load_pipeline
+    from stepchain.templates.compiled import _shape_native, _shape_template
+
+    _shape_template.cache_clear()
+    _shape_native.cache_clear()
+    parsed: list[str] = []
+    real_parse = ImmutableSandboxedEnvironment.parse
+
+    def counting_parse(self, source, *args, **kwargs):
+        parsed.append(source)
+        return real_parse(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(ImmutableSandboxedEnvironment, "parse", counting_parse)
+    steps = "  - id: s0\n    template: go\n" + "".join(
+        f"  - id: s{i}\n    when: \"steps.s{i - 1}.status == 'completed'\"\n"
+        f'    template: "step {i}: {{{{ steps.s{i - 1}.output | upper }}}}"\n'
+        for i in range(1, 21)
+    )
+    path = tmp_path / "shaped.yaml"
+    path.write_text(f"version: 1\nname: shaped\nsteps:\n{steps}")
+    result = Executor().run(load_pipeline(path), run_id="shaped")
+    assert result.steps["s2"].output == "step 2: STEP 1: GO"
+    assert result.steps["s20"].output == "step 20: " + result.steps["s19"].output.upper()
+    assert len(parsed) == 2, parsed  # the template's shape and the `when`'s, once each

@@ -1,20 +1,20 @@
 """Templates compiled by Jinja, once: native values or text, each shape compiled once.
 
 A string that is exactly one `{{ expr }}` renders to the expression's native value (a list stays
-a list), compiled with `compile_expression`; anything else renders to text, compiled with
-`from_string`. Every render is compiled Jinja code in the sandbox (environment.py).
+a list); anything else renders to text. Every render runs Jinja-compiled code in the sandbox
+(environment.py): a text template is `from_string`; a native one is the template
+`{% set result = expr %}` (as `compile_expression` builds it) whose module's `result` is the value.
 
 Compiling costs about a millisecond, and a pipeline's templates mostly differ only in their text,
 strings and the step and input names they mention. So a template with a shape (shapes.py) is
 rendered by its shape's template, compiled once for all templates of that shape, which receives
 the template's own texts and keys as variables: `__t[N]` for a text, `__k[N]` for a string, and
 `__ga[root, __k[N]]` for `root.name`, where `__ga` answers with the sandbox's `getattr`, the very
-call compiled Jinja makes for `root.name`. Templates with `__` in a tag get no shape, so these
-names cannot be the user's. A shape's template is used only when its parse is made of exactly
-what was put in (`_faithful`); otherwise, and on any error compiling it, the template is compiled
-as written (which reports its errors as the user wrote them).
-`tests/test_templates.py` checks on generated templates that both ways render the same, errors
-included.
+call compiled Jinja makes for `root.name`. A shape's template is used only when its parse is made
+of exactly what was put in (shapes.faithful) and every filter and test it names exists;
+otherwise, and on any error compiling it, the template is compiled as written (which reports its
+errors as the user wrote them). `tests/test_templates.py` checks on generated templates that
+both ways render the same, errors included.
 """
 
 from __future__ import annotations
@@ -27,28 +27,28 @@ from typing import Any
 from jinja2 import Template, TemplateSyntaxError, Undefined, UndefinedError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from stepchain.templates.environment import environment, parse
-from stepchain.templates.shapes import UNSHAPEABLE, Placed, placeholders, shape_of, shared_source
+from stepchain.templates.shapes import Placed, faithful, shape_item, shape_of
 
 _SINGLE_EXPR = re.compile(r"^\s*\{\{-?(.*?)-?\}\}\s*$", re.DOTALL)
-Expression = Callable[..., Any]  # what Environment.compile_expression returns
+Native = Callable[[dict[str, Any]], Any]  # evaluates an expression in a context
 
 
 class Compiled:
     """A template prepared once; `render(context)` gives its text, or its native value."""
 
-    __slots__ = ("expression", "extra", "source", "template")
+    __slots__ = ("extra", "native", "source", "template")
 
     def __init__(
         self,
         source: str,
         *,
         template: Template | None = None,
-        expression: Expression | None = None,
+        native: Native | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
         self.source = source
         self.template = template  # renders to text
-        self.expression = expression  # evaluates to a native value
+        self.native = native  # evaluates to a native value
         self.extra = extra  # for a shape's template: this template's texts and keys
 
     @property
@@ -59,8 +59,8 @@ class Compiled:
     def render(self, context: dict[str, Any]) -> Any:
         if self.extra is not None:
             context = {**context, **self.extra}
-        if self.expression is not None:
-            return defined(self.expression(context))
+        if self.native is not None:
+            return defined(self.native(context))
         if self.template is not None:
             return self.template.render(context)
         return self.source  # no template syntax at all
@@ -84,33 +84,53 @@ def compile_template(source: str) -> Compiled:
     shape = shape_of(source)
     if shape is not None:
         extra = {"__t": shape.texts, "__k": shape.keys, "__ga": GETATTR}
-        if shape.expression is not None:
-            expression = _shape_expression(shape.expression)
-            if expression is not None:
-                return Compiled(source, expression=expression, extra=extra)
+        if shape.native:
+            native = _shape_native(shape.text, shape.placed)
+            if native is not None:
+                return Compiled(source, native=native, extra=extra)
         else:
-            template = _shape_template(shape.text)
+            template = _shape_template(shape.text, shape.placed)
             if template is not None:
                 return Compiled(source, template=template, extra=extra)
-    env = environment()
     tree = parse(source)  # the tree validation parsed, when it did
-    inner = single_expression(source, tree)
-    if inner is not None:
-        expression = env.compile_expression(inner, undefined_to_none=False)
-        return Compiled(source, expression=expression)
-    return Compiled(source, template=env.from_string(tree))
+    match = _SINGLE_EXPR.match(source)
+    if match and _is_single_output(tree):
+        return Compiled(source, native=_native(tree) or _expression(match.group(1)))
+    return Compiled(source, template=environment().from_string(tree))
 
 
 @lru_cache(maxsize=65536)
 def compile_expression(expr: str) -> Compiled:
     """Prepare a `when`/`foreach` expression (no braces); raises jinja2.TemplateSyntaxError."""
-    if not UNSHAPEABLE.search(expr):
-        shaped, keys = placeholders(expr)
-        expression = _shape_expression(shaped)
-        if expression is not None:
-            return Compiled(expr, expression=expression, extra={"__k": keys, "__ga": GETATTR})
+    shape = shape_of("{{ " + expr + " }}")  # as references() shapes it: one parse for both
+    if shape is not None and shape.native:
+        native = _shape_native(shape.text, shape.placed)
+        if native is not None:
+            extra = {"__t": shape.texts, "__k": shape.keys, "__ga": GETATTR}
+            return Compiled(expr, native=native, extra=extra)
+    return Compiled(expr, native=_expression(expr))
+
+
+def _expression(expr: str) -> Native:
     expression = environment().compile_expression(expr, undefined_to_none=False)
-    return Compiled(expr, expression=expression)
+    return lambda context: expression(context)
+
+
+def _native(tree: nodes.Template, *, shape: bool = False) -> Native | None:
+    """A template that is one `{{ expr }}` as `{% set result = expr %}`, compiled; None when the
+    expression is a tuple (`{{ a, b }}`), which an expression without braces cannot be. In a
+    shape's tree the blank text around it is `{{ __t[N] }}`."""
+    (output,) = [n for n in tree.body if isinstance(n, nodes.Output) and not _is_blank(n)]
+    (expr,) = [
+        n
+        for n in output.nodes
+        if not _is_blank_data(n) and not (shape and shape_item(n, "__t") is not None)
+    ]
+    if isinstance(expr, nodes.Tuple):
+        return None  # compile_expression says what it thinks of it
+    assign = nodes.Assign(nodes.Name("result", "store", lineno=1), expr, lineno=1)
+    template = environment().from_string(nodes.Template([assign], lineno=1))
+    return lambda context: getattr(template.make_module(context), "result")  # noqa: B009
 
 
 class _Getattr:
@@ -135,69 +155,34 @@ GETATTR = _Getattr(environment())
 
 
 @lru_cache(maxsize=4096)
-def _shape_template(shaped: str) -> Template | None:
-    """The template shared by every template of a shape; None when the shape's Jinja source
-    does not say exactly what the shape says, or does not compile."""
-    source, placed = shared_source(shaped)
-    env = environment()
+def _shape_template(text: str, placed: Placed) -> Template | None:
+    """The template shared by every template of a shape; None when it is not to be trusted."""
     try:
-        tree = env.parse(source)
-        return env.from_string(tree) if _faithful(tree, placed, env) else None
+        tree = parse(text)  # the tree parsed for references, when it was
+        return environment().from_string(tree) if _usable(tree, placed) else None
     except TemplateSyntaxError:
         return None  # compiling the template as written reports the error the user made
 
 
 @lru_cache(maxsize=4096)
-def _shape_expression(shaped: str) -> Expression | None:
-    """The expression shared by every expression (or single `{{ expr }}`) of a shape."""
-    source, placed = shared_source(shaped)
-    env = environment()
+def _shape_native(text: str, placed: Placed) -> Native | None:
+    """The expression shared by every single `{{ expr }}` (and `when`) of a shape."""
     try:
-        if not _faithful(env.parse("{{ " + source + " }}"), placed, env):
-            return None
-        return env.compile_expression(source, undefined_to_none=False)
+        tree = parse(text)
+        return _native(tree, shape=True) if _usable(tree, placed) else None
     except TemplateSyntaxError:
         return None
 
 
-def _faithful(tree: nodes.Template, placed: Placed, env: ImmutableSandboxedEnvironment) -> bool:
-    """Whether the parse of a shape's source holds each thing `shared_source` put in, as put in
-    (`__t[N]` an output, `__ga[root, __k[N]]` an item of __ga, `__k[N]` an item of __k), and no
-    filter or test that would fail (their names would be the shape's, not the template's)."""
-    names = sum(1 for n in tree.find_all(nodes.Name) if n.name in ("__t", "__k", "__ga"))
-    if names != placed.texts + placed.attributes + placed.keys:
-        return False  # one name in each thing put in (an attribute holds two): none elsewhere
-    texts = attributes = keys = 0
-    for output in tree.find_all(nodes.Output):
-        texts += sum(1 for child in output.nodes if _is_item(child, "__t"))
-    for item in tree.find_all(nodes.Getitem):
-        if _is_item(item, "__k"):
-            keys += 1
-        elif (
-            isinstance(item.node, nodes.Name)
-            and item.node.name == "__ga"
-            and isinstance(item.arg, nodes.Tuple)
-            and len(item.arg.items) == 2
-            and isinstance(item.arg.items[0], nodes.Name)
-            and _is_item(item.arg.items[1], "__k")
-        ):
-            attributes += 1
-    if (texts, attributes, keys) != tuple(placed):
+def _usable(tree: nodes.Template, placed: Placed) -> bool:
+    """A shape's parse holds what was put in, and every filter and test it names exists (the
+    error for one that does not would name the shape's, not what the user wrote)."""
+    if not faithful(tree, placed):
         return False
+    env = environment()
     return all(
         node.name in (env.filters if isinstance(node, nodes.Filter) else env.tests)
         for node in tree.find_all((nodes.Filter, nodes.Test))
-    )
-
-
-def _is_item(node: nodes.Node, name: str) -> bool:
-    """Whether `node` is `name[N]` for a literal integer N."""
-    return (
-        isinstance(node, nodes.Getitem)
-        and isinstance(node.node, nodes.Name)
-        and node.node.name == name
-        and isinstance(node.arg, nodes.Const)
-        and type(node.arg.value) is int
     )
 
 

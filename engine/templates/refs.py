@@ -15,7 +15,17 @@ from typing import NamedTuple
 from jinja2 import TemplateSyntaxError, nodes
 from stepchain.templates.environment import environment, parse
 from stepchain.templates.roots import ROOTS
-from stepchain.templates.shapes import PLACEHOLDER, Shape, shape_of, skeleton
+from stepchain.templates.shapes import (
+    PLACEHOLDER,
+    SHAPE_NAMES,
+    Placed,
+    Shape,
+    faithful,
+    shape_attribute,
+    shape_item,
+    shape_of,
+    skeleton,
+)
 
 FILTER, TEST = "|filter", "|test"  # roots of references to unknown filters and tests
 
@@ -61,7 +71,7 @@ def parsed_references(text: str) -> list[Reference]:
 def _shape_references(shape: Shape) -> list[Reference] | None:
     """References found through the template's shape, or None to look the other way."""
     try:
-        found = _placed_references(shape.text)
+        found = _placed_references(shape.text, shape.placed)
     except TemplateSyntaxError:
         return None
     if found is None:
@@ -82,11 +92,15 @@ _Placed = tuple[str, str | None, int, str | None, int, int]
 
 
 @lru_cache(maxsize=4096)
-def _placed_references(shape: str) -> list[_Placed] | None:
-    """A shape's references, with the placeholder number of their key and attribute (or -1);
-    None when a placeholder ended up inside a longer name or string (not what it stood for)."""
+def _placed_references(shape: str, placed: Placed) -> list[_Placed] | None:
+    """A shape's references, with the number of their key and attribute in the shape's keys (or
+    -1); None when the shape's parse is not made of what was put in (see shapes.faithful). The
+    tree is kept for the shape's compile: one parse per shape, from validation to rendering."""
+    tree = parse(shape, spare=True)
+    if not faithful(tree, placed):
+        return None
     out = []
-    for ref in _tree_references(environment().parse(shape)):
+    for ref in _tree_references(tree, shape=True):
         key_at, attr_at = _placeholder_number(ref.key), _placeholder_number(ref.attr)
         if (key_at is None) or (attr_at is None):
             return None
@@ -112,9 +126,11 @@ def _indexed_references(shape: str) -> list[tuple[Reference, int]]:
     return out
 
 
-def _tree_references(tree: nodes.Template) -> list[Reference]:
+def _tree_references(tree: nodes.Template, *, shape: bool = False) -> list[Reference]:
+    """References in a parsed template; `shape`: a shape's source, whose keys are reported as
+    their placeholders __kN__ (the long way's skeleton names them so too)."""
     found: list[Reference] = []
-    _walk(tree, found, set())
+    _walk(tree, found, set(), shape)
     # any other free name is undefined when rendered (strict undefined): report it too
     bound = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
     bound |= {n.name for n in tree.find_all(nodes.Macro)}
@@ -128,6 +144,7 @@ def _tree_references(tree: nodes.Template) -> list[Reference]:
         and n.name not in ROOTS
         and n.name not in bound
         and n.name not in _GLOBALS
+        and not (shape and n.name in SHAPE_NAMES)
     }
     found += [
         Reference(name, None, None, lineno)
@@ -145,13 +162,14 @@ _GLOBALS = {"range", "dict", "lipsum", "cycler", "joiner", "namespace", "loop", 
             "varargs", "kwargs"}  # fmt: skip
 
 
-def _walk(node: nodes.Node, found: list[Reference], locals_: set[str]) -> None:
+def _walk(node: nodes.Node, found: list[Reference], locals_: set[str], shape: bool) -> None:
     if isinstance(node, (nodes.Getattr, nodes.Getitem)):
-        chain, base = _flatten(node)
+        chain, base = _flatten(node, shape)
         if isinstance(base, nodes.Name) and base.name in ROOTS and base.name not in locals_:
             found.append(_reference(base, chain))
-            for key_node in _dynamic_keys(node):
-                _walk(key_node, found, locals_)
+            for key, link in chain:
+                if key is None and isinstance(link, nodes.Getitem):  # a computed key
+                    _walk(link.arg, found, locals_, shape)
             return
     if isinstance(node, nodes.Name) and node.ctx == "load":
         if node.name in ROOTS and node.name not in locals_:
@@ -160,39 +178,50 @@ def _walk(node: nodes.Node, found: list[Reference], locals_: set[str]) -> None:
     if isinstance(node, (nodes.For, nodes.Macro)):
         # names bound by a loop or macro shadow context roots inside it
         if isinstance(node, nodes.For):
-            _walk(node.iter, found, locals_)
+            _walk(node.iter, found, locals_, shape)
         bound = {n.name for n in node.find_all(nodes.Name) if n.ctx in ("store", "param")}
         inner = locals_ | bound
         for child in node.iter_child_nodes(
             exclude=("iter",) if isinstance(node, nodes.For) else ()
         ):
-            _walk(child, found, inner)
+            _walk(child, found, inner, shape)
         return
     for child in node.iter_child_nodes():
-        _walk(child, found, locals_)
+        _walk(child, found, locals_, shape)
 
 
-def _flatten(node: nodes.Node) -> tuple[list[tuple[str | None, nodes.Node]], nodes.Node]:
+def _flatten(
+    node: nodes.Node, shape: bool
+) -> tuple[list[tuple[str | None, nodes.Node]], nodes.Node]:
+    """The links of an attribute and item chain (`steps.x['output']`), from its base; a key is
+    None where it is computed. In a shape's source `__ga[root, __k[N]]` is `root.__kN__` and an
+    item `__k[N]` is `['__kN__']`."""
     chain: list[tuple[str | None, nodes.Node]] = []
     while isinstance(node, (nodes.Getattr, nodes.Getitem)):
         if isinstance(node, nodes.Getattr):
             chain.append((node.attr, node))
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, (str, int)):
+            node = node.node
+            continue
+        if shape:
+            attribute = shape_attribute(node)
+            if attribute is not None:
+                chain.append((f"__k{attribute[1]}__", node))
+                node = attribute[0]
+                continue
+            index = shape_item(node.arg, "__k")
+            if index is not None:
+                chain.append((f"__k{index}__", node))
+                node = node.node
+                continue
+        if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, (str, int)):
             chain.append((str(node.arg.value), node))
+        elif isinstance(node.arg, nodes.Const):
+            chain.append((None, node.arg))  # a constant nothing names: nothing to walk either
         else:
             chain.append((None, node))
         node = node.node
     chain.reverse()
     return chain, node
-
-
-def _dynamic_keys(node: nodes.Node) -> list[nodes.Node]:
-    keys: list[nodes.Node] = []
-    while isinstance(node, (nodes.Getattr, nodes.Getitem)):
-        if isinstance(node, nodes.Getitem) and not isinstance(node.arg, nodes.Const):
-            keys.append(node.arg)
-        node = node.node
-    return keys
 
 
 def _reference(base: nodes.Name, chain: list[tuple[str | None, nodes.Node]]) -> Reference:

@@ -1,23 +1,21 @@
 """A template's *shape*: its text with what varies between similar templates taken out.
 
-Parsing a template costs about a millisecond (Jinja's lexer), and a pipeline's templates mostly
+Parsing and compiling a template costs about a millisecond, and a pipeline's templates mostly
 differ only in their text, their string literals and which steps or inputs they name. Only
 templates whose tags the regex below provably splits exactly as Jinja's lexer does are shaped:
 no braces inside tags, strings without escapes, no {% raw %}. Two reductions:
 
-- the *shape* (for rendering and references): each text segment becomes a marker \x00N\x00
-  (keeping the segment's line breaks, so line numbers stay the template's), each literal key
-  (steps.X, inputs["Y"]) and each string literal a placeholder __kN__. A string literal's value
-  is exactly its text here (no backslashes, no \r), so putting it back is exact. Whitespace
-  control (`-`) changes the text next to tags, so templates using it (or comments) get no shape.
+- the *shape* (for rendering and references) is real Jinja source that renders every template
+  of that shape, given the template's texts as `__t` and its keys as `__k`: each text segment
+  becomes `{{ __t[N] }}` (keeping the segment's line breaks inside the tag, so line numbers stay
+  the template's), each literal key after a root, `steps.X`, becomes `__ga[steps, __k[N]]` (`__ga`
+  answers with the sandbox's own getattr, see compiled.py), and each string literal `__k[N]`. A
+  string literal's value is exactly its text here (no backslashes, no \r, on one line), so
+  passing it back is exact. Whitespace control (`-`) changes the text next to tags, so templates
+  using it (or comments) get no shape; nor do templates with `__` in a tag, so these names are
+  never the user's. `faithful` checks that a shape's parse holds exactly what was put in.
 - the *skeleton* (for references only, when there is no shape): text reduced to its line
-  breaks, keys to placeholders, strings that are not subscripts emptied.
-
-A shape is rendered as one real Jinja template (`shared_source`): each marker becomes
-`{{ __t[N] }}`, each key `root.__kN__` becomes `__ga[root, __k[N]]` (the sandbox's own getattr,
-see compiled.py) and each string placeholder `__k[N]`; a template of that shape renders with its
-texts and keys passed as `__t` and `__k`. Templates with `__` in a tag get no shape, so these
-names are never the user's.
+  breaks, keys to placeholders __kN__, strings that are not subscripts emptied.
 """
 
 from __future__ import annotations
@@ -25,6 +23,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from typing import NamedTuple
+
+from jinja2 import nodes
 
 # A template's *skeleton*: its tags with every literal reference key replaced by a placeholder and
 # its text reduced to its line breaks. Templates that differ only in text and in which steps or
@@ -98,17 +98,26 @@ def _blank_strings(body: str) -> str:
 _SUBSCRIPTABLE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_)]'\"")
 
 
+class Placed(NamedTuple):
+    """How many of each thing a shape's source has in place of the template's own."""
+
+    texts: int  # {{ __t[N] }}
+    attributes: int  # __ga[root, __k[N]]
+    keys: int  # __k[N], the attributes' included
+
+
 class Shape(NamedTuple):
-    text: str  # markers and tags with placeholders: parsed once per distinct shape
-    texts: tuple[str, ...]  # the text segments, by marker number
-    keys: tuple[str, ...]  # what each placeholder stands for, by number
-    expression: str | None  # when the template is exactly one {{ expr }}: the shaped expr
+    text: str  # the Jinja source of the shape: parsed once per distinct shape
+    placed: Placed
+    texts: tuple[str, ...]  # the text segments, by number (`__t`)
+    keys: tuple[str, ...]  # the keys and strings, by number (`__k`)
+    native: bool  # the template is exactly one {{ expr }} (blank text around it)
 
 
 @lru_cache(maxsize=65536)
 def shape_of(source: str) -> Shape | None:
     """The shape of a template, or None when it must be parsed whole."""
-    if "\r" in source or "\x00" in source or "{#" in source:
+    if "\r" in source or "{#" in source:
         return None
     if "{%" in source and RAW.search(source):
         return None
@@ -120,80 +129,100 @@ def shape_of(source: str) -> Shape | None:
     for tag in tags:
         if tag[2] in "-+" or tag[-3] in "-+" or "__" in tag or "\\" in tag:
             return None
-    parts = []
+    parts, marked = [], 0
     for i, text in enumerate(texts):
         if text:
-            parts.append(f"\x00{i}{_lines(text)}\x00")
+            parts.append("{{ __t[" + str(i) + "]" + _lines(text) + " }}")
+            marked += 1
         if i < len(tags):
             parts.append(tags[i])
-    shaped, keys = placeholders("".join(parts))
+    shaped, keys, attributes = placeholders("".join(parts))
     if any("\n" in key for key in keys):
         return None  # a string literal over several lines: its placeholder would lose them
-    expression = None
-    if len(tags) == 1 and tags[0][1] == "{" and not texts[0].strip() and not texts[1].strip():
-        expression = shaped[shaped.index("{{") + 2 : shaped.rindex("}}")]
-    return Shape(shaped, tuple(texts), keys, expression)
+    native = len(tags) == 1 and tags[0][1] == "{" and not texts[0].strip() and not texts[1].strip()
+    return Shape(shaped, Placed(marked, attributes, len(keys)), tuple(texts), keys, native)
 
 
 # What varies between templates of one shape: a key after a root (steps.X; inputs["Y"] is a
-# string) and a string literal; each becomes a placeholder __kN__, numbered in order.
+# string) and a string literal; each is taken out and numbered in order.
 _NAME = r"\.([A-Za-z_][A-Za-z0-9_]*)(?!\w)"
 # Every alternative starts with a literal, so the regex engine skips ahead to candidates quickly.
 _VARYING = re.compile(
     rf"steps{_NAME}|inputs{_NAME}|env{_NAME}|secrets{_NAME}|'([^'\\]*)'|\"([^\"\\]*)\""
 )
-_ROOT_PREFIXES = ("", "steps.", "inputs.", "env.", "secrets.")
-UNSHAPEABLE = re.compile(r"[{}\\\r\x00]|__")  # an expression parsed whole: braces, \\, \r, __
+_ROOT_NAMES = ("", "steps", "inputs", "env", "secrets")
 
 
-def placeholders(text: str) -> tuple[str, tuple[str, ...]]:
-    """`text` with each key and string literal replaced by __kN__, and what they were."""
+def placeholders(text: str) -> tuple[str, tuple[str, ...], int]:
+    """`text` with each key after a root replaced by `__ga[root, __k[N]]` and each string literal
+    by `__k[N]`; with the keys and strings, and how many of them were keys after a root."""
     keys: list[str] = []
+    attributes = 0
 
     def placeholder(match: re.Match[str]) -> str:
+        nonlocal attributes
         group = match.lastindex or 0  # every alternative has a group
         if group > 4:  # a string literal
             keys.append(match.group(group))
-            return f"'__k{len(keys) - 1}__'"
+            return f"__k[{len(keys) - 1}]"
         start = match.start()
         if start and (
             text[start - 1] == "." or text[start - 1].isalnum() or text[start - 1] == "_"
         ):
             return match.group()  # x.steps.a or mysteps.a: not a root
         keys.append(match.group(group))
-        return f"{_ROOT_PREFIXES[group]}__k{len(keys) - 1}__"
+        attributes += 1
+        return f"__ga[{_ROOT_NAMES[group]}, __k[{len(keys) - 1}]]"
 
-    return _VARYING.sub(placeholder, text), tuple(keys)
-
-
-class Placed(NamedTuple):
-    """How many of each construct `shared_source` put into a shape's Jinja source."""
-
-    texts: int  # {{ __t[N] }}
-    attributes: int  # __ga[root, __k[N]]
-    keys: int  # __k[N], the attributes' included
+    return _VARYING.sub(placeholder, text), tuple(keys), attributes
 
 
-_SHARED = re.compile(
-    r"\x00([0-9]+)(\n*)\x00|(steps|inputs|env|secrets)\.__k([0-9]+)__|'__k([0-9]+)__'"
-)
+SHAPE_NAMES = frozenset({"__t", "__k", "__ga"})
 
 
-def shared_source(shaped: str) -> tuple[str, Placed]:
-    """A shape (or a shaped expression) as Jinja source rendering any template of that shape,
-    given its texts as `__t`, its keys as `__k` and the sandbox's getattr as `__ga`; with what was
-    put in, so that the parse can be checked to be made of exactly that."""
-    counts = [0, 0, 0]
+def faithful(tree: nodes.Template, placed: Placed) -> bool:
+    """Whether the parse of a shape's source holds each thing put in, as put in: `__t[N]` an
+    output of its own, `__ga[root, __k[N]]` an item of `__ga`, `__k[N]` an item of `__k` (and
+    not, say, a filter named `steps.x` that became something else)."""
+    names = texts = attributes = keys = 0
+    for node in tree.find_all((nodes.Name, nodes.Output, nodes.Getitem)):
+        if isinstance(node, nodes.Name):
+            names += node.name in SHAPE_NAMES
+        elif isinstance(node, nodes.Output):
+            texts += sum(1 for child in node.nodes if shape_item(child, "__t") is not None)
+        elif shape_item(node, "__k") is not None:
+            keys += 1
+        elif shape_attribute(node) is not None:
+            attributes += 1
+    # one name in each thing put in (an attribute holds two): none anywhere else
+    expected = placed.texts + placed.attributes + placed.keys
+    return names == expected and (texts, attributes, keys) == tuple(placed)
 
-    def replace(match: re.Match[str]) -> str:
-        if match.group(1) is not None:  # a text marker, keeping the text's line breaks
-            counts[0] += 1
-            return "{{ __t[" + match.group(1) + "]" + match.group(2) + " }}"
-        counts[2] += 1
-        if match.group(3) is not None:  # root.__kN__: an attribute named by a key
-            counts[1] += 1
-            return f"__ga[{match.group(3)}, __k[{match.group(4)}]]"
-        return f"__k[{match.group(5)}]"  # a string literal
 
-    source = _SHARED.sub(replace, shaped)
-    return source, Placed(*counts)
+def shape_item(node: nodes.Node, name: str) -> int | None:
+    """N when `node` is `name[N]` for a literal integer N, else None."""
+    if (
+        isinstance(node, nodes.Getitem)
+        and isinstance(node.node, nodes.Name)
+        and node.node.name == name
+        and isinstance(node.arg, nodes.Const)
+        and type(node.arg.value) is int
+    ):
+        return node.arg.value
+    return None
+
+
+def shape_attribute(node: nodes.Node) -> tuple[nodes.Name, int] | None:
+    """(root, N) when `node` is `__ga[root, __k[N]]`, a shape's `root.name`, else None."""
+    if (
+        isinstance(node, nodes.Getitem)
+        and isinstance(node.node, nodes.Name)
+        and node.node.name == "__ga"
+        and isinstance(node.arg, nodes.Tuple)
+        and len(node.arg.items) == 2
+        and isinstance(node.arg.items[0], nodes.Name)
+    ):
+        index = shape_item(node.arg.items[1], "__k")
+        if index is not None:
+            return node.arg.items[0], index
+    return None
