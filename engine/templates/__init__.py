@@ -1,6 +1,6 @@
 """Jinja templates: one immutable sandbox with strict undefined, native values, references.
 
-environment.py  the sandboxed environment (and parsing with it)
+sandbox.py      the sandboxed environment (and parsing with it)
 roots.py        the context roots templates read (`steps`, `inputs`, ...) and `Vars`
 shapes.py       a template's shape: what templates that differ only in text and names share
 compiled.py     templates compiled once (per shape where there is one): text or native values
@@ -8,10 +8,10 @@ refs.py         what a template refers to, from its AST: dependencies, unknown n
 render.py       rendering a step's templates, with errors that point into the file
 """
 
-from stepchain.templates.environment import environment
 from stepchain.templates.refs import FILTER, TEST, Reference, references
 from stepchain.templates.render import TemplateFailure, evaluate, render_text, render_value
 from stepchain.templates.roots import ROOTS, Vars
+from stepchain.templates.sandbox import environment
 
 __all__ = [
     "FILTER",

@@ -2,14 +2,14 @@
 
 A string that is exactly one `{{ expr }}` renders to the expression's native value (a list stays
 a list); anything else renders to text. Every render runs Jinja-compiled code in the sandbox
-(environment.py): a text template is `from_string`; a native one is the template
+(sandbox.py): a text template is `from_string`; a native one is the template
 `{% set result = expr %}` (as `compile_expression` builds it) whose module's `result` is the value.
 
 Compiling costs about a millisecond, and a pipeline's templates mostly differ only in their text,
 strings and the step and input names they mention. So a template with a shape (shapes.py) is
 rendered by its shape's template, compiled once for all templates of that shape, which receives
-the template's own texts and keys as variables: `__t[N]` for a text, `__k[N]` for a string, and
-`__ga[root, __k[N]]` for `root.name`, where `__ga` answers with the sandbox's `getattr`, the very
+the template's own texts and keys as variables: `__tN` for a text, `__kN` for a string, and
+`__ga[root, __kN]` for `root.name`, where `__ga` answers with the sandbox's `getattr`, the very
 call compiled Jinja makes for `root.name`. A shape's template is used only when its parse is made
 of exactly what was put in (shapes.faithful) and every filter and test it names exists;
 otherwise, and on any error compiling it, the template is compiled as written (which reports its
@@ -26,8 +26,8 @@ from typing import Any
 
 from jinja2 import Template, TemplateSyntaxError, Undefined, UndefinedError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from stepchain.templates.environment import environment, parse
-from stepchain.templates.shapes import Placed, faithful, shape_item, shape_of
+from stepchain.templates.sandbox import environment, parse
+from stepchain.templates.shapes import Placed, Shape, faithful, shape_of, shape_text
 
 _SINGLE_EXPR = re.compile(r"^\s*\{\{-?(.*?)-?\}\}\s*$", re.DOTALL)
 Native = Callable[[dict[str, Any]], Any]  # evaluates an expression in a context
@@ -83,7 +83,7 @@ def compile_template(source: str) -> Compiled:
         return Compiled(source)
     shape = shape_of(source)
     if shape is not None:
-        extra = {"__t": shape.texts, "__k": shape.keys, "__ga": GETATTR}
+        extra = _variables(shape)
         if shape.native:
             native = _shape_native(shape.text, shape.placed)
             if native is not None:
@@ -106,9 +106,16 @@ def compile_expression(expr: str) -> Compiled:
     if shape is not None and shape.native:
         native = _shape_native(shape.text, shape.placed)
         if native is not None:
-            extra = {"__t": shape.texts, "__k": shape.keys, "__ga": GETATTR}
-            return Compiled(expr, native=native, extra=extra)
+            return Compiled(expr, native=native, extra=_variables(shape))
     return Compiled(expr, native=_expression(expr))
+
+
+def _variables(shape: Shape) -> dict[str, Any]:
+    """What a template gives its shape's template: its texts, its keys, and `__ga`."""
+    variables: dict[str, Any] = {"__ga": GETATTR}
+    variables.update((f"__t{i}", text) for i, text in enumerate(shape.texts) if text)
+    variables.update((f"__k{i}", key) for i, key in enumerate(shape.keys))
+    return variables
 
 
 def _expression(expr: str) -> Native:
@@ -119,12 +126,12 @@ def _expression(expr: str) -> Native:
 def _native(tree: nodes.Template, *, shape: bool = False) -> Native | None:
     """A template that is one `{{ expr }}` as `{% set result = expr %}`, compiled; None when the
     expression is a tuple (`{{ a, b }}`), which an expression without braces cannot be. In a
-    shape's tree the blank text around it is `{{ __t[N] }}`."""
+    shape's tree the blank text around it is `{{ __tN }}`."""
     (output,) = [n for n in tree.body if isinstance(n, nodes.Output) and not _is_blank(n)]
     (expr,) = [
         n
         for n in output.nodes
-        if not _is_blank_data(n) and not (shape and shape_item(n, "__t") is not None)
+        if not _is_blank_data(n) and not (shape and shape_text(n) is not None)
     ]
     if isinstance(expr, nodes.Tuple):
         return None  # compile_expression says what it thinks of it

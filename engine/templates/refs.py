@@ -13,16 +13,16 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from jinja2 import TemplateSyntaxError, nodes
-from stepchain.templates.environment import environment, parse
 from stepchain.templates.roots import ROOTS
+from stepchain.templates.sandbox import environment, parse
 from stepchain.templates.shapes import (
     PLACEHOLDER,
-    SHAPE_NAMES,
+    SHAPE_NAME,
     Placed,
     Shape,
     faithful,
     shape_attribute,
-    shape_item,
+    shape_key,
     shape_of,
     skeleton,
 )
@@ -131,31 +131,43 @@ def _tree_references(tree: nodes.Template, *, shape: bool = False) -> list[Refer
     their placeholders __kN__ (the long way's skeleton names them so too)."""
     found: list[Reference] = []
     _walk(tree, found, set(), shape)
-    # any other free name is undefined when rendered (strict undefined): report it too
-    bound = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
-    bound |= {n.name for n in tree.find_all(nodes.Macro)}
-    bound |= {n.target for n in tree.find_all(nodes.Import)}
-    for imported in tree.find_all(nodes.FromImport):
-        bound |= {n if isinstance(n, str) else n[-1] for n in imported.names}
+    # any other free name is undefined when rendered (strict undefined): report it too; so are
+    # unknown filters and tests
+    bound: set[str] = set()
+    loaded: set[tuple[str, int]] = set()
+    unknown: list[Reference] = []
+    env = environment()
+    kinds = (nodes.Name, nodes.Macro, nodes.Import, nodes.FromImport, nodes.Filter, nodes.Test)
+    for node in tree.find_all(kinds):  # one walk through the tree, in document order
+        if isinstance(node, nodes.Name):
+            if node.ctx == "load":
+                loaded.add((node.name, node.lineno))
+            elif node.ctx in ("store", "param"):
+                bound.add(node.name)
+        elif isinstance(node, nodes.Macro):
+            bound.add(node.name)
+        elif isinstance(node, nodes.Import):
+            bound.add(node.target)
+        elif isinstance(node, nodes.FromImport):
+            bound |= {n if isinstance(n, str) else n[-1] for n in node.names}
+        elif isinstance(node, nodes.Filter):
+            if node.name not in env.filters:
+                unknown.append(Reference(FILTER, node.name, None, node.lineno))
+        elif isinstance(node, nodes.Test) and node.name not in env.tests:
+            unknown.append(Reference(TEST, node.name, None, node.lineno))
     free = {
-        (n.name, n.lineno)
-        for n in tree.find_all(nodes.Name)
-        if n.ctx == "load"
-        and n.name not in ROOTS
-        and n.name not in bound
-        and n.name not in _GLOBALS
-        and not (shape and n.name in SHAPE_NAMES)
+        (name, lineno)
+        for name, lineno in loaded
+        if name not in ROOTS
+        and name not in bound
+        and name not in _GLOBALS
+        and not (shape and SHAPE_NAME.fullmatch(name))
     }
     found += [
         Reference(name, None, None, lineno)
         for name, lineno in sorted(free, key=lambda f: (f[1], f[0]))
     ]
-    env = environment()
-    for node in tree.find_all((nodes.Filter, nodes.Test)):
-        is_filter = isinstance(node, nodes.Filter)
-        if node.name not in (env.filters if is_filter else env.tests):
-            found.append(Reference(FILTER if is_filter else TEST, node.name, None, node.lineno))
-    return found
+    return found + unknown
 
 
 _GLOBALS = {"range", "dict", "lipsum", "cycler", "joiner", "namespace", "loop", "self", "caller",
@@ -194,8 +206,8 @@ def _flatten(
     node: nodes.Node, shape: bool
 ) -> tuple[list[tuple[str | None, nodes.Node]], nodes.Node]:
     """The links of an attribute and item chain (`steps.x['output']`), from its base; a key is
-    None where it is computed. In a shape's source `__ga[root, __k[N]]` is `root.__kN__` and an
-    item `__k[N]` is `['__kN__']`."""
+    None where it is computed. In a shape's source `__ga[root, __kN]` is `root.__kN__` and an
+    item `[__kN]` is `['__kN__']` (the placeholders the skeleton's parse names them by)."""
     chain: list[tuple[str | None, nodes.Node]] = []
     while isinstance(node, (nodes.Getattr, nodes.Getitem)):
         if isinstance(node, nodes.Getattr):
@@ -208,7 +220,7 @@ def _flatten(
                 chain.append((f"__k{attribute[1]}__", node))
                 node = attribute[0]
                 continue
-            index = shape_item(node.arg, "__k")
+            index = shape_key(node.arg)
             if index is not None:
                 chain.append((f"__k{index}__", node))
                 node = node.node

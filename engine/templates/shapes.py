@@ -6,12 +6,12 @@ templates whose tags the regex below provably splits exactly as Jinja's lexer do
 no braces inside tags, strings without escapes, no {% raw %}. Two reductions:
 
 - the *shape* (for rendering and references) is real Jinja source that renders every template
-  of that shape, given the template's texts as `__t` and its keys as `__k`: each text segment
-  becomes `{{ __t[N] }}` (keeping the segment's line breaks inside the tag, so line numbers stay
-  the template's), each literal key after a root, `steps.X`, becomes `__ga[steps, __k[N]]` (`__ga`
-  answers with the sandbox's own getattr, see compiled.py), and each string literal `__k[N]`. A
-  string literal's value is exactly its text here (no backslashes, no \r, on one line), so
-  passing it back is exact. Whitespace control (`-`) changes the text next to tags, so templates
+  of that shape, given the template's texts as `__t0`, `__t1`... and its keys as `__k0`, ...:
+  each text segment becomes `{{ __tN }}` (keeping the segment's line breaks inside the tag, so
+  line numbers stay the template's), each literal key after a root, `steps.X`, becomes
+  `__ga[steps, __kN]` (`__ga` answers with the sandbox's own getattr, see compiled.py), and each
+  string literal `__kN`. A string literal's value is exactly its text here (no backslashes, no
+  \r, on one line), so passing it back is exact. Whitespace control (`-`) changes the text next to tags, so templates
   using it (or comments) get no shape; nor do templates with `__` in a tag, so these names are
   never the user's. `faithful` checks that a shape's parse holds exactly what was put in.
 - the *skeleton* (for references only, when there is no shape): text reduced to its line
@@ -101,16 +101,16 @@ _SUBSCRIPTABLE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 class Placed(NamedTuple):
     """How many of each thing a shape's source has in place of the template's own."""
 
-    texts: int  # {{ __t[N] }}
-    attributes: int  # __ga[root, __k[N]]
-    keys: int  # __k[N], the attributes' included
+    texts: int  # {{ __tN }}
+    attributes: int  # __ga[root, __kN]
+    keys: int  # __kN, the attributes' included
 
 
 class Shape(NamedTuple):
     text: str  # the Jinja source of the shape: parsed once per distinct shape
     placed: Placed
-    texts: tuple[str, ...]  # the text segments, by number (`__t`)
-    keys: tuple[str, ...]  # the keys and strings, by number (`__k`)
+    texts: tuple[str, ...]  # the text segments, by number (`__tN`)
+    keys: tuple[str, ...]  # the keys and strings, by number (`__kN`)
     native: bool  # the template is exactly one {{ expr }} (blank text around it)
 
 
@@ -132,7 +132,7 @@ def shape_of(source: str) -> Shape | None:
     parts, marked = [], 0
     for i, text in enumerate(texts):
         if text:
-            parts.append("{{ __t[" + str(i) + "]" + _lines(text) + " }}")
+            parts.append("{{ __t" + str(i) + _lines(text) + " }}")
             marked += 1
         if i < len(tags):
             parts.append(tags[i])
@@ -154,8 +154,8 @@ _ROOT_NAMES = ("", "steps", "inputs", "env", "secrets")
 
 
 def placeholders(text: str) -> tuple[str, tuple[str, ...], int]:
-    """`text` with each key after a root replaced by `__ga[root, __k[N]]` and each string literal
-    by `__k[N]`; with the keys and strings, and how many of them were keys after a root."""
+    """`text` with each key after a root replaced by `__ga[root, __kN]` and each string literal
+    by `__kN`; with the keys and strings, and how many of them were keys after a root."""
     keys: list[str] = []
     attributes = 0
 
@@ -164,7 +164,7 @@ def placeholders(text: str) -> tuple[str, tuple[str, ...], int]:
         group = match.lastindex or 0  # every alternative has a group
         if group > 4:  # a string literal
             keys.append(match.group(group))
-            return f"__k[{len(keys) - 1}]"
+            return f"__k{len(keys) - 1}"
         start = match.start()
         if start and (
             text[start - 1] == "." or text[start - 1].isalnum() or text[start - 1] == "_"
@@ -172,26 +172,26 @@ def placeholders(text: str) -> tuple[str, tuple[str, ...], int]:
             return match.group()  # x.steps.a or mysteps.a: not a root
         keys.append(match.group(group))
         attributes += 1
-        return f"__ga[{_ROOT_NAMES[group]}, __k[{len(keys) - 1}]]"
+        return f"__ga[{_ROOT_NAMES[group]}, __k{len(keys) - 1}]"
 
     return _VARYING.sub(placeholder, text), tuple(keys), attributes
 
 
-SHAPE_NAMES = frozenset({"__t", "__k", "__ga"})
+SHAPE_NAME = re.compile(r"__(?:[tk][0-9]+|ga)")  # the names a shape's source puts in
 
 
 def faithful(tree: nodes.Template, placed: Placed) -> bool:
-    """Whether the parse of a shape's source holds each thing put in, as put in: `__t[N]` an
-    output of its own, `__ga[root, __k[N]]` an item of `__ga`, `__k[N]` an item of `__k` (and
-    not, say, a filter named `steps.x` that became something else)."""
+    """Whether the parse of a shape's source holds each thing put in, as put in: `__tN` an output
+    of its own, `__ga[root, __kN]` an item of `__ga`, `__kN` a value read (and not, say, a
+    filter named `steps.x` that became something else, or `__k0` assigned to)."""
     names = texts = attributes = keys = 0
     for node in tree.find_all((nodes.Name, nodes.Output, nodes.Getitem)):
         if isinstance(node, nodes.Name):
-            names += node.name in SHAPE_NAMES
+            if SHAPE_NAME.fullmatch(node.name):
+                names += 1
+                keys += shape_key(node) is not None
         elif isinstance(node, nodes.Output):
-            texts += sum(1 for child in node.nodes if shape_item(child, "__t") is not None)
-        elif shape_item(node, "__k") is not None:
-            keys += 1
+            texts += sum(1 for child in node.nodes if shape_text(child) is not None)
         elif shape_attribute(node) is not None:
             attributes += 1
     # one name in each thing put in (an attribute holds two): none anywhere else
@@ -199,30 +199,40 @@ def faithful(tree: nodes.Template, placed: Placed) -> bool:
     return names == expected and (texts, attributes, keys) == tuple(placed)
 
 
-def shape_item(node: nodes.Node, name: str) -> int | None:
-    """N when `node` is `name[N]` for a literal integer N, else None."""
+def _numbered(node: nodes.Node, prefix: str) -> int | None:
     if (
-        isinstance(node, nodes.Getitem)
-        and isinstance(node.node, nodes.Name)
-        and node.node.name == name
-        and isinstance(node.arg, nodes.Const)
-        and type(node.arg.value) is int
+        isinstance(node, nodes.Name)
+        and node.name.startswith(prefix)
+        and node.ctx == "load"
+        and node.name[3:].isdigit()
+        and node.name[3:].isascii()
     ):
-        return node.arg.value
+        return int(node.name[3:])
     return None
 
 
+def shape_text(node: nodes.Node) -> int | None:
+    """N when `node` is the name `__tN` read (a shape's text N), else None."""
+    return _numbered(node, "__t")
+
+
+def shape_key(node: nodes.Node) -> int | None:
+    """N when `node` is the name `__kN` read (a shape's key or string N), else None."""
+    return _numbered(node, "__k")
+
+
 def shape_attribute(node: nodes.Node) -> tuple[nodes.Name, int] | None:
-    """(root, N) when `node` is `__ga[root, __k[N]]`, a shape's `root.name`, else None."""
+    """(root, N) when `node` is `__ga[root, __kN]`, a shape's `root.name`, else None."""
     if (
         isinstance(node, nodes.Getitem)
         and isinstance(node.node, nodes.Name)
         and node.node.name == "__ga"
+        and node.node.ctx == "load"
         and isinstance(node.arg, nodes.Tuple)
         and len(node.arg.items) == 2
         and isinstance(node.arg.items[0], nodes.Name)
     ):
-        index = shape_item(node.arg.items[1], "__k")
+        index = shape_key(node.arg.items[1])
         if index is not None:
             return node.arg.items[0], index
     return None
