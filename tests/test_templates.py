@@ -345,6 +345,25 @@ def test_generated_templates_render_like_jinja(source, context):
     assert ours(source, context) == jinja(source, context)
 
 
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+@given(generated_templates())
+def test_references_of_generated_templates_through_their_shape_are_jinjas(source):
+    """Validation finds references through a template's shape (its parse is the one rendering
+    compiles): the same references as the template's own parse, syntax errors included."""
+    from stepchain.templates.refs import parsed_references, references
+
+    def found(func):
+        try:
+            return func(source)
+        except TemplateSyntaxError as exc:
+            return f"syntax error: {exc.message} (line {exc.lineno})"
+
+    expected = found(parsed_references)
+    assert found(references) == ([] if "{{" not in source and "{%" not in source else expected)
+
+
 def test_the_generated_constructs_take_the_shared_path():
     """The property above is about the shared path: the constructs it generates take it."""
     for expr in EXPRS:

@@ -163,6 +163,7 @@ TEMPLATE_PIECES = [
     "{{ foo.bar }}", "{% set v = steps.e.status %}", "{{ v }}", "{", "}", "{{", "}}", "{%", "%}", "'",
     '"', "steps.", "__k0__", "{% raw %}{{ steps.z }}{% endraw %}", "{{ x | to_json }}", "é",
     "{{ {'a': steps.f.output} }}", "{{ steps . g . output }}", "{{- env.HOME -}}", "\\",
+    "{{ x | steps.h }}", "{% if x is inputs.k %}", "{{ x }}", "{% for steps in y %}",
 ]  # fmt: skip
 
 

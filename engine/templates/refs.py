@@ -57,6 +57,8 @@ def references(source: str, *, expression: bool = False) -> list[Reference]:
         indexed = _indexed_references(shaped)
     except TemplateSyntaxError:
         return parsed_references(text)  # raises the error as the template itself would
+    if indexed is None:
+        return parsed_references(text)
     return [
         ref if i < 0 else Reference(ref.root, keys[i], ref.attr, ref.lineno) for ref, i in indexed
     ]
@@ -117,12 +119,15 @@ def _placeholder_number(name: str | None) -> int | None:
 
 
 @lru_cache(maxsize=4096)
-def _indexed_references(shape: str) -> list[tuple[Reference, int]]:
-    """A skeleton's references, each with the index of its placeholder key (or -1)."""
+def _indexed_references(shape: str) -> list[tuple[Reference, int]] | None:
+    """A skeleton's references, each with the index of its placeholder key (or -1); None when a
+    placeholder ended up in something else (`x | steps.a` names a filter `steps.__k0__`)."""
     out = []
     for ref in _tree_references(environment().parse(shape)):
-        match = PLACEHOLDER.fullmatch(ref.key or "")
-        out.append((ref, int(match.group(1)) if match else -1))
+        key_at = _placeholder_number(ref.key)
+        if key_at is None or _placeholder_number(ref.attr) != -1:
+            return None
+        out.append((ref, key_at))
     return out
 
 
