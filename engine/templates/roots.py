@@ -8,7 +8,8 @@ ROOTS = ("steps", "inputs", "env", "secrets", "item", "index", "run")
 
 
 class _ItemFirst:
-    """A dict method's name on a Vars: the item of that name when there is one, else the method."""
+    """A dict method's name on a Vars: no attribute when the Vars holds an item of that name (so
+    Jinja, which tries the attribute first, finds the item); the method otherwise."""
 
     __slots__ = ("method", "name")
 
@@ -18,7 +19,7 @@ class _ItemFirst:
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is not None and dict.__contains__(obj, self.name):
-            return dict.__getitem__(obj, self.name)
+            raise AttributeError(self.name)
         return self.method.__get__(obj, owner)
 
 
@@ -27,18 +28,12 @@ class Vars(dict[str, Any]):
 
     Jinja looks attributes up before items, so with a plain dict `inputs.items` would be
     dict.items; here an input, variable or step called `items`, `keys`, `values` or `get` is what
-    it names, and so is any other name the mapping holds (as an attribute, which the sandbox then
-    judges: a name starting with `_` or naming a mutating method such as `update` is refused, as
-    on any dict). No instance attributes (`__slots__`), and Python's own lookups (`__class__`,
-    for isinstance) stay those of a dict, at C speed.
+    it names. Otherwise a Vars is a plain dict to Jinja: `inputs.x` is the item `x` (the sandbox
+    only judges attributes, and a Vars has none but a dict's), and so are Python's own lookups
+    (`__class__`, for isinstance), at C speed. No instance attributes (`__slots__`).
     """
 
     __slots__ = ()
-
-    def __getattr__(self, name: str) -> Any:  # only for names that are no attribute
-        if dict.__contains__(self, name):
-            return dict.__getitem__(self, name)
-        raise AttributeError(name)
 
 
 for _name in [n for n in vars(dict) if not n.startswith("_")]:
