@@ -4,6 +4,7 @@ A string that is exactly one `{{ expr }}` renders to the expression's native val
 a list); anything else renders to text. Every render runs Jinja-compiled code in the sandbox
 (sandbox.py): a text template is `from_string`; a native one is the template
 `{% set result = expr %}` (as `compile_expression` builds it) whose module's `result` is the value.
+Both are rendered with `make_module`: its `str` is the template's output, as `render` gives it.
 
 Compiling costs about a millisecond, and a pipeline's templates mostly differ only in their text,
 strings and the step and input names they mention. So a template with a shape (shapes.py) is
@@ -30,25 +31,26 @@ from stepchain.templates.sandbox import environment, parse
 from stepchain.templates.shapes import Placed, Shape, faithful, shape_of, shape_text
 
 _SINGLE_EXPR = re.compile(r"^\s*\{\{-?(.*?)-?\}\}\s*$", re.DOTALL)
-Native = Callable[[dict[str, Any]], Any]  # evaluates an expression in a context
 
 
 class Compiled:
     """A template prepared once; `render(context)` gives its text, or its native value."""
 
-    __slots__ = ("extra", "native", "source", "template")
+    __slots__ = ("expression", "extra", "native", "source", "template")
 
     def __init__(
         self,
         source: str,
         *,
         template: Template | None = None,
-        native: Native | None = None,
+        native: bool = False,
+        expression: Callable[..., Any] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
         self.source = source
-        self.template = template  # renders to text
-        self.native = native  # evaluates to a native value
+        self.template = template  # text; or when native, `{% set result = expr %}`
+        self.native = native
+        self.expression = expression  # compile_expression's, where there is no such template
         self.extra = extra  # for a shape's template: this template's texts and keys
 
     @property
@@ -57,13 +59,20 @@ class Compiled:
         return self.extra is not None
 
     def render(self, context: dict[str, Any]) -> Any:
+        template = self.template
+        if template is None:
+            if self.expression is not None:
+                return defined(self.expression(context))
+            return self.source  # no template syntax at all
+        # The context as Template.render makes it (the environment's globals under the
+        # values), in one copy: a template's own globals are a ChainMap, slow to copy.
+        variables = {**template.environment.globals, **context}
         if self.extra is not None:
-            context = {**context, **self.extra}
-        if self.native is not None:
-            return defined(self.native(context))
-        if self.template is not None:
-            return self.template.render(context)
-        return self.source  # no template syntax at all
+            variables.update(self.extra)
+        module = template.make_module(variables, shared=True)
+        if self.native:
+            return defined(getattr(module, "result"))  # noqa: B009
+        return str(module)  # its output, as Template.render gives it
 
 
 def defined(value: Any) -> Any:
@@ -87,7 +96,7 @@ def compile_template(source: str) -> Compiled:
         if shape.native:
             native = _shape_native(shape.text, shape.placed)
             if native is not None:
-                return Compiled(source, native=native, extra=extra)
+                return Compiled(source, template=native, native=True, extra=extra)
         else:
             template = _shape_template(shape.text, shape.placed)
             if template is not None:
@@ -95,7 +104,10 @@ def compile_template(source: str) -> Compiled:
     tree = parse(source)  # the tree validation parsed, when it did
     match = _SINGLE_EXPR.match(source)
     if match and _is_single_output(tree):
-        return Compiled(source, native=_native(tree) or _expression(match.group(1)))
+        native = _native(tree)
+        if native is None:
+            return Compiled(source, expression=_expression(match.group(1)))
+        return Compiled(source, template=native, native=True)
     return Compiled(source, template=environment().from_string(tree))
 
 
@@ -106,8 +118,8 @@ def compile_expression(expr: str) -> Compiled:
     if shape is not None and shape.native:
         native = _shape_native(shape.text, shape.placed)
         if native is not None:
-            return Compiled(expr, native=native, extra=_variables(shape))
-    return Compiled(expr, native=_expression(expr))
+            return Compiled(expr, template=native, native=True, extra=_variables(shape))
+    return Compiled(expr, expression=_expression(expr))
 
 
 def _variables(shape: Shape) -> dict[str, Any]:
@@ -118,12 +130,11 @@ def _variables(shape: Shape) -> dict[str, Any]:
     return variables
 
 
-def _expression(expr: str) -> Native:
-    expression = environment().compile_expression(expr, undefined_to_none=False)
-    return lambda context: expression(context)
+def _expression(expr: str) -> Callable[..., Any]:
+    return environment().compile_expression(expr, undefined_to_none=False)
 
 
-def _native(tree: nodes.Template, *, shape: bool = False) -> Native | None:
+def _native(tree: nodes.Template, *, shape: bool = False) -> Template | None:
     """A template that is one `{{ expr }}` as `{% set result = expr %}`, compiled; None when the
     expression is a tuple (`{{ a, b }}`), which an expression without braces cannot be. In a
     shape's tree the blank text around it is `{{ __tN }}`."""
@@ -136,8 +147,7 @@ def _native(tree: nodes.Template, *, shape: bool = False) -> Native | None:
     if isinstance(expr, nodes.Tuple):
         return None  # compile_expression says what it thinks of it
     assign = nodes.Assign(nodes.Name("result", "store", lineno=1), expr, lineno=1)
-    template = environment().from_string(nodes.Template([assign], lineno=1))
-    return lambda context: getattr(template.make_module(context), "result")  # noqa: B009
+    return environment().from_string(nodes.Template([assign], lineno=1))
 
 
 class _Getattr:
@@ -172,7 +182,7 @@ def _shape_template(text: str, placed: Placed) -> Template | None:
 
 
 @lru_cache(maxsize=4096)
-def _shape_native(text: str, placed: Placed) -> Native | None:
+def _shape_native(text: str, placed: Placed) -> Template | None:
     """The expression shared by every single `{{ expr }}` (and `when`) of a shape."""
     try:
         tree = parse(text)
