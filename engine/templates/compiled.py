@@ -66,7 +66,7 @@ class Compiled:
             return self.source  # no template syntax at all
         # The context as Template.render makes it (the environment's globals under the
         # values), in one copy: a template's own globals are a ChainMap, slow to copy.
-        variables = {**template.environment.globals, **context}
+        variables = {**environment().globals, **context}
         if self.extra is not None:
             variables.update(self.extra)
         module = template.make_module(variables, shared=True)
