@@ -22,7 +22,7 @@ from stepchain.pipeline.definition import Pipeline
 from stepchain.pipeline.graph import layers
 from stepchain.pipeline.load import check_text
 from stepchain.pipeline.yaml_source import load_source
-from stepchain.templates import jinja as templates
+from stepchain.templates import refs as templates
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = [
@@ -163,6 +163,7 @@ TEMPLATE_PIECES = [
     "{{ foo.bar }}", "{% set v = steps.e.status %}", "{{ v }}", "{", "}", "{{", "}}", "{%", "%}", "'",
     '"', "steps.", "__k0__", "{% raw %}{{ steps.z }}{% endraw %}", "{{ x | to_json }}", "é",
     "{{ {'a': steps.f.output} }}", "{{ steps . g . output }}", "{{- env.HOME -}}", "\\",
+    "{{ x | steps.h }}", "{% if x is inputs.k %}", "{{ x }}", "{% for steps in y %}",
 ]  # fmt: skip
 
 
@@ -170,7 +171,9 @@ def _parse(text: str, *, expression: bool, fast: bool):
     try:
         if fast:
             return templates.references(text, expression=expression)
-        return templates._references("{{ " + text + " }}" if expression else text)  # Jinja's parse
+        return templates.parsed_references(
+            "{{ " + text + " }}" if expression else text
+        )  # Jinja's parse
     except TemplateSyntaxError:
         return "syntax error"
 

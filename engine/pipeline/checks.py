@@ -14,7 +14,7 @@ from stepchain.errors import Problem
 from stepchain.pipeline.definition import KINDS, LLM_FIELDS
 from stepchain.pipeline.schema import did_you_mean, type_message, user_schema_problems
 from stepchain.pipeline.yaml_source import Path, Source
-from stepchain.templates.jinja import FILTER, ROOTS, TEST, Reference, environment, references
+from stepchain.templates import FILTER, ROOTS, TEST, Reference, environment, references
 
 _TEMPLATED_STEP_FIELDS = ("prompt", "system", "template", "model", "run", "with")
 _STEP_ATTRS = ("output", "status")

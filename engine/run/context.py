@@ -14,7 +14,7 @@ from stepchain.errors import CommandsNotAllowed, StepChainError, StepError
 from stepchain.pipeline.definition import Pipeline, Step
 from stepchain.run.masking import Masker
 from stepchain.settings import Settings
-from stepchain.templates.jinja import Vars
+from stepchain.templates import Vars
 from stepchain.tools.functions import FunctionTool, load_function_tool
 
 if TYPE_CHECKING:  # openai is imported only by runs with LLM steps

@@ -17,7 +17,7 @@ from stepchain.pipeline.inputs import resolve_inputs
 from stepchain.run.context import RunOptions, Runtime
 from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.settings import Settings, current_settings
-from stepchain.templates.jinja import Vars
+from stepchain.templates import Vars
 from stepchain.templates.render import evaluate
 
 Action = Literal["replay", "run", "unknown", "skip", "error"]

@@ -25,7 +25,7 @@ from stepchain.run.results import RunResult, RunStatus, StepResult, now
 from stepchain.settings import LOGGER_NAME
 from stepchain.steps import Outcome, kind_of
 from stepchain.steps.template import template_outcome
-from stepchain.templates.jinja import Vars
+from stepchain.templates import Vars
 from stepchain.templates.render import render_value
 
 log = logging.getLogger(LOGGER_NAME)

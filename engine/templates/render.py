@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from stepchain.errors import StepError
-from stepchain.templates.jinja import compile_expression, compile_template
+from stepchain.templates.compiled import compile_expression, compile_template
 
 Locate = Callable[[tuple], str]
 
@@ -38,14 +39,12 @@ def render_text(value: str, context: dict[str, Any], path: tuple, locate: Locate
 def evaluate(expr: str, context: dict[str, Any], path: tuple, locate: Locate) -> Any:
     """Evaluate a `when` or `foreach` expression."""
     try:
-        return compile_expression(expr)(**context)
+        return compile_expression(expr).render(context)
     except Exception as exc:
         raise _failure(exc, path, locate) from None
 
 
 def _to_text(value: Any) -> str:
-    import json
-
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
