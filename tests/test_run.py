@@ -494,3 +494,10 @@ def test_max_concurrent_below_one_is_refused():
     for bad in (0, -3):
         with pytest.raises(UsageError, match="max_concurrent must be at least 1"):
             Executor(max_concurrent=bad)
+
+
+def test_a_run_result_has_a_short_repr(write):
+    steps = "\n".join(f"  - {{id: s{i}, template: 'x{i}'}}" for i in range(50))
+    path = write("many.yaml", f"version: 1\nname: many\nsteps:\n{steps}\n")
+    result = Executor().run(path, run_id="short")
+    assert repr(result) == "RunResult(run_id='short', status='completed', steps={'completed': 50})"

@@ -53,7 +53,7 @@ class StepResult:
 _STEP_FIELDS = tuple(f.name for f in dataclasses.fields(StepResult))
 
 
-@dataclass
+@dataclass(repr=False)
 class RunResult:
     """A whole run: its id, status, outputs and every step's result, in pipeline order."""
 
@@ -63,6 +63,14 @@ class RunResult:
     outputs: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+
+    def __repr__(self) -> str:
+        # Short: asyncio.run formats the repr of the result it returns, and a run may have
+        # thousands of steps (their outputs included); `to_dict()` has everything.
+        counts: dict[str, int] = {}
+        for result in self.steps.values():
+            counts[result.status] = counts.get(result.status, 0) + 1
+        return f"RunResult(run_id={self.run_id!r}, status={self.status!r}, steps={counts})"
 
     @property
     def results(self) -> list[StepResult]:
