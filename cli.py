@@ -257,6 +257,22 @@ def runs_show(run_id: str, as_json: bool) -> None:
     click.echo(json.dumps(state.to_dict(), indent=2, default=str) if as_json else format_run(state))
 
 
+@main.command()
+@click.argument("run_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report here.")
+@click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html")
+def report(run_id: str, output: str | None, fmt: str) -> None:
+    """A run as one self-contained HTML file (or a Markdown summary for a CI job page)."""
+    from stepchain.ui.report import render_report, write_report
+
+    text = render_report(run_id, fmt)
+    if output:
+        write_report(text, output)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
 @main.group()
 def cache() -> None:
     """The result cache."""

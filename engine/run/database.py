@@ -199,6 +199,15 @@ class Storage:
             results=[StepResult.from_dict(json.loads(s[0])) for s in steps],
         )
 
+    def previous_run(self, run_id: str, pipeline_name: str, started_at: str) -> str | None:
+        """The id of the latest run of the same pipeline started before this one, if any."""
+        row = self._db.execute(
+            """SELECT run_id FROM runs WHERE pipeline_name=? AND run_id<>?
+                 AND started_at<=? ORDER BY started_at DESC LIMIT 1""",
+            (pipeline_name, run_id, started_at),
+        ).fetchone()
+        return row[0] if row else None
+
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._db.execute(
             """SELECT r.run_id, r.pipeline_name, r.status, r.started_at, r.finished_at,

@@ -1,0 +1,200 @@
+"""What a run report shows, gathered from the run database: one RunReport, no formatting here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from stepchain.errors import StepChainError
+from stepchain.run.database import RunState, Storage
+from stepchain.run.results import StepResult
+
+OUTPUT_LIMIT = 64 * 1024  # characters of one output (or definition) embedded, at most
+REPORT_BUDGET = 3 * 512 * 1024  # characters shared by the outputs and definitions of a run
+MIN_OUTPUT_LIMIT = 256
+
+
+@dataclass
+class Text:
+    """A value as text for the report, cut to a limit (`size` is the whole text's length)."""
+
+    text: str
+    size: int
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.text) < self.size
+
+
+@dataclass
+class StepView:
+    """One step of the report: its record, its definition, its place in the graph."""
+
+    result: StepResult
+    kind: str
+    needs: list[str]
+    layer: int
+    definition: Text | None  # the step as written in the recorded pipeline (its templates)
+    output: Text | None
+    items: int | None  # a foreach step's item count
+    change: str  # against the previous run: new, same, changed, replayed ...
+
+    @property
+    def step_id(self) -> str:
+        return self.result.step_id
+
+
+@dataclass
+class RunReport:
+    """Everything a report shows about one run, in pipeline order."""
+
+    state: RunState
+    steps: list[StepView]
+    layers: list[list[str]]
+    previous_run: str | None
+    notes: list[str] = field(default_factory=list)  # what the report could not show, and why
+
+    @property
+    def in_progress(self) -> bool:
+        return self.state.status == "running"
+
+    @property
+    def started(self) -> datetime | None:
+        return _parse(self.state.started_at)
+
+    @property
+    def finished(self) -> datetime | None:
+        ends = [s.result.completed_at for s in self.steps if s.result.completed_at]
+        return _parse(self.state.finished_at) or (max(ends) if ends else None)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started and self.finished:
+            return max(0.0, (self.finished - self.started).total_seconds())
+        return None
+
+    @property
+    def total_tokens(self) -> int:
+        if self.state.usage.get("total_tokens") is not None:
+            return int(self.state.usage["total_tokens"])
+        return sum(int(s.result.usage.get("total_tokens", 0)) for s in self.steps)
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        """Cached steps among the steps that produced an output (None when none did)."""
+        done = [s for s in self.steps if s.result.status == "completed"]
+        if not done:
+            return None
+        return sum(s.result.cached for s in done) / len(done)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for view in self.steps:
+            state = "cached" if view.result.cached else view.result.status
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+
+def load_report(run_id: str, storage: Storage | None = None) -> RunReport:
+    """The report of run `run_id`, compared with the previous run of the same pipeline.
+
+    Raises:
+        RunNotFound: no run has this id.
+    """
+    own = storage is None
+    storage = storage or Storage()
+    try:
+        state = storage.load_run_state(run_id)
+        previous_id = storage.previous_run(state.run_id, state.pipeline_name, state.started_at)
+        previous = storage.load_run_state(previous_id) if previous_id else None
+    finally:
+        if own:
+            storage.close()
+    return build_report(state, previous)
+
+
+def build_report(state: RunState, previous: RunState | None = None) -> RunReport:
+    notes: list[str] = []
+    specs: dict[str, tuple[str, dict[str, Any], list[str]]] = {}
+    try:
+        pipeline = state.plan
+        specs = {s.id: (s.kind, dict(s.spec), sorted(s.needs)) for s in pipeline.steps}
+    except StepChainError as exc:  # recorded by an older format this version no longer reads
+        first = exc.message.splitlines()[0]
+        notes.append(f"the recorded pipeline could not be read ({first}): no dependency edges")
+    deps = {r.step_id: [n for n in specs.get(r.step_id, ("", {}, []))[2]] for r in state.results}
+    for sid, (_, _, needs) in specs.items():  # steps not recorded yet (a run in progress)
+        deps.setdefault(sid, needs)
+    layers = _layers(deps)
+    layer_of = {sid: i for i, layer in enumerate(layers) for sid in layer}
+    limit = _output_limit(len(deps))
+    before = {r.step_id: r for r in previous.results} if previous else {}
+    recorded = {r.step_id: r for r in state.results}
+    order = list(specs) or list(recorded)
+    order += [sid for sid in recorded if sid not in specs]
+    views = []
+    for sid in order:
+        result = recorded.get(sid) or StepResult(sid, "skipped", reason="not recorded yet")
+        kind, spec, needs = specs.get(sid, ("unknown", {}, []))
+        pending = sid not in recorded
+        views.append(
+            StepView(
+                result=result,
+                kind=kind,
+                needs=needs,
+                layer=layer_of.get(sid, 0),
+                definition=_definition(spec, limit),
+                output=None if result.output is None else as_text(result.output, limit),
+                items=len(result.output) if spec.get("foreach") and _is_list(result) else None,
+                change="pending" if pending else _change(result, before.get(sid), previous),
+            )
+        )
+    return RunReport(state, views, layers, previous.run_id if previous else None, notes)
+
+
+def as_text(value: Any, limit: int = OUTPUT_LIMIT) -> Text:
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
+    return Text(text[:limit], len(text))
+
+
+def _definition(spec: dict[str, Any], limit: int) -> Text | None:
+    fields = {k: v for k, v in spec.items() if k != "id"}
+    return as_text(fields, limit) if fields else None
+
+
+def _is_list(result: StepResult) -> bool:
+    return isinstance(result.output, list)
+
+
+def _output_limit(steps: int) -> int:
+    return max(MIN_OUTPUT_LIMIT, min(OUTPUT_LIMIT, REPORT_BUDGET // max(2 * steps, 1)))
+
+
+def _change(result: StepResult, before: StepResult | None, previous: RunState | None) -> str:
+    """What this step did compared with the previous run of the pipeline."""
+    if result.status != "completed":
+        return result.status
+    how = "replayed" if result.cached else "ran again"
+    if previous is None:
+        return how
+    if before is None:
+        return f"{how} (new step)"
+    if before.cache_key and result.cache_key and before.cache_key != result.cache_key:
+        return f"{how} (request changed)"
+    return how
+
+
+def _layers(deps: dict[str, list[str]]) -> list[list[str]]:
+    from stepchain.pipeline.graph import layers
+
+    known = {sid: [n for n in needs if n in deps] for sid, needs in deps.items()}
+    try:
+        return layers(known)
+    except ValueError:  # a cycle: never in a recorded run, but a report must still draw
+        return [list(deps)]
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

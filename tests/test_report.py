@@ -1,0 +1,231 @@
+"""`stepchain report RUN_ID`: a recorded run as one self-contained HTML file, or a Markdown summary."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from stepchain.run.database import Storage
+
+V0 = Path(__file__).parent / "data" / "runs-v0.db"
+
+PIPELINE = """
+version: 1
+name: shop
+secrets: [SHOP_TOKEN]
+inputs:
+  region: {type: string, default: north}
+steps:
+  - id: items
+    template: '{{ ["alpha", "beta", "gamma"] }}'
+  - id: each
+    foreach: steps.items.output
+    template: "{{ item }} #{{ index }}"
+  - id: broken
+    template: "{{ steps.items.output[7] }}"
+  - id: after_broken
+    template: "{{ steps.broken.output }}"
+  - id: never
+    when: inputs.region == "south"
+    template: "not today"
+  - id: summary
+    template: "{{ inputs.region }}: {{ steps.each.output | join(', ') }}"
+outputs:
+  summary: "{{ steps.summary.output }}"
+"""
+
+
+@pytest.fixture(autouse=True)
+def shop_token(monkeypatch):
+    monkeypatch.setenv("SHOP_TOKEN", "tok-very-secret")
+
+
+def run(cli, path: Path, run_id: str, *args: str) -> None:
+    result = cli("run", path, "--run-id", run_id, *args)
+    assert result.exit_code in (0, 1) and f"run {run_id} " in result.stderr, result.stderr
+
+
+def test_a_report_is_one_self_contained_html_file(cli, write, tmp_path):
+    pipeline = write("shop.yaml", PIPELINE)
+    run(cli, pipeline, "first")
+    result = cli("report", "first", "-o", tmp_path / "run.html")
+    assert result.exit_code == 0, result.stderr
+    assert "wrote" in result.stderr
+    page = (tmp_path / "run.html").read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    # nothing is fetched: no external scripts, styles, images or links
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "<link" not in page and "@import" not in page
+    assert "default-src 'none'" in page  # the page itself forbids network access
+    # header: pipeline, run id, status, duration, tokens, cache hit rate
+    for fact in ("shop", "first", "failed", "duration", "total tokens", "cache hit rate"):
+        assert fact in page
+    # the graph: one node per step, one edge per dependency
+    svg = page[page.index('<svg id="graph"') : page.index("</svg>")]
+    assert svg.count('class="node ') == 6
+    assert (
+        svg.count('class="edge"') == 4
+    )  # items->each, items->broken, broken->after_broken, each->summary
+    # the timeline: a row per step; the foreach step folded into one row with its count
+    timeline = page[page.index('<div id="timeline">') :]
+    assert "each ×3" in timeline
+    assert timeline.count('class="track"') == 6
+    # per step: status, output, error, skip reason
+    assert "alpha #0" in page
+    assert "list object has no element 7" in page or "broken" in page
+    assert "steps.broken failed" in page
+    assert "when: inputs.region == &quot;south&quot; is false" in page
+    assert "tok-very-secret" not in page
+    assert "No earlier run of this pipeline" in page
+
+
+def test_the_report_compares_with_the_previous_run_of_the_pipeline(cli, write, tmp_path):
+    pipeline = write("shop.yaml", PIPELINE)
+    run(cli, pipeline, "first")
+    pipeline.write_text(PIPELINE.replace("{{ item }} #{{ index }}", "{{ item }} no. {{ index }}"))
+    run(cli, pipeline, "second")
+    page = cli("report", "second").stdout
+    assert "Changes against first" in page
+    changes = page[page.index('<table id="changes">') :]
+    changes = changes[: changes.index("</table>")]
+    assert "<td>replayed</td><td>1</td>" in changes  # items
+    assert "<td>ran again (request changed)</td><td>2</td>" in changes  # each, summary
+    assert "Steps whose request changed or that are new: each, summary" in page
+
+    summary = cli("report", "second", "--format", "md")
+    assert summary.exit_code == 0, summary.stderr
+    text = summary.stdout
+    assert text.startswith("### StepChain run `second`: failed")
+    assert "| shop | failed |" in text
+    assert "- `broken`: " in text
+    assert (
+        "Against `first`: " in text
+        and "1 replayed" in text
+        and "2 ran again (request changed)" in text
+    )
+    assert "<" not in text  # plain Markdown, short
+    assert len(text.splitlines()) < 20
+
+
+def test_a_second_identical_run_reports_every_step_replayed(cli, write):
+    pipeline = write(
+        "ok.yaml",
+        """
+        version: 1
+        name: ok
+        steps:
+          - {id: a, template: "a"}
+          - {id: b, template: "{{ steps.a.output }}b"}
+        """,
+    )
+    run(cli, pipeline, "one")
+    run(cli, pipeline, "two")
+    text = cli("report", "two", "--format", "md").stdout
+    assert "| ok | completed |" in text and "| 100% |" in text
+    assert "Against `one`: 2 replayed" in text
+
+
+def test_an_unknown_run_id_is_a_one_line_error(cli, tmp_path):
+    result = cli("report", "nope", "-o", tmp_path / "run.html")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == "error: no run with id 'nope'"
+    assert "stepchain runs list" in result.stderr
+    assert not (tmp_path / "run.html").exists()
+
+
+def test_an_unwritable_output_is_a_one_line_error(cli, write, tmp_path):
+    run(cli, write("shop.yaml", PIPELINE), "first")
+    result = cli("report", "first", "-o", tmp_path / "missing" / "run.html")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"error: cannot write the report to {tmp_path}/missing/run.html:"
+    )
+    assert "No such file or directory" in result.stderr.splitlines()[0]
+
+
+def test_runs_recorded_by_the_older_record_format_are_reported(cli, isolated_home, tmp_path):
+    isolated_home.mkdir(mode=0o700)
+    shutil.copyfile(V0, isolated_home / "runs.db")
+    result = cli("report", "fixture-failed", "-o", tmp_path / "old.html")
+    assert result.exit_code == 0, result.stderr
+    page = (tmp_path / "old.html").read_text()
+    svg = page[page.index('<svg id="graph"') : page.index("</svg>")]
+    assert svg.count('class="node ') == 4 and svg.count('class="edge"') == 3
+    assert "Changes against fixture-ok" in page
+    assert "steps.rate failed" in page
+    ok = cli("report", "fixture-ok", "--format", "md").stdout
+    assert "| fixture | completed |" in ok
+    interrupted = cli("report", "slow-interrupted", "--format", "md").stdout
+    assert "interrupted" in interrupted and "- `wait`: " in interrupted
+
+
+def test_a_run_in_progress_is_reported_as_far_as_it_got(cli, write, tmp_path):
+    pipeline = write(
+        "slow.yaml",
+        """
+        version: 1
+        name: slow
+        steps:
+          - {id: first, template: "ready"}
+          - {id: wait, run: [sleep, "30"]}
+          - {id: after, template: "{{ steps.first.output }} {{ steps.wait.output }}"}
+        """,
+    )
+    proc = cli.spawn("run", pipeline, "--run-id", "busy", "--allow-run")
+    for _ in range(600):  # until the first step is recorded (bounded, not timed)
+        storage = Storage()
+        try:
+            done = storage.exists("busy") and storage.load_run_state("busy").results
+        finally:
+            storage.close()
+        if done or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    page = cli("report", "busy").stdout
+    assert 'id="in-progress"' in page
+    assert '<span class="badge s-pending" id="status">running</span>' in page
+    svg = page[page.index('<svg id="graph"') : page.index("</svg>")]
+    assert svg.count('class="node ') == 3  # the steps not recorded yet are drawn too
+    assert svg.count("s-pending") == 2
+    md = cli("report", "busy", "--format", "md").stdout
+    assert "running (in progress)" in md
+    proc.kill()
+
+
+def test_an_output_too_large_to_embed_is_truncated_with_its_size(cli, write, tmp_path):
+    pipeline = write(
+        "big.yaml",
+        f"""
+        version: 1
+        name: big
+        steps:
+          - id: big
+            run: [{json.dumps(sys.executable)}, -c, "print('x' * 300000)"]
+        """,
+    )
+    run(cli, pipeline, "big", "--allow-run")
+    page = cli("report", "big").stdout
+    assert "truncated: showing 65,536 of 300,001 characters (293.0 KB)" in page
+    assert len(page) < 100_000
+
+
+def test_a_2000_step_report_stays_under_5_mb(cli, write, tmp_path):
+    steps = ["  - {id: s0, template: '" + "y" * 4000 + "'}"]
+    steps += [
+        f"  - {{id: s{i}, template: '{{{{ steps.s{i // 2}.output[:10] }}}}{'z' * 4000}'}}"
+        for i in range(1, 2000)
+    ]
+    pipeline = write("wide.yaml", "version: 1\nname: wide\nsteps:\n" + "\n".join(steps) + "\n")
+    run(cli, pipeline, "wide")
+    result = cli("report", "wide", "-o", tmp_path / "wide.html")
+    assert result.exit_code == 0, result.stderr
+    size = (tmp_path / "wide.html").stat().st_size
+    assert size < 5 * 1024 * 1024
+    page = (tmp_path / "wide.html").read_text()
+    assert page.count('class="node ') == 2000 and page.count('class="edge"') == 1999
