@@ -36,6 +36,7 @@ main{padding:0 24px 40px}
 #timeline .label{font:12px ui-monospace,monospace;white-space:nowrap;cursor:pointer}
 #timeline .track{position:relative;height:16px;background:#f6f8fa;border-radius:3px}
 #timeline .bar{position:absolute;top:2px;height:12px;min-width:3px;border-radius:3px}
+#timeline .axis{display:flex;justify-content:space-between;font-size:11px}
 #timeline .mark{position:absolute;top:0;font-size:11px;color:#59636e}
 .legend span{margin-right:12px;font-size:12px}.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px}
 details.step{border:1px solid #d0d7de;border-radius:6px;margin:6px 0;padding:4px 10px}
@@ -155,7 +156,12 @@ def _timeline(report: RunReport) -> str:
             rows.append(
                 f'<div class="track" data-step="s{i}"><span class="mark">{escape(what)}</span></div>'
             )
-    return f'<div id="timeline">{"".join(rows)}</div>'
+    axis = (
+        f'<div class="label muted">0s</div><div class="axis muted">'
+        f"<span>{escape(report.state.started_at[11:19])} UTC</span>"
+        f"<span>{escape(seconds(report.duration_s))}</span></div>"
+    )
+    return f'<div id="timeline">{axis}{"".join(rows)}</div>'
 
 
 def _share(moment: datetime, start: datetime, total: float) -> float:
@@ -179,7 +185,7 @@ def _changes(report: RunReport) -> str:
     )
     return (
         f"<h2>Changes against {escape(report.previous_run)}</h2>"
-        f'<table id="changes"><tr><th>step</th><th>count</th></tr>{rows}</table>{detail}'
+        f'<table id="changes"><tr><th>this run</th><th>steps</th></tr>{rows}</table>{detail}'
     )
 
 
