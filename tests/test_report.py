@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from stepchain.run.database import Storage
 
+from tests.support.fake_openai import FakeOpenAI, Reply
+
 V0 = Path(__file__).parent / "data" / "runs-v0.db"
 
 # six steps: a foreach, a failure and the step it blocks, a `when` skip, a secret declared
@@ -207,3 +209,38 @@ def test_a_2000_step_report_stays_under_5_mb(cli, write, tmp_path):
     assert size < 5 * 1024 * 1024
     page = (tmp_path / "wide.html").read_text()
     assert page.count('class="node ') == 2000 and page.count('class="edge"') == 1999
+
+
+def test_llm_steps_show_their_rendered_request_attempts_and_usage(cli, write, monkeypatch):
+    with FakeOpenAI() as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        fake.script(
+            Reply.rate_limit(retry_after=0),
+            Reply.text("tides rise twice a day", input_tokens=12, output_tokens=6),
+        )
+        fake.responder = lambda request: Reply.text("an outline", input_tokens=5, output_tokens=3)
+        pipeline = write(
+            "llm.yaml",
+            """
+            version: 1
+            name: llm
+            steps:
+              - {id: facts, prompt: "Facts about tides.", model: gpt-x}
+              - id: outline
+                foreach: '["history", "physics"]'
+                prompt: "Outline {{ item }} using: {{ steps.facts.output }}"
+            """,
+        )
+        run(cli, pipeline, "llm")
+    page = cli("report", "llm").stdout
+    facts = page[page.index('id="s0"') : page.index('id="s1"')]
+    assert "Request, rendered" in facts
+    assert "&quot;model&quot;: &quot;gpt-x&quot;" not in facts  # text is escaped, quotes kept
+    assert '"model": "gpt-x"' in facts and '"prompt": "Facts about tides."' in facts
+    assert "attempts 2" in facts and "18 tokens" in facts
+    outline = page[page.index('id="s1"') :]
+    assert '"prompt": "Outline physics using: tides rise twice a day"' in outline
+    assert "2 items" in outline
+    assert "facts (2 attempts)" in page  # the timeline row
+    assert "total tokens</dt><dd>34</dd>" in page

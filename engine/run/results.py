@@ -26,6 +26,7 @@ class StepResult:
     usage: dict[str, int] = field(default_factory=dict)
     cache_key: str | None = None
     reason: str | None = None  # why a step was skipped or interrupted
+    request: Any = None  # the rendered request, masked (a list for foreach; none for templates)
 
     @property
     def duration_s(self) -> float | None:

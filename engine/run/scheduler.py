@@ -213,6 +213,7 @@ class Scheduler:
             result.status, result.reason = "skipped", prepared.skip_reason
             return True
         result.cache_key = prepared.cache_key
+        result.request = self._recorded_request(prepared)
         previous = self.previous.get(step.id)
         if (
             previous is not None
@@ -222,6 +223,13 @@ class Scheduler:
             result.output, result.usage, result.cached = previous.output, previous.usage, True
             return True
         return False
+
+    def _recorded_request(self, prepared: PreparedStep) -> Any:
+        """What the run record keeps of a step's requests (a template's is its output)."""
+        if prepared.step.kind == "template":
+            return None
+        requests = self.rt.mask(prepared.requests)
+        return requests if prepared.step.foreach is not None else requests[0]
 
     async def _execute(self, prepared: PreparedStep, result: StepResult) -> None:
         """Each request from the cache or executed; a foreach step's items side by side."""

@@ -37,6 +37,7 @@ class StepView:
     needs: list[str]
     layer: int
     definition: Text | None  # the step as written in the recorded pipeline (its templates)
+    request: Text | None  # the rendered request, where the run record has it
     output: Text | None
     items: int | None  # a foreach step's item count
     change: str  # against the previous run: new, same, changed, replayed ...
@@ -146,6 +147,7 @@ def build_report(state: RunState, previous: RunState | None = None) -> RunReport
                 needs=needs,
                 layer=layer_of.get(sid, 0),
                 definition=_definition(spec, limit),
+                request=None if result.request is None else as_text(result.request, limit),
                 output=None if result.output is None else as_text(result.output, limit),
                 items=len(result.output) if spec.get("foreach") and _is_list(result) else None,
                 change="pending" if pending else _change(result, before.get(sid), previous),

@@ -215,11 +215,11 @@ def _step(i: int, view: StepView) -> str:
         if part
     )
     body = []
-    if view.definition:
-        body += [
-            "<h4>Request, as written in the pipeline</h4>",
-            _pre(view.definition),
-        ]
+    if view.request is not None:
+        body += ["<h4>Request, rendered</h4>", _pre(view.request)]
+    elif view.definition is not None:
+        what = "Template" if view.kind == "template" else "Request (not recorded rendered)"
+        body += [f"<h4>{what}, as written in the pipeline</h4>", _pre(view.definition)]
     if view.needs:
         body.append(f"<p>needs: {escape(', '.join(view.needs))}</p>")
     if r.error:
