@@ -1,19 +1,21 @@
 """The HTML report in a real headless browser: Debian's chromium, driven by Playwright.
 
 `.ci/run` installs chromium; in CI (CI=true) a missing browser fails the test, locally it skips.
-The screenshot is kept in the test's temp folder (its path is printed).
+Screenshots are kept in each test's temp folder (their paths are printed).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 PIPELINE = (Path(__file__).parent / "pipelines" / "report_shop.yaml").read_text()
-
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -35,16 +37,10 @@ def chromium() -> str:
     return path
 
 
-def test_the_report_renders_in_a_browser(cli, write, tmp_path, chromium, monkeypatch):
+@contextmanager
+def opened(chromium: str, page_file: Path) -> Iterator[Any]:
+    """The report open in chromium; on leaving, no console errors and nothing fetched."""
     from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("SHOP_TOKEN", "tok-very-secret")
-    pipeline = write("shop.yaml", PIPELINE)
-    assert cli("run", pipeline, "--run-id", "first").exit_code == 1
-    pipeline.write_text(PIPELINE.replace("{{ item }} #{{ index }}", "{{ item }} no. {{ index }}"))
-    assert cli("run", pipeline, "--run-id", "second").exit_code == 1
-    page_file = tmp_path / "run.html"
-    assert cli("report", "second", "-o", page_file).exit_code == 0
 
     problems: list[str] = []
     requests: list[str] = []
@@ -57,27 +53,8 @@ def test_the_report_renders_in_a_browser(cli, write, tmp_path, chromium, monkeyp
             page.on("request", lambda r: requests.append(r.url))
             page.goto(page_file.as_uri())
             page.wait_for_load_state("load")
-
-            assert _size(page, "#graph") > (0, 0)
-            nodes = page.locator("#graph .node")
-            assert nodes.count() == 6
-            for i in range(nodes.count()):
-                assert _box(nodes.nth(i)) > (0, 0)
-            assert page.locator("#graph .edge").count() == 4
-            assert _size(page, "#timeline") > (0, 0)
-            bars = page.locator("#timeline .bar")
-            assert bars.count() >= 4  # the steps that ran; skipped ones show their reason
-            for i in range(bars.count()):
-                assert _box(bars.nth(i)) > (0, 0)
-            assert page.locator("#timeline .label", has_text="each ×3").count() == 1
-
-            # clicking a node opens that step's details
-            broken = page.locator("#graph .node", has_text="broken").first
-            broken.click()
-            details = page.locator("details.step", has_text="broken").first
-            assert details.get_attribute("open") is not None
-
-            shot = tmp_path / "report.png"
+            yield page
+            shot = page_file.with_suffix(".png")
             page.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot}")
             assert shot.stat().st_size > 10_000
@@ -87,11 +64,74 @@ def test_the_report_renders_in_a_browser(cli, write, tmp_path, chromium, monkeyp
     assert [u for u in requests if not u.startswith("file:")] == []
 
 
-def _size(page, selector: str) -> tuple[float, float]:
-    return _box(page.locator(selector))
+def test_the_report_renders_in_a_browser(cli, write, tmp_path, chromium, monkeypatch):
+    monkeypatch.setenv("SHOP_TOKEN", "tok-very-secret")
+    pipeline = write("shop.yaml", PIPELINE)
+    assert cli("run", pipeline, "--run-id", "first").exit_code == 1
+    pipeline.write_text(PIPELINE.replace("{{ item }} #{{ index }}", "{{ item }} no. {{ index }}"))
+    assert cli("run", pipeline, "--run-id", "second").exit_code == 1
+    page_file = tmp_path / "run.html"
+    assert cli("report", "second", "-o", page_file).exit_code == 0
+
+    with opened(chromium, page_file) as page:
+        assert _box(page.locator("#graph")) > (0, 0)
+        nodes = page.locator("#graph .node")
+        assert nodes.count() == 6
+        for i in range(nodes.count()):
+            assert _box(nodes.nth(i)) > (0, 0)
+        assert page.locator("#graph .edge").count() == 4
+        assert _box(page.locator("#timeline")) > (0, 0)
+        bars = page.locator("#timeline .bar")
+        assert bars.count() >= 4  # the steps that ran; skipped ones show their reason
+        for i in range(bars.count()):
+            assert _box(bars.nth(i)) > (0, 0)
+        assert page.locator("#timeline .label", has_text="each ×3").count() == 1
+
+        # clicking a node opens that step's details
+        page.locator("#graph .node", has_text="broken").first.click()
+        details = page.locator("details.step", has_text="broken").first
+        assert details.get_attribute("open") is not None
 
 
-def _box(locator) -> tuple[float, float]:
+def test_attempts_and_waits_are_drawn_on_the_timeline(cli, write, tmp_path, chromium, calls_log):
+    pipeline = write(
+        "retry.yaml",
+        """
+        version: 1
+        name: retry
+        tools:
+          flaky: {type: function, function: "tools:flaky"}
+          nap: {type: function, function: "tools:nap"}
+        steps:
+          - {id: warm_up, tool: nap, with: {name: w, seconds: 0.2}}
+          - id: shaky
+            tool: flaky
+            with: {name: "{{ steps.warm_up.output }}", failures: 2}
+            backoff: {initial: 0.2, factor: 1}
+        """,
+    )
+    assert cli("run", pipeline, "--run-id", "retry").exit_code == 0
+    page_file = tmp_path / "retry.html"
+    assert cli("report", "retry", "-o", page_file).exit_code == 0
+
+    with opened(chromium, page_file) as page:
+        row = page.locator('#timeline .track[data-step="s1"] .bar')
+        states = [row.nth(i).get_attribute("class") for i in range(row.count())]
+        assert states == [
+            "bar s-queued",
+            "bar s-failed",
+            "bar s-waiting",
+            "bar s-failed",
+            "bar s-waiting",
+            "bar s-completed",
+        ]
+        for state in ("failed", "waiting", "completed"):
+            assert _box(page.locator(f'#timeline .track[data-step="s1"] .s-{state}').first) > (0, 0)
+        page.locator("#timeline .label", has_text="shaky (3 attempts)").click()
+        assert page.locator("#s1 table.tries tr").count() == 4  # a header and three attempts
+
+
+def _box(locator: Any) -> tuple[float, float]:
     box = locator.bounding_box()
     assert box is not None
     return (box["width"], box["height"])

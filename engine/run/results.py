@@ -27,6 +27,7 @@ class StepResult:
     cache_key: str | None = None
     reason: str | None = None  # why a step was skipped or interrupted
     request: Any = None  # the rendered request, masked (a list for foreach; none for templates)
+    tries: list[dict[str, Any]] = field(default_factory=list)  # each attempt's times and end
 
     @property
     def duration_s(self) -> float | None:
@@ -38,6 +39,7 @@ class StepResult:
         # shallow: asdict() would deep-copy every output just to serialise it
         doc = {name: getattr(self, name) for name in _STEP_FIELDS}
         doc["usage"] = dict(self.usage)
+        doc["tries"] = list(self.tries)
         doc["started_at"] = _iso(self.started_at)
         doc["finished_at"] = _iso(doc.pop("completed_at"))
         doc["duration_s"] = self.duration_s

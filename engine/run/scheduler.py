@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -234,8 +235,9 @@ class Scheduler:
     async def _execute(self, prepared: PreparedStep, result: StepResult) -> None:
         """Each request from the cache or executed; a foreach step's items side by side."""
         step = prepared.step
+        tries = result.tries if step.foreach is None else None  # not each item's: too many
         runs = [
-            self._cached_or_executed(step, request, key)
+            self._cached_or_executed(step, request, key, tries)
             for request, key in zip(prepared.requests, prepared.keys, strict=True)
         ]
         if step.foreach is None:
@@ -273,13 +275,13 @@ class Scheduler:
         result.cached = all(cached for _, _, cached in done)
 
     async def _cached_or_executed(
-        self, step: Step, request: dict, key: str
+        self, step: Step, request: dict, key: str, tries: list[dict[str, Any]] | None = None
     ) -> tuple[Outcome, int, bool]:
         if self._use_cache(step):
             entry = self.writes.get(key)
             if entry is not None:
                 return Outcome(entry["output"], entry.get("usage") or {}), 0, True
-        outcome, attempts = await self._attempts(step, request)
+        outcome, attempts = await self._attempts(step, request, tries)
         self._executed(step, key, outcome)
         return outcome, attempts, False
 
@@ -293,20 +295,26 @@ class Scheduler:
             # recomputation
             self.writes.add(key, self.rt.mask(outcome.output), outcome.usage, step.cache_ttl)
 
-    async def _attempts(self, step: Step, request: dict) -> tuple[Outcome, int]:
+    async def _attempts(
+        self, step: Step, request: dict, tries: list[dict[str, Any]] | None = None
+    ) -> tuple[Outcome, int]:
+        """Execute a request, retrying retryable errors; each try is appended to `tries`."""
         kind = kind_of(step.kind)
         feedback: str | None = None
         attempt = 0
         spent: dict[str, int] = {}  # tokens of failed attempts count too (a schema retry costs)
+        began = now()
         while True:
             attempt += 1
             try:
                 async with self.slots:
+                    began = now()
                     self.observe("attempt", step.id, None)
                     coro = kind.execute(step, request, self.rt, feedback)
                     outcome = await asyncio.wait_for(coro, step.timeout)
                 if spent:
                     outcome.usage = add_usage(dict(outcome.usage), spent)
+                _record_try(tries, began, "completed")
                 return outcome, attempt
             except TimeoutError:
                 error: RetryableStepError = StepTimeout(f"timed out after {step.timeout:g}s")
@@ -315,11 +323,14 @@ class Scheduler:
             except StepError as exc:
                 add_usage(spent, getattr(exc, "usage", None))
                 add_usage(self.spent, spent)
+                _record_try(tries, began, "failed", self.rt.describe_error(exc))
                 raise _Failed(exc, attempt, spent) from None
             add_usage(spent, getattr(error, "usage", None))
+            message = self.rt.describe_error(error)
             if attempt > step.retries:
                 suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
                 add_usage(self.spent, spent)
+                _record_try(tries, began, "failed", message)
                 raise _Failed(StepError(f"{error}{suffix}"), attempt, spent)
             feedback = getattr(error, "feedback", None)
             delay = (
@@ -327,7 +338,8 @@ class Scheduler:
                 if error.retry_after is not None
                 else (step.backoff.delay(attempt) * random.uniform(0.5, 1.0))
             )
-            message = self.rt.describe_error(error)
+            wait = "retry-after" if error.retry_after is not None else "backoff"
+            _record_try(tries, began, "failed", message, wait=wait, wait_s=round(delay, 3))
             log.info(
                 "step %s attempt %d failed (%s); retrying in %.2fs",
                 step.id,
@@ -417,3 +429,20 @@ class Scheduler:
                 log.warning("output %s not rendered: %s", name, exc)
                 outputs[name] = None
         return self.rt.mask(outputs)
+
+
+def _record_try(
+    tries: list[dict[str, Any]] | None,
+    began: datetime,
+    status: str,
+    error: str | None = None,
+    **wait: Any,
+) -> None:
+    """One try of a request for the run record: when it ran, how it ended, how long it waited."""
+    if tries is not None:
+        entry = {
+            "started_at": began.isoformat(),
+            "finished_at": now().isoformat(),
+            "status": status,
+        }
+        tries.append({**entry, **({"error": error} if error else {}), **wait})

@@ -178,9 +178,9 @@ def _change(result: StepResult, before: StepResult | None, previous: RunState | 
     """What this step did compared with the previous run of the pipeline."""
     if result.status != "completed":
         return result.status
-    how = "replayed" if result.cached else "ran again"
     if previous is None:
-        return how
+        return "replayed" if result.cached else "ran"
+    how = "replayed" if result.cached else "ran again"
     if before is None:
         return f"{how} (new step)"
     if before.cache_key and result.cache_key and before.cache_key != result.cache_key:
@@ -200,3 +200,13 @@ def _layers(deps: dict[str, list[str]]) -> list[list[str]]:
 
 def _parse(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def seconds(value: float | None) -> str:
+    """A duration for people: 0.42s, 3m 5s."""
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.2f}s"
+    minutes, rest = divmod(value, 60)
+    return f"{int(minutes)}m {rest:.0f}s"

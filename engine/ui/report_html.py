@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from html import escape
 
-from stepchain.ui.report_data import RunReport, StepView, Text, as_text
+from stepchain.ui.report_data import RunReport, StepView, Text, as_text, seconds
 from stepchain.ui.report_svg import graph_svg, state_of
+from stepchain.ui.report_timeline import timeline_html, tries_table
 
 ITEM_PREVIEW = 300  # characters of each foreach item shown in its row
 ITEM_ROWS = 500  # foreach items listed one per row, at most
@@ -31,7 +31,8 @@ main{padding:0 24px 40px}
 .s-skipped,.s-skipped rect{background:#8c959f;fill:#8c959f}
 .s-interrupted,.s-interrupted rect{background:#bc4c00;fill:#bc4c00}
 .s-pending,.s-pending rect{background:#bf8700;fill:#bf8700}
-.s-running{background:#bf8700}
+.s-queued{background:repeating-linear-gradient(45deg,#d0d7de 0 3px,#f6f8fa 3px 6px)}
+.s-waiting{background:repeating-linear-gradient(45deg,#bf8700 0 3px,#fff8c5 3px 6px)}
 #timeline{display:grid;grid-template-columns:minmax(120px,max-content) 1fr;gap:2px 8px;padding:8px}
 #timeline .label{font:12px ui-monospace,monospace;white-space:nowrap;cursor:pointer}
 #timeline .track{position:relative;height:16px;background:#f6f8fa;border-radius:3px}
@@ -68,7 +69,7 @@ JS = """
 })();
 """
 
-STATES = ("completed", "cached", "failed", "skipped", "interrupted", "pending")
+STATES = ("completed", "cached", "failed", "skipped", "interrupted", "pending", "queued", "waiting")
 
 
 def render_html(report: RunReport) -> str:
@@ -86,7 +87,7 @@ def render_html(report: RunReport) -> str:
         _legend(),
         f'<div class="scroll">{graph_svg(report)}</div>',
         "<h2>Timeline</h2>",
-        f'<div class="scroll">{_timeline(report)}</div>',
+        f'<div class="scroll">{timeline_html(report)}</div>',
         _changes(report),
         _inputs_outputs(report),
         '<h2>Steps <button id="expand-all" type="button">expand all</button></h2>',
@@ -130,42 +131,6 @@ def _header(report: RunReport) -> str:
 def _legend() -> str:
     keys = "".join(f'<span><i class="s-{s}"></i>{s}</span>' for s in STATES)
     return f'<p class="legend">{keys}</p>'
-
-
-def _timeline(report: RunReport) -> str:
-    start = report.started
-    total = report.duration_s or 0.0
-    rows = []
-    for i, view in enumerate(report.steps):
-        r = view.result
-        label = view.step_id + (f" ×{view.items}" if view.items is not None else "")
-        if r.attempts > 1:
-            label += f" ({r.attempts} attempts)"
-        rows.append(f'<div class="label" data-step="s{i}">{escape(label)}</div>')
-        if start and r.started_at and total > 0:
-            left = _share(r.started_at, start, total)
-            end = _share(r.completed_at, start, total) if r.completed_at else 100.0
-            tip = f"{view.step_id}: {state_of(view)}, {seconds(r.duration_s)}"
-            rows.append(
-                f'<div class="track" data-step="s{i}"><div class="bar s-{state_of(view)}" '
-                f'style="left:{left:.3f}%;width:{max(end - left, 0.2):.3f}%" '
-                f'title="{escape(tip)}"></div></div>'
-            )
-        else:
-            what = r.reason or state_of(view)
-            rows.append(
-                f'<div class="track" data-step="s{i}"><span class="mark">{escape(what)}</span></div>'
-            )
-    axis = (
-        f'<div class="label muted">0s</div><div class="axis muted">'
-        f"<span>{escape(report.state.started_at[11:19])} UTC</span>"
-        f"<span>{escape(seconds(report.duration_s))}</span></div>"
-    )
-    return f'<div id="timeline">{axis}{"".join(rows)}</div>'
-
-
-def _share(moment: datetime, start: datetime, total: float) -> float:
-    return min(100.0, max(0.0, (moment - start).total_seconds() / total * 100))
 
 
 def _changes(report: RunReport) -> str:
@@ -228,6 +193,8 @@ def _step(i: int, view: StepView) -> str:
         body.append(f"<p>reason: {escape(r.reason)}</p>")
     if view.output is not None:
         body += ["<h4>Output</h4>", _items(r.output) if view.items else "", _pre(view.output)]
+    if r.tries:
+        body += ["<h4>Attempts</h4>", tries_table(r.tries)]
     if r.usage:
         body += ["<h4>Usage</h4>", _pre(as_text(r.usage))]
     times = f"started {r.started_at or '-'} · finished {r.completed_at or '-'}"
@@ -270,12 +237,3 @@ def size_label(chars: int) -> str:
         if chars >= scale:
             return f"{chars / scale:.1f} {unit}"
     return f"{chars} B"
-
-
-def seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 60:
-        return f"{value:.2f}s"
-    minutes, rest = divmod(value, 60)
-    return f"{int(minutes)}m {rest:.0f}s"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from stepchain.ui.report_data import RunReport
-from stepchain.ui.report_html import seconds
+from stepchain.ui.report_data import RunReport, seconds
 from stepchain.ui.report_svg import state_of
 
 FAILED_LISTED = 20  # failed steps named in the summary, at most
