@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from stepchain.run.database import Storage
+from stepchain.run.results import StepResult
 
 from tests.support.fake_openai import FakeOpenAI, Reply
 
@@ -261,3 +262,20 @@ def test_llm_steps_show_their_rendered_request_attempts_and_usage(cli, write, mo
         "completed",
     ]
     assert "total tokens</dt><dd>34</dd>" in page
+
+
+def test_a_recorded_pipeline_that_no_longer_loads_is_reported_without_edges(cli, tmp_path):
+    storage = Storage()
+    text = "version: 1\nname: legacy\nsteps:\n  - {id: a, template: x, colour: red}\n"
+    storage.begin_run("legacy", name="legacy", path=None, text=text, text_hash="0" * 64, inputs={})
+    storage.save_step("legacy", 0, StepResult("a", "completed", output="x", attempts=1))
+    storage.save_step("legacy", 1, StepResult("b", "completed", output="y", attempts=1))
+    storage.finish_run("legacy", "completed", {}, {})
+    storage.close()
+    page = cli("report", "legacy").stdout
+    assert "the recorded pipeline no longer loads (&lt;recorded&gt;:4:" in page
+    assert "colour" in page and "steps are shown without their dependencies" in page
+    svg = page[page.index('<svg id="graph"') : page.index("</svg>")]
+    assert svg.count('class="node ') == 2 and 'class="edge"' not in svg
+    md = cli("report", "legacy", "--format", "md").stdout
+    assert "> the recorded pipeline no longer loads" in md

@@ -122,9 +122,13 @@ def build_report(state: RunState, previous: RunState | None = None) -> RunReport
     try:
         pipeline = state.plan
         specs = {s.id: (s.kind, dict(s.spec), sorted(s.needs)) for s in pipeline.steps}
-    except StepChainError as exc:  # recorded by an older format this version no longer reads
-        first = exc.message.splitlines()[0]
-        notes.append(f"the recorded pipeline could not be read ({first}): no dependency edges")
+    except StepChainError as exc:  # written for a StepChain that read it differently
+        problems = getattr(exc, "problems", None)
+        first = problems[0].format() if problems else exc.message.splitlines()[0]
+        notes.append(
+            f"the recorded pipeline no longer loads ({first}); steps are shown without "
+            "their dependencies"
+        )
     deps = {r.step_id: [n for n in specs.get(r.step_id, ("", {}, []))[2]] for r in state.results}
     for sid, (_, _, needs) in specs.items():  # steps not recorded yet (a run in progress)
         deps.setdefault(sid, needs)
@@ -133,8 +137,7 @@ def build_report(state: RunState, previous: RunState | None = None) -> RunReport
     limit = _output_limit(len(deps))
     before = {r.step_id: r for r in previous.results} if previous else {}
     recorded = {r.step_id: r for r in state.results}
-    order = list(specs) or list(recorded)
-    order += [sid for sid in recorded if sid not in specs]
+    order = [*specs, *(sid for sid in recorded if sid not in specs)]
     views = []
     for sid in order:
         result = recorded.get(sid) or StepResult(sid, "skipped", reason="not recorded yet")
