@@ -129,7 +129,7 @@ outputs:
   report: "{{ steps.small.output }} / {{ steps.shell.output | trim }} / {{ steps.argv.output | trim }}"
 """
 
-TIMINGS = ("started_at", "finished_at", "duration_s")
+TIMINGS = ("started_at", "finished_at", "duration_s", "wait_s")  # wait_s: backoff has jitter
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +181,8 @@ def recorded(run_id: str, settings: Settings | None = None):
 def without_timings(doc):
     if isinstance(doc, dict):
         return {k: without_timings(v) for k, v in doc.items() if k not in TIMINGS}
+    if isinstance(doc, list):  # a step's tries
+        return [without_timings(v) for v in doc]
     return doc
 
 

@@ -235,7 +235,8 @@ class Scheduler:
     async def _execute(self, prepared: PreparedStep, result: StepResult) -> None:
         """Each request from the cache or executed; a foreach step's items side by side."""
         step = prepared.step
-        tries = result.tries if step.foreach is None else None  # not each item's: too many
+        # a template step's one try is its rendering; a foreach step's items' tries are too many
+        tries = result.tries if step.foreach is None and step.kind != "template" else None
         runs = [
             self._cached_or_executed(step, request, key, tries)
             for request, key in zip(prepared.requests, prepared.keys, strict=True)
