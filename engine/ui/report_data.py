@@ -129,15 +129,13 @@ def build_report(state: RunState, previous: RunState | None = None) -> RunReport
             f"the recorded pipeline no longer loads ({first}); steps are shown without "
             "their dependencies"
         )
-    deps = {r.step_id: [n for n in specs.get(r.step_id, ("", {}, []))[2]] for r in state.results}
-    for sid, (_, _, needs) in specs.items():  # steps not recorded yet (a run in progress)
-        deps.setdefault(sid, needs)
-    layers = _layers(deps)
-    layer_of = {sid: i for i, layer in enumerate(layers) for sid in layer}
-    limit = _output_limit(len(deps))
-    before = {r.step_id: r for r in previous.results} if previous else {}
     recorded = {r.step_id: r for r in state.results}
+    # the pipeline's steps (those of a run in progress too), then any recorded beyond them
     order = [*specs, *(sid for sid in recorded if sid not in specs)]
+    layers = _layers({sid: specs[sid][2] if sid in specs else [] for sid in order})
+    layer_of = {sid: i for i, layer in enumerate(layers) for sid in layer}
+    limit = _output_limit(len(order))
+    before = {r.step_id: r for r in previous.results} if previous else {}
     views = []
     for sid in order:
         result = recorded.get(sid) or StepResult(sid, "skipped", reason="not recorded yet")
