@@ -279,3 +279,25 @@ def test_a_recorded_pipeline_that_no_longer_loads_is_reported_without_edges(cli,
     assert svg.count('class="node ') == 2 and 'class="edge"' not in svg
     md = cli("report", "legacy", "--format", "md").stdout
     assert "> the recorded pipeline no longer loads" in md
+
+
+def test_secrets_stay_masked_in_outputs_errors_and_requests(cli, write):
+    pipeline = write(
+        "leaky.yaml",
+        """
+        version: 1
+        name: leaky
+        secrets: [SHOP_TOKEN]
+        steps:
+          - {id: says, run: [sh, -c, 'echo "token=$SHOP_TOKEN"']}
+          - {id: fails, run: [sh, -c, 'echo "bad $SHOP_TOKEN" >&2; exit 2']}
+          - {id: quotes, run: [echo, "{{ steps.says.output }}"]}
+        """,
+    )
+    run(cli, pipeline, "leaky", "--allow-run")
+    for fmt in ("html", "md"):
+        text = cli("report", "leaky", "--format", fmt).stdout
+        assert "tok-very-secret" not in text
+    page = cli("report", "leaky").stdout
+    assert "token=***" in page and "bad ***" in page
+    assert '"token=***\\n"' in page  # the rendered argv of `quotes`, masked too
