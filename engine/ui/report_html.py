@@ -108,7 +108,9 @@ def render_html(report: RunReport) -> str:
 def _header(report: RunReport) -> str:
     state = report.state
     status = "running" if report.in_progress else state.status
-    badge = {"completed": "completed", "running": "pending"}.get(status, "failed")
+    badge = {"completed": "completed", "running": "pending", "interrupted": "interrupted"}.get(
+        status, "failed"
+    )
     rate = report.cache_hit_rate
     facts = [
         ("pipeline", state.pipeline_name),
