@@ -151,21 +151,40 @@ def plan(
 
 
 @main.command()
-@click.argument("file", type=click.Path())
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @input_flags
-@click.option("--check", is_flag=True, help="Exit 1 if the lock no longer matches; write nothing.")
-def lock(file: str, assignments: tuple[str, ...], inputs_file: str | None, check: bool) -> None:
+@click.option("--check", is_flag=True, help="Exit 1 if a lock no longer matches; write nothing.")
+@click.option("--skip-unlocked", is_flag=True, help="Skip files without a FILE.lock (hooks).")
+def lock(
+    files: tuple[str, ...],
+    assignments: tuple[str, ...],
+    inputs_file: str | None,
+    check: bool,
+    skip_unlocked: bool,
+) -> None:
     """Write FILE.lock: per step the request and output digests, model and usage."""
     from stepchain.pipeline.load import load_pipeline
-    from stepchain.run.lock import check_lock_file, write_lock
+    from stepchain.run.lock import check_lock_file, lock_path, write_lock
 
-    pipeline = load_pipeline(file)
-    inputs = _inputs(pipeline, assignments, inputs_file)
-    if check:
-        click.echo(check_lock_file(pipeline, inputs), err=True)
-        return
-    path, changed = write_lock(pipeline, inputs)
-    click.echo(f"{'wrote' if changed else 'unchanged:'} {path}", err=True)
+    failed = 0
+    for file in files:
+        if skip_unlocked and not lock_path(file).exists():
+            continue
+        pipeline = load_pipeline(file)
+        inputs = _inputs(pipeline, assignments, inputs_file)
+        if not check:
+            path, changed = write_lock(pipeline, inputs)
+            click.echo(f"{'wrote' if changed else 'unchanged:'} {path}", err=True)
+            continue
+        try:
+            click.echo(check_lock_file(pipeline, inputs), err=True)
+        except StepChainError as exc:
+            if len(files) == 1:
+                raise
+            click.echo(f"error: {exc.message}", err=True)
+            failed = max(failed, exc.exit_code)
+    if failed:
+        sys.exit(failed)
 
 
 @main.group()
