@@ -166,3 +166,16 @@ def test_bad_locks_are_one_line_errors(cli, write, calls_log, tmp_path):
     result = cli("lock", "--check", path)
     assert result.exit_code == 2
     assert "cannot read the lock file" in result.stderr and "stepchain lock p.yaml" in result.stderr
+
+
+def test_check_of_several_files_skips_unlocked_ones(cli, write, calls_log):
+    path = locked(cli, write, calls_log)
+    other = write("q.yaml", PIPE.replace("name: locked", "name: other"))
+    data = write("data.yaml", "just: data\n")
+    result = cli("lock", "--check", "--skip-unlocked", path, other, data)
+    assert result.exit_code == 0 and result.stderr.strip() == "p.yaml.lock matches: 4 steps"
+    path.write_text(PIPE.replace('-b"', '-B"'))
+    result = cli("lock", "--check", path, other)
+    assert result.exit_code == 2  # the worst of: p.yaml out of date (1), q.yaml unlocked (2)
+    assert "error: p.yaml.lock is out of date" in result.stderr
+    assert "q.yaml.lock: cannot read the lock file" in result.stderr
