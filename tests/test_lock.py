@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import REPO
 from tests.support.fake_openai import FakeOpenAI, Reply
 
 PIPE = """
@@ -179,3 +181,15 @@ def test_check_of_several_files_skips_unlocked_ones(cli, write, calls_log):
     assert result.exit_code == 2  # the worst of: p.yaml out of date (1), q.yaml unlocked (2)
     assert "error: p.yaml.lock is out of date" in result.stderr
     assert "q.yaml.lock: cannot read the lock file" in result.stderr
+
+
+def test_the_worked_example_lock_holds_and_names_a_changed_prompt(cli, tmp_path):
+    example = REPO / "pipelines" / "gitops" / "release-notes.yaml"
+    check = cli("lock", "--check", example)  # no cache at all: as a CI job sees it
+    assert check.exit_code == 0, check.stderr
+    copy = tmp_path / "release-notes.yaml"
+    copy.write_text(example.read_text().replace("at most six words", "at most four words"))
+    (tmp_path / "release-notes.yaml.lock").write_bytes(Path(f"{example}.lock").read_bytes())
+    check = cli("lock", "--check", copy)
+    assert check.exit_code == 1
+    assert "2 step(s) changed: title (prompt); notes (upstream output (title))" in check.stderr

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from stepchain.cache import ResultCache, canonical_json
 from stepchain.errors import StepChainError
-from stepchain.pipeline.definition import Pipeline
+from stepchain.pipeline.definition import DEFAULT_MODEL, Pipeline
 from stepchain.pipeline.inputs import resolve_inputs
 from stepchain.run.plan import Plan, plan_pipeline
 from stepchain.settings import Settings, current_settings
@@ -100,7 +100,7 @@ def _locked_step(pipeline: Pipeline, planned: Any, cache: ResultCache) -> dict[s
     doc["output"] = digest(planned.output) if planned.action == "replay" else None
     if step.kind == "prompt":
         model = step.get("model")
-        doc["model"] = model if isinstance(model, str) else None
+        doc["model"] = model if isinstance(model, str) else DEFAULT_MODEL
     usage: dict[str, int] = {}
     if planned.action == "replay" and step.cache:
         for entry in cache.lookup_many(planned.keys).values():
