@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 
@@ -64,3 +65,16 @@ def test_validate_and_lock_check_hooks(cli, tmp_path):
     failed = try_repo(repo, tmp_path / "pre-commit", "p.yaml")
     assert failed.returncode == 1
     assert "p.yaml.lock is out of date: 1 step(s) changed: b (template)" in failed.stdout
+
+
+def test_the_action_is_composite_and_calls_real_commands(cli):
+    action = yaml.safe_load((REPO / "action.yml").read_text())
+    assert action["runs"]["using"] == "composite" and "pipelines" in action["inputs"]
+    scripts = "\n".join(step.get("run", "") for step in action["runs"]["steps"])
+    for command in ("validate --format github", "plan", "lock --check --skip-unlocked"):
+        assert f"stepchain {command}" in scripts
+    for flag in ("--against", "--format markdown", "GITHUB_STEP_SUMMARY"):
+        assert flag in scripts
+    hooks = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
+    assert [h["id"] for h in hooks] == ["stepchain-validate", "stepchain-lock-check"]
+    assert cli("lock", "--help").exit_code == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from stepchain.cache import CACHE_FORMAT, ResultCache, canonical_json
-from stepchain.errors import StepChainError
+from stepchain.errors import BundleError
 from stepchain.pipeline.definition import Pipeline
 from stepchain.pipeline.load import load_pipeline
 from stepchain.run.database import Storage
@@ -25,10 +25,6 @@ from stepchain.run.plan import plan_pipeline
 from stepchain.settings import Settings, current_settings
 
 BUNDLE_FORMAT = 1
-
-
-class BundleError(StepChainError):
-    """A bundle that cannot be imported (nothing was written) or exported."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 from stepchain.cache import ResultCache, canonical_json
-from stepchain.errors import StepChainError
+from stepchain.errors import LockError, LockOutdated
 from stepchain.pipeline.definition import DEFAULT_MODEL, Pipeline
 from stepchain.pipeline.inputs import resolve_inputs
 from stepchain.run.plan import Plan, plan_pipeline
@@ -39,16 +39,6 @@ _REASONS = {
 _INERT = frozenset(
     {"id", "needs", "name", "description", "retries", "backoff", "timeout", "continue_on_error"}
 )
-
-
-class LockError(StepChainError):
-    """A lock file that cannot be used: unreadable, of a newer format, or for another file."""
-
-    exit_code = 2
-
-
-class LockOutdated(StepChainError):
-    """`lock --check`: the pipeline's requests no longer match its lock."""
 
 
 @dataclass

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from stepchain.errors import StepChainError
+from stepchain.errors import OfflineRefused
 from stepchain.pipeline.definition import Pipeline
 from stepchain.run.plan import plan_pipeline
 from stepchain.settings import Settings
 
 _CALLS = {"prompt": "an LLM call", "tool": "a tool call", "run": "a command"}
-
-
-class OfflineRefused(StepChainError):
-    """An offline run whose steps are not all in the cache."""
-
-    exit_code = 2
 
 
 def check_offline(
