@@ -160,4 +160,11 @@ def test_cut_off_files_and_other_pipelines(cli, write, calls_log, fresh, tmp_pat
     gz.write_bytes(gz.read_bytes()[:-12])
     result = cli("bundle", "import", gz)
     assert result.exit_code == 1 and "the gzip stream is damaged or truncated" in result.stderr
-    assert cli("bundle", "import", tmp_path / "nope.jsonl").exit_code == 1
+    missing = cli("bundle", "import", tmp_path / "nope.jsonl")
+    assert missing.exit_code == 1 and "nope.jsonl: cannot read the bundle" in missing.stderr
+    nothing = cli("bundle", "export", "nope.yaml", "-o", "x.jsonl")
+    assert nothing.exit_code == 1
+    assert nothing.stderr.splitlines()[0] == "error: nope.yaml: no such pipeline file or run id"
+    assert not (tmp_path / "x.jsonl").exists()
+    unwritable = cli("bundle", "export", path, "-o", tmp_path / "no-such-dir" / "b.jsonl")
+    assert unwritable.exit_code == 1 and "cannot write the bundle" in unwritable.stderr

@@ -63,7 +63,8 @@ def export_bundle(
     finally:
         cache.close()
     out = Path(out)
-    with _open_write(out) as stream:
+    part = out.with_name(out.name + ".part")  # renamed into place when complete
+    with _open_write(part, gzipped=out.name.endswith(".gz")) as stream:
         header = {
             "stepchain_bundle": BUNDLE_FORMAT,
             "pipeline": pipeline.name,
@@ -77,6 +78,7 @@ def export_bundle(
             line = {"key": key, "output": output, "usage": usage}
             line["sha256"] = entry_digest(key, output, usage)
             stream.write(canonical_json(line) + "\n")
+    part.replace(out)
     return BundleReport(out, pipeline.name, pipeline.hash, len(entries), missing)
 
 
@@ -92,6 +94,11 @@ def _pipeline_keys(
 def _run_keys(run_id: str, settings: Settings) -> tuple[Pipeline, list[str], list[str]]:
     storage = Storage(settings)
     try:
+        if not storage.exists(run_id):
+            raise BundleError(
+                f"{run_id}: no such pipeline file or run id",
+                "give a pipeline file, or a run id from `stepchain runs list`",
+            )
         state = storage.load_run_state(run_id)
     finally:
         storage.close()
@@ -214,9 +221,9 @@ def _entry(path: Path, number: int, text: str, hint: str) -> tuple[str, Any, dic
     return key, output, usage
 
 
-def _open_write(path: Path) -> IO[str]:
+def _open_write(path: Path, *, gzipped: bool) -> IO[str]:
     try:
-        if path.name.endswith(".gz"):
+        if gzipped:
             return gzip.open(path, "wt", encoding="utf-8")
         return path.open("w", encoding="utf-8")
     except OSError as exc:
