@@ -103,7 +103,8 @@ def _plan(
                 planned = StepPlan(step.id, step.kind, action, number, sorted(step.needs), detail)
                 if isinstance(outcome, PreparedStep):
                     planned.cache_key, planned.keys = outcome.cache_key, outcome.keys
-                    planned.output = known.get(step.id, {}).get("output")
+                    if dict.__contains__(known, step.id):  # Vars: a step may be named `get`
+                        planned.output = dict.__getitem__(known, step.id)["output"]
                 plan.steps.append(planned)
     finally:
         cache.close()
