@@ -103,7 +103,9 @@ def _locked_step(pipeline: Pipeline, planned: Any, cache: ResultCache) -> dict[s
 
 
 def lock_text(doc: dict[str, Any]) -> str:
-    return HEADER + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000)
+    # libyaml's emitter when PyYAML has it (3x faster; the same bytes for a lock's plain data)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return HEADER + yaml.dump(doc, Dumper=dumper, sort_keys=False, allow_unicode=True, width=1000)
 
 
 def write_lock(
