@@ -118,15 +118,109 @@ def schema() -> None:
 @click.argument("file", type=click.Path())
 @input_flags
 @click.option("--json", "as_json", is_flag=True)
-def plan(file: str, assignments: tuple[str, ...], inputs_file: str | None, as_json: bool) -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default=None)
+@click.option("--against", type=click.Path(dir_okay=False), help="Compare with this lock file.")
+def plan(
+    file: str,
+    assignments: tuple[str, ...],
+    inputs_file: str | None,
+    as_json: bool,
+    fmt: str | None,
+    against: str | None,
+) -> None:
     """Show layers, the critical path, and what will replay from cache or run."""
     from stepchain.pipeline.load import load_pipeline
     from stepchain.run.plan import plan_pipeline
     from stepchain.ui.reporting import format_plan
 
+    fmt = fmt or ("json" if as_json else "text")
     pipeline = load_pipeline(file)
-    result = plan_pipeline(pipeline, _inputs(pipeline, assignments, inputs_file))
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_plan(result))
+    inputs = _inputs(pipeline, assignments, inputs_file)
+    if against is None and fmt != "markdown":
+        result = plan_pipeline(pipeline, inputs)
+        click.echo(json.dumps(result.to_dict(), indent=2) if fmt == "json" else format_plan(result))
+        return
+    from stepchain.run.lock import check_lock
+    from stepchain.ui.markdown import render_plan
+
+    if against is None:
+        click.echo(render_plan(pipeline, plan_pipeline(pipeline, inputs), fmt), nl=False)
+    else:
+        planned, locked, changes = check_lock(pipeline, inputs, lock_file=against)
+        click.echo(render_plan(pipeline, planned, fmt, changes, locked, against), nl=False)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@input_flags
+@click.option("--check", is_flag=True, help="Exit 1 if a lock no longer matches; write nothing.")
+@click.option("--skip-unlocked", is_flag=True, help="Skip files without a FILE.lock (hooks).")
+def lock(
+    files: tuple[str, ...],
+    assignments: tuple[str, ...],
+    inputs_file: str | None,
+    check: bool,
+    skip_unlocked: bool,
+) -> None:
+    """Write FILE.lock: per step the request and output digests, model and usage."""
+    from stepchain.pipeline.load import load_pipeline
+    from stepchain.run.lock import check_lock_file, lock_path, write_lock
+
+    failed = 0
+    for file in files:
+        if skip_unlocked and not lock_path(file).exists():
+            continue
+        pipeline = load_pipeline(file)
+        inputs = _inputs(pipeline, assignments, inputs_file)
+        if not check:
+            path, changed = write_lock(pipeline, inputs)
+            click.echo(f"{'wrote' if changed else 'unchanged:'} {path}", err=True)
+            continue
+        try:
+            click.echo(check_lock_file(pipeline, inputs), err=True)
+        except StepChainError as exc:
+            if len(files) == 1:
+                raise
+            click.echo(f"error: {exc.message}", err=True)
+            failed = max(failed, exc.exit_code)
+    if failed:
+        sys.exit(failed)
+
+
+@main.group()
+def bundle() -> None:
+    """Portable replay bundles: the cache entries a pipeline or run needs."""
+
+
+@bundle.command("export")
+@click.argument("target")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="B (.gz: gzip)"
+)
+def bundle_export(target: str, output: str) -> None:
+    """Write the cache entries pipeline FILE or run RUN_ID needs to a bundle."""
+    from stepchain.run.bundle import export_bundle
+
+    report = export_bundle(target, output)
+    click.echo(f"wrote {report.entries} entries of {report.pipeline} to {report.path}", err=True)
+    if report.missing:
+        click.echo(
+            f"  not in the cache (they will need calls): {', '.join(report.missing)}", err=True
+        )
+
+
+@bundle.command("import")
+@click.argument("bundle_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--pipeline", type=click.Path(dir_okay=False), help="Refuse a bundle of another file."
+)
+def bundle_import(bundle_file: str, pipeline: str | None) -> None:
+    """Verify a bundle, then store all its entries in the cache (or none)."""
+    from stepchain.pipeline.load import load_pipeline
+    from stepchain.run.bundle import import_bundle
+
+    report = import_bundle(bundle_file, pipeline=load_pipeline(pipeline) if pipeline else None)
+    click.echo(f"imported {report.entries} entries of {report.pipeline}", err=True)
 
 
 @main.command()
@@ -154,6 +248,7 @@ def graph(file: str, fmt: str) -> None:
 @RUN_ID_FLAG
 @run_flags
 @click.option("--resume", is_flag=True, help="Reuse the completed steps of --run-id.")
+@click.option("--offline", is_flag=True, help="Refuse to start if any step would need a call.")
 def run(
     file: str, assignments: tuple[str, ...], inputs_file: str | None, resume: bool, **flags: Any
 ) -> None:

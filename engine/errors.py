@@ -113,3 +113,23 @@ class Interrupted(StepChainError):
     """The run was stopped by SIGINT or SIGTERM."""
 
     exit_code = 130
+
+
+class LockError(StepChainError):
+    """A lock file that cannot be used: unreadable, of a newer format, or for another file."""
+
+    exit_code = 2
+
+
+class LockOutdated(StepChainError):
+    """`lock --check`: the pipeline's requests no longer match its lock."""
+
+
+class BundleError(StepChainError):
+    """A bundle that cannot be imported (nothing was written) or exported."""
+
+
+class OfflineRefused(StepChainError):
+    """An offline run whose steps are not all in the cache."""
+
+    exit_code = 2

@@ -36,6 +36,7 @@ class RunOptions:
     approve: bool = False
     executor: str = "local"
     scheduler: str | None = None
+    offline: bool = False  # refuse to start if any step would call a model, tool or command
     handle_signals: bool = False  # the CLI turns SIGINT/SIGTERM into a clean interrupt
     # the caller's HTTP client for LLM requests (proxies, TLS, headers); never closed by a run
     http_client: DefaultAsyncHttpxClient | None = None
@@ -76,7 +77,7 @@ class Runtime:
                 "the pipeline declares them under env:/secrets:; export them before running",
             )
         commands = [s.id for s in self.pipeline.steps if s.kind == "run"]
-        if commands and not self.commands_allowed:
+        if commands and not self.commands_allowed and not self.options.offline:
             raise CommandsNotAllowed(
                 f"this pipeline runs commands (steps: {', '.join(commands)}) and commands are not allowed",
                 "review the commands, then pass --allow-run (or set STEPCHAIN_ALLOW_RUN=1)",
@@ -88,7 +89,7 @@ class Runtime:
             from stepchain.run.mcp_servers import check_approval_possible
 
             check_approval_possible(self)
-        if self.pipeline.has_llm_steps:
+        if self.pipeline.has_llm_steps and not self.options.offline:
             from stepchain.llm.client import check_credentials
 
             check_credentials()

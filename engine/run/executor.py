@@ -105,6 +105,7 @@ class Executor:
         approve: bool = False,
         http_client: DefaultAsyncHttpxClient | None = None,
         handle_signals: bool = False,
+        offline: bool = False,
     ) -> RunOptions:
         """The RunOptions of a run by this executor (the arguments are those of `execute`)."""
         return RunOptions(
@@ -121,6 +122,7 @@ class Executor:
             scheduler=self.scheduler,
             http_client=http_client,
             handle_signals=handle_signals,
+            offline=offline,
         )
 
     def run(
@@ -138,11 +140,13 @@ class Executor:
         http_client: DefaultAsyncHttpxClient | None = None,
         observer: Observer | None = None,
         handle_signals: bool = False,
+        offline: bool = False,
     ) -> RunResult:
         """Run a pipeline; the whole RunResult (what `stepchain run --json` prints).
 
         The arguments are those of `execute`; `observer(event, step_id, result)` hears each
-        step start, attempt and finish; `handle_signals` turns SIGINT/SIGTERM into a clean stop.
+        step start, attempt and finish; `handle_signals` turns SIGINT/SIGTERM into a clean stop;
+        `offline` refuses to start when any step would call a model, a tool or a command.
         """
         options = self.options(
             run_id=run_id,
@@ -155,6 +159,7 @@ class Executor:
             approve=approve,
             http_client=http_client,
             handle_signals=handle_signals,
+            offline=offline,
         )
         return asyncio.run(self.run_with(pipeline, options, observer))
 
@@ -235,6 +240,8 @@ class Executor:
             # --executor dask: connect (and check the workers) before anything runs or is recorded
             runtime.backend = await open_backend(options.executor, options.scheduler, pipeline)
         try:
+            if options.offline:
+                self._check_offline(pipeline, options, inputs, settings, run_id)
             runtime.preflight()
             storage.begin_run(
                 run_id,
@@ -256,6 +263,19 @@ class Executor:
                 await runtime.backend.close()
         storage.finish_run(run_id, result.status, result.outputs, result.usage)
         return result
+
+    @staticmethod
+    def _check_offline(
+        pipeline: Pipeline, options: RunOptions, inputs: dict, settings: Settings, run_id: str
+    ) -> None:
+        from stepchain.run.offline import check_offline
+
+        if options.no_cache or options.refresh:
+            raise UsageError(
+                "--offline replays from the cache; --no-cache and --refresh would need calls",
+                "drop --no-cache/--refresh, or run without --offline",
+            )
+        check_offline(pipeline, inputs, settings, run_id)
 
 
 def execute(

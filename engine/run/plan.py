@@ -31,6 +31,9 @@ class StepPlan:
     layer: int
     needs: list[str]
     detail: str | None = None
+    cache_key: str | None = None  # the step's key, once its request can be rendered
+    keys: list[str] = field(default_factory=list)  # each request's cache key
+    output: Any = None  # the output a replay gives (not in to_dict)
 
 
 @dataclass
@@ -46,23 +49,35 @@ class Plan:
             "layers": self.layers,
             "critical_path": self.critical_path,
             "steps": {
-                s.step_id: {k: v for k, v in vars(s).items() if k != "step_id"} for s in self.steps
+                s.step_id: {k: v for k, v in vars(s).items() if k not in _NOT_SHOWN}
+                for s in self.steps
             },
         }
 
 
+_NOT_SHOWN = ("step_id", "keys", "output")
+
+
 def plan_pipeline(
-    pipeline: Pipeline, inputs: dict[str, Any] | None = None, settings: Settings | None = None
+    pipeline: Pipeline,
+    inputs: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+    run_id: str = "plan",
 ) -> Plan:
-    """Compute the plan; never executes a step or calls a model."""
-    return _plan(pipeline, inputs, settings)
+    """Compute the plan; never executes a step or calls a model.
+
+    `run_id` is what `{{ run.id }}` renders as (a run's own id predicts that run exactly).
+    """
+    return _plan(pipeline, inputs, settings, run_id)
 
 
-def _plan(pipeline: Pipeline, inputs: dict[str, Any] | None, settings: Settings | None) -> Plan:
+def _plan(
+    pipeline: Pipeline, inputs: dict[str, Any] | None, settings: Settings | None, run_id: str
+) -> Plan:
     deps = {s.id: s.needs for s in pipeline.steps}
     generations, longest = layers_and_critical_path(deps)
     resolved = resolve_inputs(pipeline, inputs or {})
-    runtime = Runtime(pipeline, current_settings(settings), RunOptions(), "plan", resolved)
+    runtime = Runtime(pipeline, current_settings(settings), RunOptions(), run_id, resolved)
     cache = ResultCache(runtime.settings)
     known: dict[str, dict[str, Any]] = Vars()  # step id -> {"output", "status"} once predictable
     plan = Plan(pipeline.name, generations, longest)
@@ -85,9 +100,12 @@ def _plan(pipeline: Pipeline, inputs: dict[str, Any] | None, settings: Settings 
                     if isinstance(outcome, PreparedStep)
                     else outcome
                 )
-                plan.steps.append(
-                    StepPlan(step.id, step.kind, action, number, sorted(step.needs), detail)
-                )
+                planned = StepPlan(step.id, step.kind, action, number, sorted(step.needs), detail)
+                if isinstance(outcome, PreparedStep):
+                    planned.cache_key, planned.keys = outcome.cache_key, outcome.keys
+                    if dict.__contains__(known, step.id):  # Vars: a step may be named `get`
+                        planned.output = dict.__getitem__(known, step.id)["output"]
+                plan.steps.append(planned)
     finally:
         cache.close()
     index = {step.id: step.index for step in pipeline.steps}
