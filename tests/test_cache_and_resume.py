@@ -337,8 +337,8 @@ def test_run_steps_need_allow_run(cli, write, monkeypatch):
     path = write("p.yaml", "version: 1\nname: t\nsteps: [{id: hi, run: [echo, hello]}]\n")
     refused = cli("run", path)
     assert refused.exit_code == 2
-    assert "this pipeline runs commands (steps: hi) and commands are not allowed" in refused.stderr
-    assert "--allow-run" in refused.stderr
+    assert "would run command `echo hello` (steps.hi.run)" in refused.stderr
+    assert "--allow-run" in refused.stderr and f"stepchain trust {path}" in refused.stderr
     assert "no runs recorded yet" in cli("runs", "list").stdout
     assert cli.json("run", path, "--allow-run")["steps"]["hi"]["output"] == "hello\n"
     monkeypatch.setenv("STEPCHAIN_ALLOW_RUN", "1")

@@ -11,6 +11,7 @@ from jinja2 import TemplateSyntaxError
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from stepchain.errors import Problem
+from stepchain.pipeline.consent import function_problems
 from stepchain.pipeline.definition import KINDS, LLM_FIELDS
 from stepchain.pipeline.schema import did_you_mean, type_message, user_schema_problems
 from stepchain.pipeline.yaml_source import Path, Source
@@ -84,6 +85,7 @@ def check_semantics(source: Source) -> Checked:
         if isinstance(tool, dict) and isinstance(tool.get("env"), dict):
             for path, text in _strings(tool["env"], ("tools", name, "env")):
                 _check_template(source, path, text, False, tool_scope, checked)
+    checked.problems += function_problems(source, tools)
     outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
     for path, text in _strings(outputs, ("outputs",)):
         _check_template(source, path, text, False, scope, checked)

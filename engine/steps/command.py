@@ -11,7 +11,7 @@ from typing import Any
 from stepchain.errors import StepError
 from stepchain.pipeline.definition import Step
 from stepchain.steps.base import Outcome, RunServices
-from stepchain.templates.render import render_text, render_value
+from stepchain.templates.render import render_shell, render_value
 
 STDERR_TAIL = 2000
 
@@ -20,7 +20,7 @@ def render_request(step: Step, context: dict[str, Any], run: RunServices) -> dic
     command = step.get("run")
     path = run.path_of(step, "run")
     if isinstance(command, str):
-        return {"shell": render_text(command, context, path, run.locate)}
+        return {"shell": render_shell(command, context, path, run.locate)}
     argv = render_value(command, context, path, run.locate)
     return {"argv": [a if isinstance(a, str) else _json(a) for a in argv]}
 

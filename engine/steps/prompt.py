@@ -152,8 +152,7 @@ def _with_usage(error: StepError, usage: dict[str, int]) -> StepError:
 def _tool_identity(run: RunServices, name: str) -> dict[str, Any]:
     spec: ToolSpec = run.pipeline.tools[name]
     if spec.type == "function":
-        tool = run.function_tool(name)
-        return {**tool.definition(), "function": tool.target, "code": tool.fingerprint}
+        return {**run.function_definition(name), **run.function_identity(name)}
     if spec.hosted:
         return {"name": name, "hosted": _hosted_definition(spec)}
     allowed = list(spec.allowed_tools) if spec.allowed_tools is not None else None
@@ -208,7 +207,7 @@ class _Toolbox:
             name = identity["name"]
             spec: ToolSpec = run.pipeline.tools[name]
             if spec.type == "function":
-                definition = run.function_tool(name).definition()
+                definition = dict(run.function_definition(name))
                 definition["strict"] = strict_compatible(definition["parameters"])
                 box.definitions.append(definition)
                 box.local[name] = (name, None)

@@ -36,6 +36,16 @@ def render_text(value: str, context: dict[str, Any], path: tuple, locate: Locate
     return rendered if isinstance(rendered, str) else _to_text(rendered)
 
 
+def render_shell(value: str, context: dict[str, Any], path: tuple, locate: Locate) -> str:
+    """Render a command line for the shell: each template value is quoted as one word."""
+    from stepchain.templates.sandbox import shell_environment
+
+    try:
+        return shell_environment().from_string(value).render(context)
+    except Exception as exc:
+        raise _failure(exc, path, locate) from None
+
+
 def evaluate(expr: str, context: dict[str, Any], path: tuple, locate: Locate) -> Any:
     """Evaluate a `when` or `foreach` expression."""
     try:

@@ -13,6 +13,7 @@ from render time to compile time, where most templates here are rendered once.
 from __future__ import annotations
 
 import json
+import shlex
 from functools import lru_cache
 from typing import Any
 
@@ -33,6 +34,19 @@ def environment() -> ImmutableSandboxedEnvironment:
     )
     env.filters["tojson"] = _tojson
     env.filters["fromjson"] = json.loads
+    return env
+
+
+def _shell_word(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return shlex.quote(text)
+
+
+@lru_cache(maxsize=1)
+def shell_environment() -> ImmutableSandboxedEnvironment:
+    """The sandbox for string-form `run:` commands: every `{{ value }}` becomes one shell word."""
+    env = environment().overlay(finalize=_shell_word)
+    assert isinstance(env, ImmutableSandboxedEnvironment)
     return env
 
 
