@@ -40,12 +40,17 @@ def _read(settings: Settings) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _key(pipeline: Pipeline) -> str:
+    """Consent is for one file (its folder holds what it runs) with one content."""
+    return str(pipeline.path.resolve()) if pipeline.path else "<pipeline without a file>"
+
+
 def trust(pipeline: Pipeline, settings: Settings) -> list[Runnable]:
     """Record consent for this exact text of the pipeline; what it allows."""
     allowed = what_runs(pipeline)
     store = _read(settings)
-    store[pipeline.hash] = {
-        "file": str(pipeline.path.resolve()) if pipeline.path else None,
+    store[_key(pipeline)] = {
+        "sha256": pipeline.hash,
         "trusted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "allows": [vars(r) for r in allowed],
     }
@@ -60,7 +65,8 @@ def trust(pipeline: Pipeline, settings: Settings) -> list[Runnable]:
 
 
 def is_trusted(pipeline: Pipeline, settings: Settings) -> bool:
-    return pipeline.hash in _read(settings)
+    entry = _read(settings).get(_key(pipeline))
+    return isinstance(entry, dict) and entry.get("sha256") == pipeline.hash
 
 
 def check_consent(pipeline: Pipeline, settings: Settings, allowed: bool) -> None:
