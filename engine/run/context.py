@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepchain.errors import StepChainError, StepError
 from stepchain.pipeline.definition import Pipeline, Step
-from stepchain.run.masking import Masker
+from stepchain.run.masking import MIN_SECRET, Masker
 from stepchain.settings import Settings
 from stepchain.templates import Vars
 from stepchain.tools.functions import FunctionTool, NotImported, load_function_tool
@@ -76,6 +76,13 @@ class Runtime:
             raise StepChainError(
                 f"environment variable(s) not set: {', '.join(missing)}",
                 "the pipeline declares them under env:/secrets:; export them before running",
+            )
+        short = sorted(n for n, v in self.secrets.items() if v is not None and len(v) < MIN_SECRET)
+        if short:
+            raise StepChainError(
+                f"secret(s) {', '.join(short)} shorter than {MIN_SECRET} characters: "
+                "too short to mask safely (every occurrence in outputs would be masked)",
+                "use the real secret, or declare a value that is not secret under env: instead",
             )
         from stepchain.run.trust import check_consent
 

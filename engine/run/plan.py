@@ -116,7 +116,7 @@ def _prepare(
     except NotImported as exc:
         return "unknown", exc.message
     except StepChainError as exc:
-        return "error", exc.message
+        return "error", runtime.mask.text(exc.message)
     if prepared.skip_reason is not None:
         known[step.id] = {"output": None, "status": "skipped"}
         return "skip", prepared.skip_reason
