@@ -63,9 +63,11 @@ class StepChainGroup(click.Group):
             click.echo(f"{len(exc.problems)} problem(s); nothing was run", err=True)
             sys.exit(exc.exit_code)
         except StepChainError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            from stepchain.run.masking import printable
+
+            click.echo(f"error: {printable(exc.message)}", err=True)
             if exc.hint:
-                click.echo(f"  hint: {exc.hint}", err=True)
+                click.echo(f"  hint: {printable(exc.hint)}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -236,14 +238,17 @@ def _run(
             handle_signals=True,
             **flags,
         )
+    from stepchain.run.masking import printable
+
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         for name, value in result.outputs.items():
-            click.echo(f"{name}: {value if isinstance(value, str) else json.dumps(value)}")
+            text = value if isinstance(value, str) else json.dumps(value)
+            click.echo(f"{name}: {printable(text)}")
     failed = [r for r in result.results if r.status == "failed"]
     for r in failed:
-        click.echo(f"step {r.step_id} failed: {r.error}", err=True)
+        click.echo(f"step {r.step_id} failed: {printable(r.error or '')}", err=True)
     click.echo(f"run {result.run_id} {result.status}", err=True)
     if result.status != "completed":
         click.echo(f"  resume with: stepchain resume {result.run_id}", err=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepchain.errors import StepChainError, StepError
 from stepchain.pipeline.definition import Pipeline, Step
-from stepchain.run.masking import MIN_SECRET, Masker
+from stepchain.run.masking import MIN_SECRET, Masker, printable
 from stepchain.settings import Settings
 from stepchain.templates import Vars
 from stepchain.tools.functions import FunctionTool, NotImported, load_function_tool
@@ -222,7 +222,7 @@ class Runtime:
     def describe_error(self, exc: BaseException) -> str:
         """The message recorded for a failed step, secrets masked."""
         text = str(exc) if isinstance(exc, StepChainError) else f"{type(exc).__name__}: {exc}"
-        return self.mask.text(text)
+        return printable(self.mask.text(text))
 
 
 def is_tty() -> bool:

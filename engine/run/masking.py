@@ -11,11 +11,21 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
 MIN_SECRET = 4
+# escape sequences (CSI, OSC, two-byte) first, then any other C0/C1 control but tab and newline
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|.)?", re.DOTALL)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text from a server or a program without terminal control codes (colours, cursor moves,
+    title changes, clear-screen): safe to print."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", text))
 
 
 def variants(secret: str) -> set[str]:

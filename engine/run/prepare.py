@@ -56,6 +56,9 @@ def prepare_step(step: Step, context: dict[str, Any], runtime: Runtime) -> Prepa
     return PreparedStep(step, requests=requests, keys=keys, cache_key=key)
 
 
+MAX_ITEMS = 100_000  # a foreach step's default limit (`max_items:`)
+
+
 def foreach_items(step: Step, context: dict[str, Any], runtime: Runtime) -> list[Any]:
     """The items of a `foreach` step (a mapping gives its (key, value) pairs)."""
     path = runtime.path_of(step, "foreach")
@@ -66,5 +69,12 @@ def foreach_items(step: Step, context: dict[str, Any], runtime: Runtime) -> list
         raise StepError(
             f"{runtime.locate(path)}: foreach must give a list, got {type(items).__name__}",
             "make the expression give a list (or a mapping, whose items are (key, value) pairs)",
+        )
+    limit = step.get("max_items", MAX_ITEMS)
+    if len(items) > limit:
+        raise StepError(
+            f"{runtime.locate(path)}: foreach gave {len(items):,} items, more than max_items "
+            f"({limit:,})",
+            "raise the step's max_items if that many executions are meant, or filter the list",
         )
     return list(items)
