@@ -122,15 +122,22 @@ async def execute(
     return Outcome(_parse(turn.text, schema, wrapped, usage), usage)
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _parse(text: str, schema: dict[str, Any], wrapped: bool, usage: dict[str, int]) -> Any:
     """The answer as a JSON value that matches `schema`; SchemaMismatch otherwise."""
     quoted = text if len(text) <= _ANSWER_QUOTE else text[:_ANSWER_QUOTE] + "..."
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         problem = (
             f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         )
+        raise SchemaMismatch(problem, f"{problem}. Your answer was: {quoted}", usage) from None
+    except ValueError as exc:  # NaN, Infinity: Python reads them, JSON has no such numbers
+        problem = f"the answer is not valid JSON ({exc})"
         raise SchemaMismatch(problem, f"{problem}. Your answer was: {quoted}", usage) from None
     if wrapped and isinstance(value, dict) and set(value) == {"value"}:
         value = value["value"]

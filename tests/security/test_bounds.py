@@ -135,3 +135,27 @@ def test_a_native_value_that_is_not_json_is_an_error(cli, write, template, kind)
         in (doc["steps"]["t"]["error"])
     )
     assert "0x" not in json.dumps(doc)
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_numbers_in_structured_output_are_malformed_and_retried(cli, write, fake, number):
+    fake.script(Reply.text(f'{{"x": {number}}}'), Reply.text('{"x": 1.5}'))
+    path = write(
+        "p.yaml",
+        """
+        version: 1
+        name: numbers
+        steps:
+          - id: ask
+            prompt: a number
+            model: m
+            retries: 1
+            backoff: {initial: 0.01}
+            output_schema: {type: object, properties: {x: {type: number}}, required: [x]}
+        """,
+    )
+    result = cli("run", path, "--json")
+    doc = json.loads(result.stdout)  # strict JSON: no NaN made it into the document
+    assert doc["steps"]["ask"]["output"] == {"x": 1.5}
+    assert doc["steps"]["ask"]["attempts"] == 2
+    assert number not in result.stdout
