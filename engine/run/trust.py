@@ -74,9 +74,14 @@ def check_consent(pipeline: Pipeline, settings: Settings, allowed: bool) -> None
     needed = needing_consent(pipeline)
     if not needed or allowed or is_trusted(pipeline, settings):
         return
-    file = str(pipeline.path) if pipeline.path else "the pipeline"
+    file = str(pipeline.path) if pipeline.path else f"pipeline {pipeline.name}"
+    how = (
+        f"run `stepchain trust {file}` (or pass --allow-run for this run only)"
+        if pipeline.path
+        else "pass allow_run=True (a pipeline without a file cannot be trusted)"
+    )
     raise CommandsNotAllowed(
         f"{file} would run {', '.join(r.describe() for r in needed)}, "
         "and nobody approved this version of the file",
-        f"review it, then run `stepchain trust {file}` (or pass --allow-run for this run only)",
+        f"review it, then {how}",
     )

@@ -153,3 +153,19 @@ def test_a_damaged_trust_store_is_a_clear_error(cli, command_file, isolated_home
     assert refused.exit_code == 1
     assert "error: cannot read" in refused.stderr and "trusted.json" in refused.stderr
     assert "stepchain trust FILE" in refused.stderr
+
+
+def test_the_python_api_needs_consent_too(tmp_path):
+    import stepchain
+    from stepchain.pipeline.load import load_pipeline_text
+
+    pipe = load_pipeline_text(COMMAND.format(python=sys.executable).lstrip())
+    with pytest.raises(stepchain.CommandsNotAllowed) as refused:
+        stepchain.Executor().run(pipe)
+    assert "pipeline cmd would run command" in refused.value.message
+    assert refused.value.hint == (
+        "review it, then pass allow_run=True (a pipeline without a file cannot be trusted)"
+    )
+    assert not (tmp_path / "ran").exists()
+    assert stepchain.Executor().run(pipe, allow_run=True).status == "completed"
+    assert (tmp_path / "ran").exists()  # a pipeline without a file runs in the working folder
