@@ -159,3 +159,25 @@ def test_non_json_numbers_in_structured_output_are_malformed_and_retried(cli, wr
     assert doc["steps"]["ask"]["output"] == {"x": 1.5}
     assert doc["steps"]["ask"]["attempts"] == 2
     assert number not in result.stdout
+
+
+RUNAWAY = """
+version: 1
+name: runaway
+steps:
+  - id: loop
+    timeout: 1
+    template: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+"""
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_a_runaway_template_stops_at_the_steps_timeout(cli, write, command):
+    path = write("p.yaml", RUNAWAY)
+    # without a render budget this would take hours; the test gives it 60 s
+    result = cli.proc(command, path, "--json", timeout=60)
+    doc = json.loads(result.stdout)
+    step = doc["steps"]["loop"]
+    message = step["error"] if command == "run" else step["detail"]
+    assert "template error: rendering took longer than the step's timeout allows" in message
+    assert (step["status"] if command == "run" else step["action"]) in ("failed", "error")
