@@ -20,7 +20,10 @@ RUN_FLAGS = [
     click.option("--no-cache", is_flag=True, help="Ignore cache hits (results are still stored)."),
     click.option("--refresh", multiple=True, metavar="STEP", help="Recompute this step."),
     click.option(
-        "--allow-run", is_flag=True, default=None, help="Allow `run` steps to run commands."
+        "--allow-run",
+        is_flag=True,
+        default=None,
+        help="Allow this run's commands, MCP servers and packages (see `stepchain trust`).",
     ),
     click.option(
         "--approve", is_flag=True, help="Approve MCP tools with require_approval: always."
@@ -60,9 +63,11 @@ class StepChainGroup(click.Group):
             click.echo(f"{len(exc.problems)} problem(s); nothing was run", err=True)
             sys.exit(exc.exit_code)
         except StepChainError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            from stepchain.run.masking import printable
+
+            click.echo(f"error: {printable(exc.message)}", err=True)
             if exc.hint:
-                click.echo(f"  hint: {exc.hint}", err=True)
+                click.echo(f"  hint: {printable(exc.hint)}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -103,7 +108,38 @@ def validate(files: tuple[str, ...], fmt: str) -> None:
         click.echo(format_problems(problems, fmt))
     if not problems and fmt != "json":
         click.echo(f"{len(files)} file(s) valid", err=True)
+        _list_runnables(files)
     sys.exit(1 if problems else 0)
+
+
+def _list_runnables(files: tuple[str, ...]) -> None:
+    """After a valid `validate`: what each file would start or import (SPEC §10)."""
+    from stepchain.pipeline.consent import what_runs
+    from stepchain.pipeline.load import load_pipeline
+    from stepchain.ui.reporting import format_runnables
+
+    for file in files:
+        lines = format_runnables(what_runs(load_pipeline(file)))
+        if lines:
+            click.echo("\n".join([f"{file}:", *lines[2:]]), err=True)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def trust(files: tuple[str, ...]) -> None:
+    """Approve FILE's commands, MCP servers and function tools for its current content."""
+    from stepchain.pipeline.load import load_pipeline
+    from stepchain.run.trust import trust as record
+    from stepchain.settings import current_settings
+    from stepchain.ui.reporting import format_runnables
+
+    for file in files:
+        pipeline = load_pipeline(file)
+        allowed = record(pipeline, current_settings())
+        lines = format_runnables(allowed)[2:] or ["  nothing: it runs no programs or code"]
+        click.echo(
+            "\n".join([f"trusted {file} (sha256 {pipeline.hash[:12]}); it may run:", *lines])
+        )
 
 
 @main.command()
@@ -297,14 +333,17 @@ def _run(
             handle_signals=True,
             **flags,
         )
+    from stepchain.run.masking import printable
+
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         for name, value in result.outputs.items():
-            click.echo(f"{name}: {value if isinstance(value, str) else json.dumps(value)}")
+            text = value if isinstance(value, str) else json.dumps(value)
+            click.echo(f"{name}: {printable(text)}")
     failed = [r for r in result.results if r.status == "failed"]
     for r in failed:
-        click.echo(f"step {r.step_id} failed: {r.error}", err=True)
+        click.echo(f"step {r.step_id} failed: {printable(r.error or '')}", err=True)
     click.echo(f"run {result.run_id} {result.status}", err=True)
     if result.status != "completed":
         click.echo(f"  resume with: stepchain resume {result.run_id}", err=True)

@@ -337,8 +337,8 @@ def test_run_steps_need_allow_run(cli, write, monkeypatch):
     path = write("p.yaml", "version: 1\nname: t\nsteps: [{id: hi, run: [echo, hello]}]\n")
     refused = cli("run", path)
     assert refused.exit_code == 2
-    assert "this pipeline runs commands (steps: hi) and commands are not allowed" in refused.stderr
-    assert "--allow-run" in refused.stderr
+    assert "would run command `echo hello` (steps.hi.run)" in refused.stderr
+    assert "--allow-run" in refused.stderr and f"stepchain trust {path}" in refused.stderr
     assert "no runs recorded yet" in cli("runs", "list").stdout
     assert cli.json("run", path, "--allow-run")["steps"]["hi"]["output"] == "hello\n"
     monkeypatch.setenv("STEPCHAIN_ALLOW_RUN", "1")
@@ -372,13 +372,14 @@ def test_secrets_never_reach_records_cache_logs_or_errors(
         version: 1
         name: t
         secrets: [DB_TOKEN]
-        tools: {leak: {type: function, function: "tools:leak"}}
+        tools: {leak: {type: function, function: "tools:leak_env"}}
         steps:
-          - {id: leaky, tool: leak, with: {token: "{{ secrets.DB_TOKEN }}"}, retries: 1, backoff: {initial: 0.01}}
-          - {id: show, run: ["echo", "token={{ secrets.DB_TOKEN }}"]}
+          - {id: leaky, tool: leak, with: {name: DB_TOKEN}, retries: 1, backoff: {initial: 0.01}}
+          - {id: show, run: ["sh", "-c", "echo token=$T"], env: {T: "{{ secrets.DB_TOKEN }}"}}
           - {id: fail, run: "echo using $0 >&2; exit 1", retries: 0}
           - id: fail2
-            run: ["sh", "-c", "echo bad token {{ secrets.DB_TOKEN }} >&2; exit 2"]
+            run: ["sh", "-c", "echo bad token $T >&2; exit 2"]
+            env: {T: "{{ secrets.DB_TOKEN }}"}
             retries: 0
         outputs: {out: "{{ steps.show.output }}"}
         """,

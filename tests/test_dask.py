@@ -385,9 +385,10 @@ def test_tool_the_workers_cannot_import_fails_before_anything_runs(
         "version: 1\nname: hidden\ntools:\n  hello: {type: function, function: 'hidden_tools:hello'}\n"
         "steps:\n  - {id: one, tool: hello}\n"
     )
-    assert Executor().run(path).steps["one"].output == "hi"
+    # a module outside the pipeline's folder is a package: it needs consent
+    assert Executor().run(path, allow_run=True).steps["one"].output == "hi"
     with pytest.raises(StepChainError) as caught:
-        dask(scheduler).run(path, run_id="hidden")
+        dask(scheduler).run(path, run_id="hidden", allow_run=True)
     message = str(caught.value)
     assert "the Dask workers cannot run this pipeline" in message
     assert message.count("cannot import hidden_tools:hello (ModuleNotFoundError") == 2

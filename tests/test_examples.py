@@ -55,6 +55,7 @@ def loopback_model(monkeypatch):
 
 def test_sales_analysis_example(cli, tmp_path, loopback_model):
     shutil.copytree(REPO / "pipelines" / "examples", tmp_path / "ex")
+    assert cli("trust", tmp_path / "ex" / "sales-analysis.yaml").exit_code == 0  # its MCP server
     doc = cli.json("run", tmp_path / "ex" / "sales-analysis.yaml", "-i", "quarter=Q1 2023")
     assert doc["status"] == "completed"
     assert doc["steps"]["outlook"]["output"] == ["a model's answer"] * 2

@@ -501,7 +501,7 @@ def test_mcp_tools_run_locally_and_only_allowed_ones_are_offered(fake, tmp_path)
             tools: [flaky]
         """,
     )
-    step = run(path).steps["ask"]
+    step = run(path, allow_run=True).steps["ask"]
     assert (step.status, step.output) == ("completed", "done")
     first, second = bodies(fake)
     assert [t["name"] for t in first["tools"]] == ["flaky__pid"]

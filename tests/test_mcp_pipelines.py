@@ -18,6 +18,12 @@ from conftest import REPO, calls
 SALES = REPO / "pipelines" / "examples" / "sales_mcp.py"
 
 
+@pytest.fixture(autouse=True)
+def allow_servers(monkeypatch):
+    """Every pipeline here starts a stdio MCP server: consent given for the test (SPEC §10)."""
+    monkeypatch.setenv("STEPCHAIN_ALLOW_RUN", "1")
+
+
 def running(pid: int) -> bool:
     try:
         os.kill(pid, 0)

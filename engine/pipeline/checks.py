@@ -11,6 +11,7 @@ from jinja2 import TemplateSyntaxError
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from stepchain.errors import Problem
+from stepchain.pipeline.consent import function_problems
 from stepchain.pipeline.definition import KINDS, LLM_FIELDS
 from stepchain.pipeline.schema import did_you_mean, type_message, user_schema_problems
 from stepchain.pipeline.yaml_source import Path, Source
@@ -44,6 +45,7 @@ class _Scope:
     secrets: set[str]
     foreach: bool = False  # item and index are defined
     steps_allowed: bool = True
+    secrets_allowed: bool = False  # only where a value is handed to a program (env, headers)
     suggestions: list[int] = field(default_factory=lambda: [_SUGGESTIONS])  # shared budget
 
 
@@ -74,16 +76,21 @@ def check_semantics(source: Source) -> Checked:
         step_scope = in_foreach if "foreach" in step else scope
         for path, text, is_expr in _templated(step, ("steps", i)):
             deps |= _check_template(source, path, text, is_expr, step_scope, checked)
+        handed = replace(scope, steps_allowed=False, secrets_allowed=True)  # fixed for the run
+        for path, text in _strings(step.get("env") if "run" in step else None, ("steps", i, "env")):
+            _check_template(source, path, text, False, handed, checked)
         _check_kind_fields(source, i, step, checked)
         _check_tool_use(source, i, step, tools, checked)
         checked.problems += user_schema_problems(
             source, ("steps", i, "output_schema"), step.get("output_schema"), "output_schema"
         )
-    tool_scope = replace(scope, steps_allowed=False)
+    tool_scope = replace(scope, steps_allowed=False, secrets_allowed=True)
     for name, tool in tools.items():
-        if isinstance(tool, dict) and isinstance(tool.get("env"), dict):
-            for path, text in _strings(tool["env"], ("tools", name, "env")):
-                _check_template(source, path, text, False, tool_scope, checked)
+        for field_name in ("env", "headers"):
+            if isinstance(tool, dict) and isinstance(tool.get(field_name), dict):
+                for path, text in _strings(tool[field_name], ("tools", name, field_name)):
+                    _check_template(source, path, text, False, tool_scope, checked)
+    checked.problems += function_problems(source, tools)
     outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
     for path, text in _strings(outputs, ("outputs",)):
         _check_template(source, path, text, False, scope, checked)
@@ -269,6 +276,11 @@ def _reference_problem(ref: Reference, scope: _Scope, where: str | None) -> str 
     if root not in ROOTS:
         return f"unknown name '{root}'{did_you_mean(root, ROOTS)}: {_CONTEXT}"
     declared = {"inputs": scope.inputs, "env": scope.env, "secrets": scope.secrets}[root]
+    if root == "secrets" and not scope.secrets_allowed and (key is None or key in declared):
+        return (
+            f"secrets.{key or '…'} can only be handed to a program: use it in a run step's env:, "
+            "an MCP server's env: or a tool's headers:, never in prompts, arguments or outputs"
+        )
     if key is None or key in declared:
         return None
     if root == "inputs":
@@ -379,8 +391,10 @@ def _check_kind_fields(source: Source, i: int, step: dict[str, Any], checked: Ch
     misplaced = [f for f in LLM_FIELDS if f in step] if kind != "prompt" else []
     if kind != "tool" and "with" in step:
         misplaced.append("with")
+    if kind != "run" and "env" in step:
+        misplaced.append("env")
     for name in misplaced:
-        owner = "tool" if name == "with" else "prompt"
+        owner = {"with": "tool", "env": "run"}.get(name, "prompt")
         checked.problems.append(
             source.problem(
                 ("steps", i, name),

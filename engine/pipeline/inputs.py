@@ -10,6 +10,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from stepchain.errors import InputError
 from stepchain.pipeline.definition import Pipeline
+from stepchain.pipeline.files import read_user_file
 from stepchain.pipeline.schema import did_you_mean
 
 
@@ -26,12 +27,13 @@ def parse_assignments(pairs: list[str], pipeline: Pipeline) -> dict[str, Any]:
 
 
 def read_inputs_file(path: str | Path) -> dict[str, Any]:
+    text = read_user_file(path, "inputs file", InputError)
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"no such inputs file: {path}") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML or JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to read", "flatten the inputs") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: inputs must be a mapping of name to value")
     return data

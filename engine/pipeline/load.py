@@ -17,6 +17,7 @@ from stepchain.pipeline.definition import (
     ToolSpec,
     parse_ttl,
 )
+from stepchain.pipeline.files import read_user_file
 from stepchain.pipeline.schema import schema_problems
 from stepchain.pipeline.v03 import is_v03_plan, upgrade_v03
 from stepchain.pipeline.yaml_source import Source, load_source
@@ -43,14 +44,7 @@ def check_text(
 
 
 def read_text(path: str | Path) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"no such pipeline file: {path}", "check the path") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a folder, not a pipeline file") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    return read_user_file(path, "pipeline file", UsageError)
 
 
 def load_pipeline(path: str | Path) -> Pipeline:

@@ -10,12 +10,13 @@ from functools import cached_property
 from secrets import token_hex
 from typing import TYPE_CHECKING, Any
 
-from stepchain.errors import CommandsNotAllowed, StepChainError, StepError
+from stepchain.errors import StepChainError, StepError
 from stepchain.pipeline.definition import Pipeline, Step
-from stepchain.run.masking import Masker
+from stepchain.run.masking import MIN_SECRET, Masker, printable
 from stepchain.settings import Settings
 from stepchain.templates import Vars
-from stepchain.tools.functions import FunctionTool, load_function_tool
+from stepchain.tools.functions import FunctionTool, NotImported, load_function_tool
+from stepchain.tools.source import source_fingerprint, static_definition
 
 if TYPE_CHECKING:  # openai is imported only by runs with LLM steps
     from openai import DefaultAsyncHttpxClient
@@ -66,6 +67,7 @@ class Runtime:
         self._llm: Any = None
         self._roots: dict[str, Any] | None = None  # the template context's fixed roots
         self.backend: Any = None  # a DaskBackend with --executor dask, else None (local)
+        self.imports = True  # `plan` sets False: it imports no function tool's module
 
     # -- checks before anything runs ------------------------------------------------------
     def preflight(self) -> None:
@@ -76,12 +78,17 @@ class Runtime:
                 f"environment variable(s) not set: {', '.join(missing)}",
                 "the pipeline declares them under env:/secrets:; export them before running",
             )
-        commands = [s.id for s in self.pipeline.steps if s.kind == "run"]
-        if commands and not self.commands_allowed and not self.options.offline:
-            raise CommandsNotAllowed(
-                f"this pipeline runs commands (steps: {', '.join(commands)}) and commands are not allowed",
-                "review the commands, then pass --allow-run (or set STEPCHAIN_ALLOW_RUN=1)",
+        short = sorted(n for n, v in self.secrets.items() if v is not None and len(v) < MIN_SECRET)
+        if short:
+            raise StepChainError(
+                f"secret(s) {', '.join(short)} shorter than {MIN_SECRET} characters: "
+                "too short to mask safely (every occurrence in outputs would be masked)",
+                "use the real secret, or declare a value that is not secret under env: instead",
             )
+        from stepchain.run.trust import check_consent
+
+        if not self.options.offline:  # an offline run replays: it starts nothing
+            check_consent(self.pipeline, self.settings, self.commands_allowed)
         for name, spec in self.pipeline.tools.items():
             if spec.type == "function":
                 self.function_tool(name)
@@ -125,10 +132,32 @@ class Runtime:
     # -- tools ----------------------------------------------------------------------------
     def function_tool(self, name: str) -> FunctionTool:
         if name not in self._function_tools:
+            if not self.imports:
+                raise NotImported(
+                    f"tool '{name}': its definition is known only by importing it, "
+                    "which plan does not do",
+                    "give the tool `parameters:` (and `description:`) in the pipeline",
+                )
             self._function_tools[name] = load_function_tool(
                 self.pipeline.tools[name], self.pipeline.base_dir
             )
         return self._function_tools[name]
+
+    def function_identity(self, name: str) -> dict[str, Any]:
+        """What identifies a function tool in cache keys: its target and its module's source."""
+        spec = self.pipeline.tools[name]
+        return {
+            "function": spec.function or "",
+            "code": source_fingerprint(spec, self.pipeline.base_dir),
+        }
+
+    def function_definition(self, name: str) -> dict[str, Any]:
+        """The tool as offered to a model, read from its source without importing it."""
+        spec = self.pipeline.tools[name]
+        definition = static_definition(spec, self.pipeline.base_dir)
+        if definition is None:  # not a plain top-level function: only importing tells
+            definition = self.function_tool(name).definition()
+        return definition
 
     def mcp_identity(self, name: str) -> dict[str, Any]:
         """What identifies an MCP server in cache keys (env names only: values may be secrets)."""
@@ -195,7 +224,7 @@ class Runtime:
     def describe_error(self, exc: BaseException) -> str:
         """The message recorded for a failed step, secrets masked."""
         text = str(exc) if isinstance(exc, StepChainError) else f"{type(exc).__name__}: {exc}"
-        return self.mask.text(text)
+        return printable(self.mask.text(text))
 
 
 def is_tty() -> bool:

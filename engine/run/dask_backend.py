@@ -291,6 +291,7 @@ def run_command(request: dict[str, Any], cwd: str) -> tuple[int, bytes, bytes]:
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         cwd=cwd,
+        env={**os.environ, **request["env"]} if request.get("env") else None,
         start_new_session=True,  # its own process group, so cancelling kills the whole tree
     )
     try:

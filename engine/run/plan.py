@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from stepchain.cache import ResultCache
 from stepchain.errors import StepChainError
+from stepchain.pipeline.consent import Runnable, what_runs
 from stepchain.pipeline.definition import Pipeline, Step
 from stepchain.pipeline.graph import layers_and_critical_path
 from stepchain.pipeline.inputs import resolve_inputs
@@ -19,6 +20,7 @@ from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.settings import Settings, current_settings
 from stepchain.templates import Vars
 from stepchain.templates.render import evaluate
+from stepchain.tools.functions import NotImported
 
 Action = Literal["replay", "run", "unknown", "skip", "error"]
 
@@ -42,10 +44,12 @@ class Plan:
     layers: list[list[str]]
     critical_path: list[str]
     steps: list[StepPlan] = field(default_factory=list)
+    runs: list[Runnable] = field(default_factory=list)  # programs and code a run would use
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "pipeline": self.pipeline,
+            "runs": [vars(r) for r in self.runs],
             "layers": self.layers,
             "critical_path": self.critical_path,
             "steps": {
@@ -78,9 +82,10 @@ def _plan(
     generations, longest = layers_and_critical_path(deps)
     resolved = resolve_inputs(pipeline, inputs or {})
     runtime = Runtime(pipeline, current_settings(settings), RunOptions(), run_id, resolved)
+    runtime.imports = False  # reviewing a file runs none of its code
     cache = ResultCache(runtime.settings)
     known: dict[str, dict[str, Any]] = Vars()  # step id -> {"output", "status"} once predictable
-    plan = Plan(pipeline.name, generations, longest)
+    plan = Plan(pipeline.name, generations, longest, runs=what_runs(pipeline))
     try:
         # A layer's steps only read steps of earlier layers, so each layer is prepared first and
         # its cache keys are then looked up together.
@@ -126,8 +131,10 @@ def _prepare(
         return "unknown", f"waits for {', '.join(missing)}"
     try:
         prepared = prepare_step(step, context, runtime)
+    except NotImported as exc:
+        return "unknown", exc.message
     except StepChainError as exc:
-        return "error", exc.message
+        return "error", runtime.mask.text(exc.message)
     if prepared.skip_reason is not None:
         known[step.id] = {"output": None, "status": "skipped"}
         return "skip", prepared.skip_reason

@@ -15,6 +15,9 @@ from stepchain.pipeline.definition import Step
 from stepchain.run.context import Runtime
 from stepchain.steps import kind_of
 from stepchain.templates.render import evaluate
+from stepchain.templates.sandbox import render_budget
+
+MAX_RENDER_SECONDS = 60.0  # a step's templates render within its timeout, and never longer
 
 
 @dataclass
@@ -39,21 +42,25 @@ def prepare_step(step: Step, context: dict[str, Any], runtime: Runtime) -> Prepa
         StepError: a template or expression failed, or `foreach` did not give a list; the
             message points at the place in the pipeline file.
     """
-    if step.when is not None and not evaluate(
-        step.when, context, runtime.path_of(step, "when"), runtime.locate
-    ):
-        return PreparedStep(step, skip_reason=f"when: {step.when} is false")
-    kind = kind_of(step.kind)
-    if step.foreach is None:
-        requests = [kind.render_request(step, context, runtime)]
-    else:
-        requests = [
-            kind.render_request(step, {**context, "item": item, "index": index}, runtime)
-            for index, item in enumerate(foreach_items(step, context, runtime))
-        ]
+    with render_budget(min(step.timeout or MAX_RENDER_SECONDS, MAX_RENDER_SECONDS)):
+        if step.when is not None and not evaluate(
+            step.when, context, runtime.path_of(step, "when"), runtime.locate
+        ):
+            return PreparedStep(step, skip_reason=f"when: {step.when} is false")
+        kind = kind_of(step.kind)
+        if step.foreach is None:
+            requests = [kind.render_request(step, context, runtime)]
+        else:
+            requests = [
+                kind.render_request(step, {**context, "item": item, "index": index}, runtime)
+                for index, item in enumerate(foreach_items(step, context, runtime))
+            ]
     keys = [cache_key(step.kind, request) for request in requests]
     key = keys[0] if step.foreach is None else cache_key("foreach", keys)
     return PreparedStep(step, requests=requests, keys=keys, cache_key=key)
+
+
+MAX_ITEMS = 100_000  # a foreach step's default limit (`max_items:`)
 
 
 def foreach_items(step: Step, context: dict[str, Any], runtime: Runtime) -> list[Any]:
@@ -66,5 +73,12 @@ def foreach_items(step: Step, context: dict[str, Any], runtime: Runtime) -> list
         raise StepError(
             f"{runtime.locate(path)}: foreach must give a list, got {type(items).__name__}",
             "make the expression give a list (or a mapping, whose items are (key, value) pairs)",
+        )
+    limit = step.get("max_items", MAX_ITEMS)
+    if len(items) > limit:
+        raise StepError(
+            f"{runtime.locate(path)}: foreach gave {len(items):,} items, more than max_items "
+            f"({limit:,})",
+            "raise the step's max_items if that many executions are meant, or filter the list",
         )
     return list(items)

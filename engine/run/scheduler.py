@@ -30,6 +30,7 @@ from stepchain.templates import Vars
 from stepchain.templates.render import render_value
 
 log = logging.getLogger(LOGGER_NAME)
+MAX_SERVER_WAIT = 600.0  # seconds a Retry-After may hold a step that has no timeout
 Observer = Callable[[str, str, StepResult | None], None]  # (event, step_id, result)
 
 
@@ -335,7 +336,8 @@ class Scheduler:
                 raise _Failed(StepError(f"{error}{suffix}"), attempt, spent)
             feedback = getattr(error, "feedback", None)
             delay = (
-                error.retry_after
+                # a server's Retry-After never holds a step past its timeout
+                min(error.retry_after, step.timeout or MAX_SERVER_WAIT)
                 if error.retry_after is not None
                 else (step.backoff.delay(attempt) * random.uniform(0.5, 1.0))
             )

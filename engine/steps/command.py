@@ -11,7 +11,7 @@ from typing import Any
 from stepchain.errors import StepError
 from stepchain.pipeline.definition import Step
 from stepchain.steps.base import Outcome, RunServices
-from stepchain.templates.render import render_text, render_value
+from stepchain.templates.render import render_shell, render_value
 
 STDERR_TAIL = 2000
 
@@ -20,15 +20,31 @@ def render_request(step: Step, context: dict[str, Any], run: RunServices) -> dic
     command = step.get("run")
     path = run.path_of(step, "run")
     if isinstance(command, str):
-        return {"shell": render_text(command, context, path, run.locate)}
-    argv = render_value(command, context, path, run.locate)
-    return {"argv": [a if isinstance(a, str) else _json(a) for a in argv]}
+        request: dict[str, Any] = {"shell": render_shell(command, context, path, run.locate)}
+    else:
+        argv = render_value(command, context, path, run.locate)
+        request = {"argv": [a if isinstance(a, str) else _json(a) for a in argv]}
+    if step.get("env"):  # in the request (and its cache key) with secrets masked
+        request["env"] = run.mask(_environment(step, run))
+    return request
+
+
+def _environment(step: Step, run: RunServices) -> dict[str, str]:
+    """The step's `env:`, rendered from values fixed for the run (inputs, env, secrets)."""
+    rendered = render_value(
+        step.get("env"), run.base_context(), run.path_of(step, "env"), run.locate
+    )
+    return {
+        name: value if isinstance(value, str) else _json(value) for name, value in rendered.items()
+    }
 
 
 async def execute(
     step: Step, request: dict[str, Any], run: RunServices, feedback: str | None = None
 ) -> Outcome:
     cwd = str(run.pipeline.base_dir)
+    if "env" in request:  # the real values, secrets included, only for the command itself
+        request = {**request, "env": _environment(step, run)}
     try:
         returncode, stdout, stderr = await run.run_command(request, cwd)
     except (FileNotFoundError, PermissionError) as exc:
@@ -51,6 +67,8 @@ async def run_locally(request: dict[str, Any], cwd: str) -> tuple[int, bytes, by
         "cwd": cwd,
         "start_new_session": True,  # its own process group, so a timeout kills the whole tree
     }
+    if request.get("env"):
+        kwargs["env"] = {**os.environ, **request["env"]}
     if "shell" in request:
         proc = await asyncio.create_subprocess_shell(request["shell"], **kwargs)
     else:

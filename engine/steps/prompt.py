@@ -122,15 +122,22 @@ async def execute(
     return Outcome(_parse(turn.text, schema, wrapped, usage), usage)
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _parse(text: str, schema: dict[str, Any], wrapped: bool, usage: dict[str, int]) -> Any:
     """The answer as a JSON value that matches `schema`; SchemaMismatch otherwise."""
     quoted = text if len(text) <= _ANSWER_QUOTE else text[:_ANSWER_QUOTE] + "..."
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         problem = (
             f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         )
+        raise SchemaMismatch(problem, f"{problem}. Your answer was: {quoted}", usage) from None
+    except ValueError as exc:  # NaN, Infinity: Python reads them, JSON has no such numbers
+        problem = f"the answer is not valid JSON ({exc})"
         raise SchemaMismatch(problem, f"{problem}. Your answer was: {quoted}", usage) from None
     if wrapped and isinstance(value, dict) and set(value) == {"value"}:
         value = value["value"]
@@ -152,8 +159,7 @@ def _with_usage(error: StepError, usage: dict[str, int]) -> StepError:
 def _tool_identity(run: RunServices, name: str) -> dict[str, Any]:
     spec: ToolSpec = run.pipeline.tools[name]
     if spec.type == "function":
-        tool = run.function_tool(name)
-        return {**tool.definition(), "function": tool.target, "code": tool.fingerprint}
+        return {**run.function_definition(name), **run.function_identity(name)}
     if spec.hosted:
         return {"name": name, "hosted": _hosted_definition(spec)}
     allowed = list(spec.allowed_tools) if spec.allowed_tools is not None else None
@@ -208,7 +214,7 @@ class _Toolbox:
             name = identity["name"]
             spec: ToolSpec = run.pipeline.tools[name]
             if spec.type == "function":
-                definition = run.function_tool(name).definition()
+                definition = dict(run.function_definition(name))
                 definition["strict"] = strict_compatible(definition["parameters"])
                 box.definitions.append(definition)
                 box.local[name] = (name, None)

@@ -14,13 +14,7 @@ def render_request(step: Step, context: dict[str, Any], run: RunServices) -> dic
     name, _, remote = step.get("tool").partition(".")
     spec = run.pipeline.tools[name]
     if spec.type == "function":
-        tool = run.function_tool(name)
-        return {
-            "tool": name,
-            "function": tool.target,
-            "code": tool.fingerprint,
-            "arguments": arguments,
-        }
+        return {"tool": name, **run.function_identity(name), "arguments": arguments}
     return {
         "tool": name,
         "remote": remote,

@@ -10,6 +10,7 @@ from stepchain.errors import StepError
 from stepchain.templates.compiled import compile_expression, compile_template
 
 Locate = Callable[[tuple], str]
+_JSON_VALUES = (str, int, float, bool, type(None), list, tuple, dict)
 
 
 class TemplateFailure(StepError):
@@ -20,9 +21,16 @@ def render_value(value: Any, context: dict[str, Any], path: tuple, locate: Locat
     """Render every string in `value` (recursively through lists and mappings)."""
     if isinstance(value, str):
         try:
-            return compile_template(value).render(context)
+            rendered = compile_template(value).render(context)
         except Exception as exc:  # any error inside a user's template is the user's to fix
             raise _failure(exc, path, locate) from None
+        if not isinstance(rendered, _JSON_VALUES):  # a range, bytes, a function: no JSON value
+            raise TemplateFailure(
+                f"{locate(path)}: template error: the value is a {type(rendered).__name__}, "
+                "which is not JSON",
+                "give text, a number, a boolean, a list or a mapping (e.g. `| list`, `| string`)",
+            )
+        return rendered
     if isinstance(value, list):
         return [render_value(v, context, (*path, i), locate) for i, v in enumerate(value)]
     if isinstance(value, dict):
@@ -34,6 +42,16 @@ def render_text(value: str, context: dict[str, Any], path: tuple, locate: Locate
     """Render a template that must produce text (prompts, shell commands)."""
     rendered = render_value(value, context, path, locate)
     return rendered if isinstance(rendered, str) else _to_text(rendered)
+
+
+def render_shell(value: str, context: dict[str, Any], path: tuple, locate: Locate) -> str:
+    """Render a command line for the shell: each template value is quoted as one word."""
+    from stepchain.templates.sandbox import shell_environment
+
+    try:
+        return shell_environment().from_string(value).render(context)
+    except Exception as exc:
+        raise _failure(exc, path, locate) from None
 
 
 def evaluate(expr: str, context: dict[str, Any], path: tuple, locate: Locate) -> Any:

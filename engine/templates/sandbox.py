@@ -13,6 +13,11 @@ from render time to compile time, where most templates here are rendered once.
 from __future__ import annotations
 
 import json
+import shlex
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
@@ -25,14 +30,56 @@ def _tojson(value: Any, indent: int | None = None) -> str:
     return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
 
 
+class RenderTimeout(Exception):
+    """A render went past its time budget (render_budget)."""
+
+
+# When the render in progress must end (time.monotonic()), set by render_budget for one step.
+_DEADLINE: ContextVar[float | None] = ContextVar("stepchain_render_deadline", default=None)
+
+
+@contextmanager
+def render_budget(seconds: float) -> Iterator[None]:
+    """Renders inside take at most `seconds`: each call a template makes checks the clock
+    (a loop runs `range()` or a method per pass, so a runaway nested loop stops in time)."""
+    token = _DEADLINE.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, whose calls also check the render's time budget."""
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline = _DEADLINE.get()
+        if deadline is not None and time.monotonic() > deadline:
+            raise RenderTimeout("rendering took longer than the step's timeout allows")
+        return super().call(__context, __obj, *args, **kwargs)
+
+
 @lru_cache(maxsize=1)
 def environment() -> ImmutableSandboxedEnvironment:
     """The one Jinja environment: sandboxed, immutable, undefined names are errors."""
-    env = ImmutableSandboxedEnvironment(
+    env = _Sandbox(
         undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, optimized=False
     )
     env.filters["tojson"] = _tojson
     env.filters["fromjson"] = json.loads
+    return env
+
+
+def _shell_word(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return shlex.quote(text)
+
+
+@lru_cache(maxsize=1)
+def shell_environment() -> ImmutableSandboxedEnvironment:
+    """The sandbox for string-form `run:` commands: every `{{ value }}` becomes one shell word."""
+    env = environment().overlay(finalize=_shell_word)
+    assert isinstance(env, ImmutableSandboxedEnvironment)
     return env
 
 

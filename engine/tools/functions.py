@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from stepchain.errors import RetryableStepError, StepChainError, StepError
+from stepchain.pipeline.consent import local_module_file
 from stepchain.pipeline.definition import ToolSpec
+from stepchain.tools.source import source_fingerprint
 
 Offload = Callable[..., Awaitable[Any]]
+_SOURCE_MARK = "__stepchain_source__"  # set on a tool's module: the source it was imported from
 _JSON_TYPES = {
     str: "string",
     int: "integer",
@@ -25,6 +28,10 @@ _JSON_TYPES = {
     list: "array",
     dict: "object",
 }
+
+
+class NotImported(StepChainError):
+    """A function tool that only an import could describe, where nothing may be imported."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,12 @@ def load_function_tool(spec: ToolSpec, base_dir: Path) -> FunctionTool:
     if folder not in sys.path:
         sys.path.insert(0, folder)  # the pipeline's folder is where its tools live
     _forget_foreign(module_name, base_dir)
+    source = source_fingerprint(spec, base_dir)
+    _forget_edited(module_name, source)
     try:
         module = importlib.import_module(module_name)
+        if getattr(module, _SOURCE_MARK, None) is None:
+            setattr(module, _SOURCE_MARK, source)
         func = module
         for part in attr.split("."):
             func = getattr(func, part)
@@ -93,6 +104,7 @@ def load_function_tool(spec: ToolSpec, base_dir: Path) -> FunctionTool:
         ) from None
     if not callable(func):
         raise StepChainError(f"tool '{spec.name}': {spec.function} is not callable")
+    _check_defined_here(spec, func, base_dir)
     return FunctionTool(
         name=spec.name,
         target=spec.function or "",
@@ -101,6 +113,32 @@ def load_function_tool(spec: ToolSpec, base_dir: Path) -> FunctionTool:
         parameters=spec.parameters or infer_parameters(func),
         fingerprint=code_fingerprint(func),
     )
+
+
+def _check_defined_here(spec: ToolSpec, func: Callable[..., Any], base_dir: Path) -> None:
+    """A tool from the pipeline's folder must be code of that folder, not something it imported.
+
+    `tools:os.system` (a module that imported os) would otherwise reach any callable.
+    """
+    if local_module_file((spec.function or "").partition(":")[0], base_dir) is None:
+        return  # a package the user trusted (consent is checked before the run)
+    code = getattr(inspect.unwrap(func), "__code__", None)
+    file = Path(code.co_filename).resolve() if code is not None else None
+    if file is None or not file.is_relative_to(base_dir.resolve()):
+        where = f"in {file}" if file else "not in Python code"
+        raise StepChainError(
+            f"tool '{spec.name}': {spec.function} is defined outside the pipeline's folder ({where})",
+            "a function tool must be a function written in the pipeline's folder",
+        )
+
+
+def _forget_edited(module_name: str, source: str) -> None:
+    """Drop a module imported before its file was edited: the code run is the code in the key."""
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and getattr(loaded, _SOURCE_MARK, source) != source:
+        top = module_name.split(".")[0]
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            del sys.modules[name]
 
 
 def _forget_foreign(module_name: str, base_dir: Path) -> None:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from stepchain.errors import Problem
+from stepchain.pipeline.consent import Runnable
 from stepchain.run.database import RunState
 from stepchain.run.plan import Plan
 
@@ -44,7 +45,18 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  {s.action:<8} {s.step_id:<{width}}  {s.kind}{detail}")
     summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
     lines += ["", f"plan: {summary}"]
-    return "\n".join(lines)
+    return "\n".join(lines + format_runnables(plan.runs))
+
+
+def format_runnables(runs: list[Runnable]) -> list[str]:
+    """What a pipeline would start or import, and which of it needs consent."""
+    if not runs:
+        return []
+    lines = ["", "runs programs or code:"]
+    for r in runs:
+        note = "needs consent" if r.needs_consent else "in the pipeline's folder"
+        lines.append(f"  {r.describe()}  [{note}]")
+    return lines
 
 
 def format_runs(runs: list[dict[str, Any]]) -> str:

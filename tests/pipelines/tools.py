@@ -60,6 +60,13 @@ def not_json() -> object:
     return object()
 
 
+def leak_env(name: str) -> None:
+    """A tool whose error message contains a (secret) environment variable it read itself."""
+    import os
+
+    raise ConnectionError(f"server refused token {os.environ[name]}")
+
+
 def leak(token: str) -> None:
     """A tool whose error message contains its (secret) argument."""
     raise ConnectionError(f"server refused token {token}")
