@@ -84,6 +84,12 @@ def check_semantics(source: Source) -> Checked:
         if isinstance(tool, dict) and isinstance(tool.get("env"), dict):
             for path, text in _strings(tool["env"], ("tools", name, "env")):
                 _check_template(source, path, text, False, tool_scope, checked)
+        if isinstance(tool, dict) and isinstance(tool.get("command"), list):
+            for path, text in _strings(tool["command"], ("tools", name, "command")):
+                _check_template(source, path, text, False, tool_scope, checked)
+                if "{" in text and re.search(r"\bsecrets\b", text):
+                    message = "secrets cannot go in a command line (any process can read it): pass them in env:"
+                    checked.problems.append(source.problem(path, message))
     outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
     for path, text in _strings(outputs, ("outputs",)):
         _check_template(source, path, text, False, scope, checked)

@@ -25,13 +25,23 @@ def make_pool(runtime: Runtime) -> McpPool:
         env = render_value(dict(tool.env), context, ("tools", name, "env"), runtime.locate)
         specs[name] = McpServerSpec(
             name=name,
-            command=list(tool.command) if tool.command else None,
+            command=server_command(runtime, name),
             url=tool.url,
             env={k: str(v) for k, v in env.items()},
             cwd=str(runtime.pipeline.base_dir),
             allowed_tools=tool.allowed_tools,
         )
     return McpPool(specs)
+
+
+def server_command(runtime: Runtime, name: str) -> list[str] | None:
+    """A stdio server's argv, its templates rendered from inputs and env (as `env:` is)."""
+    command = runtime.pipeline.tools[name].command
+    if not command:
+        return None
+    path = ("tools", name, "command")
+    rendered = render_value(list(command), runtime.base_context(), path, runtime.locate)
+    return [str(arg) for arg in rendered]
 
 
 def approval_servers(runtime: Runtime) -> list[str]:

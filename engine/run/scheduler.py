@@ -272,15 +272,18 @@ class Scheduler:
             if entry is not None:
                 return Outcome(entry["output"], entry.get("usage") or {}), 0, True
         outcome, attempts = await self._attempts(step, request)
-        self._executed(step, key, outcome)
+        cacheable = step.cache
+        if cacheable and step.cache_by_server:  # no policy written down: the server's word
+            cacheable = await self.rt.mcp_replay_safe(request["tool"], request["remote"])
+        self._executed(step, key, outcome, cacheable)
         return outcome, attempts, False
 
     def _use_cache(self, step: Step) -> bool:
         return step.cache and not self.options.no_cache and step.id not in self.options.refresh
 
-    def _executed(self, step: Step, key: str, outcome: Outcome) -> None:
+    def _executed(self, step: Step, key: str, outcome: Outcome, cacheable: bool = True) -> None:
         add_usage(self.spent, outcome.usage)
-        if step.cache:
+        if step.cache and cacheable:
             # written in a batch soon (see PendingWrites); a crash before then only costs a
             # recomputation
             self.writes.add(key, self.rt.mask(outcome.output), outcome.usage, step.cache_ttl)

@@ -27,12 +27,28 @@ from stepchain.tools.mcp.session import (
     describe_error,
 )
 
-__all__ = ["START_TIMEOUT", "McpConnection", "McpPool", "McpServerSpec"]
+__all__ = ["START_TIMEOUT", "McpConnection", "McpPool", "McpServerSpec", "replay_safe"]
 
 log = logging.getLogger("stepchain.mcp")
 _T = TypeVar("_T")
 
 START_TIMEOUT = 30.0  # seconds for a server to start and answer the handshake or tools/list
+
+
+def replay_safe(annotations: mcp_types.ToolAnnotations | None) -> bool:
+    """Whether a tool's answer may be replayed from cache when the pipeline does not say.
+
+    Only when the server declares the tool read-only, idempotent and closed-world (no hint, no
+    cache): a tool that changes something must run again, and one reaching the open world reads
+    state that moves.
+    """
+    if annotations is None:
+        return False
+    return (
+        annotations.read_only_hint is True
+        and annotations.idempotent_hint is not False
+        and annotations.open_world_hint is False
+    )
 
 
 class McpConnection:
@@ -69,7 +85,12 @@ class McpConnection:
                     break
             self._tools = tools
         return [
-            {"name": t.name, "description": t.description or "", "input_schema": t.input_schema}
+            {
+                "name": t.name,
+                "description": t.description or "",
+                "input_schema": t.input_schema,
+                "replay_safe": replay_safe(t.annotations),
+            }
             for t in self._tools.values()
             if self._allowed(t.name)
         ]
