@@ -82,12 +82,31 @@ class StepChainGroup(click.Group):
 
 @click.group(cls=StepChainGroup)
 @click.version_option(__version__, prog_name="stepchain")
-def main() -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    envvar="STEPCHAIN_LOG_LEVEL",
+    help="Log on stderr from this level: INFO logs each step's start and finish, ERROR failures.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line with run_id, step_id, kind, attempt, duration, cached, tokens.",
+)
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None, log_format: str) -> None:
     """StepChain: declarative YAML pipelines for LLM and tool workflows."""
     # The MCP SDK logs a traceback for every malformed line a server sends; StepChain reports
     # those as step errors already, so keep the SDK's own logging off the terminal.
     logging.getLogger("mcp").addHandler(logging.NullHandler())
     logging.getLogger("mcp").propagate = False
+    if log_level or log_format != "text":
+        from stepchain.settings import configure_logging, reset_logging
+
+        configure_logging(log_level or "WARNING", log_format)
+        ctx.call_on_close(reset_logging)
 
 
 @main.command()

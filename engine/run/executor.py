@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from stepchain.run.context import RunOptions, Runtime, default_run_id
 from stepchain.run.database import Storage
 from stepchain.run.results import RunResult, StepResult
 from stepchain.run.scheduler import Observer, Scheduler
+from stepchain.run.step_log import run_finished
 from stepchain.settings import Settings, current_settings
 
 if TYPE_CHECKING:
@@ -246,9 +248,11 @@ class Executor:
             )
             storage.commit()
             scheduler = Scheduler(runtime, storage, cache, previous, observer)
+            started = time.monotonic()
             try:
                 with _signals(scheduler, enabled=options.handle_signals):
                     result = await scheduler.run()
+                run_finished(result, time.monotonic() - started)
             finally:
                 await runtime.aclose()
         finally:

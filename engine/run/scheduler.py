@@ -22,6 +22,7 @@ from stepchain.run.context import Runtime
 from stepchain.run.database import Storage
 from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.run.results import RunResult, RunStatus, StepResult, now
+from stepchain.run.step_log import step_finished, step_started
 from stepchain.settings import LOGGER_NAME
 from stepchain.steps import Outcome, kind_of
 from stepchain.steps.template import template_outcome
@@ -125,6 +126,7 @@ class Scheduler:
                 inline.append(step)
             else:
                 self.observe("start", sid, None)
+                step_started(self.rt.run_id, step)
                 self.running[asyncio.create_task(self._run_step(step), name=f"step:{sid}")] = sid
         if inline:
             self._run_templates(inline)
@@ -155,6 +157,7 @@ class Scheduler:
         self.visible[result.step_id] = {"output": result.output, "status": result.status}
         step = self.pipeline.step(result.step_id)
         self.storage.save_step(self.rt.run_id, step.index, result)
+        step_finished(self.rt.run_id, step, result)
         if result.status == "failed" and not step.continue_on_error and self.options.fail_fast:
             self.stop_reason = (
                 self.stop_reason or f"not started: --fail-fast after steps.{step.id} failed"
@@ -339,6 +342,7 @@ class Scheduler:
         for step in steps:
             result = StepResult(step.id, "completed", started_at=now())
             self.observe("start", step.id, None)
+            step_started(self.rt.run_id, step)
             prepared = self._guarded(
                 step, result, partial(prepare_step, step, self._context(), self.rt)
             )
