@@ -113,3 +113,21 @@ class Interrupted(StepChainError):
     """The run was stopped by SIGINT or SIGTERM."""
 
     exit_code = 130
+
+
+def no_running_loop(name: str, instead: str) -> None:
+    """Refuse a sync entry point inside a running event loop, before any coroutine exists.
+
+    Raises:
+        StepChainError: naming the async function to await instead.
+    """
+    import asyncio  # only here: `stepchain validate` need not import it
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise StepChainError(
+        f"{name}() cannot be called inside a running event loop (e.g. in an async def)",
+        f"use `await {instead}(...)` there",
+    )

@@ -97,6 +97,23 @@ class Step:
         """A kind-specific field (`prompt`, `with`, `run`, ...)."""
         return self.spec.get(key, default)
 
+    # StepChain 0.3 names, kept for users of its API
+    @property
+    def tool(self) -> str | None:
+        """The tool a tool step calls (`name` or `server.tool`); None for other kinds."""
+        value: str | None = self.spec.get("tool")
+        return value
+
+    @property
+    def tool_input(self) -> dict[str, Any]:
+        """A tool step's arguments as written (`with:`, templates unrendered)."""
+        return dict(self.spec.get("with") or {})
+
+    @property
+    def dependencies(self) -> list[str]:
+        """The ids of the steps this one waits for (explicit `needs` and references), sorted."""
+        return sorted(self.needs)
+
 
 @dataclass
 class Pipeline:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from stepchain.cache import ResultCache
-from stepchain.errors import StepChainError, UsageError
+from stepchain.errors import StepChainError, UsageError, no_running_loop
 from stepchain.pipeline.definition import Pipeline
 from stepchain.pipeline.inputs import resolve_inputs
 from stepchain.pipeline.load import load_pipeline, load_pipeline_text
@@ -79,8 +79,10 @@ class Executor:
                 (or reuse one across `arun()` calls in your loop).
 
         Raises:
-            StepChainError: the run could not start (see its message and hint).
+            StepChainError: the run could not start (see its message and hint), or this was
+                called inside a running event loop (await `aexecute` or `arun` there).
         """
+        no_running_loop("Executor.execute", "Executor.arun")
         return self.run(
             pipeline,
             run_id=run_id,
@@ -146,6 +148,7 @@ class Executor:
         The arguments are those of `execute`; `observer(event, step_id, result)` hears each
         step start, attempt and finish; `handle_signals` turns SIGINT/SIGTERM into a clean stop.
         """
+        no_running_loop("Executor.run", "Executor.arun")
         options = self.options(
             run_id=run_id,
             inputs=inputs,
@@ -281,8 +284,10 @@ def execute(
     The arguments are those of `Executor(max_concurrent).execute(...)`.
 
     Raises:
-        StepChainError: the run could not start (see its message and hint).
+        StepChainError: the run could not start (see its message and hint), or this was
+            called inside a running event loop (await `aexecute` there).
     """
+    no_running_loop("execute", "aexecute")
     return Executor(max_concurrent).execute(
         pipeline,
         run_id,
@@ -297,10 +302,45 @@ def execute(
     )
 
 
+async def aexecute(
+    pipeline: Pipeline | str | Path,
+    run_id: str | None = None,
+    inputs: dict[str, Any] | None = None,
+    resume: bool = False,
+    max_concurrent: int = 8,
+    *,
+    fail_fast: bool = False,
+    no_cache: bool = False,
+    refresh: Iterable[str] = (),
+    allow_run: bool | None = None,
+    approve: bool = False,
+    http_client: DefaultAsyncHttpxClient | None = None,
+) -> list[StepResult]:
+    """`execute` for async code: await it inside a running event loop.
+
+    Raises:
+        StepChainError: the run could not start (see its message and hint).
+    """
+    result = await Executor(max_concurrent).arun(
+        pipeline,
+        run_id=run_id,
+        inputs=inputs,
+        resume=resume,
+        fail_fast=fail_fast,
+        no_cache=no_cache,
+        refresh=refresh,
+        allow_run=allow_run,
+        approve=approve,
+        http_client=http_client,
+    )
+    return result.results
+
+
 def resume_run(
     run_id: str, executor: Executor | None = None, options: RunOptions | None = None
 ) -> RunResult:
     """Resume a recorded run from its file (or, if the file is gone, from the recorded text)."""
+    no_running_loop("resume_run", "Executor.arun(..., resume=True)")
     executor = executor or Executor()
     pipeline = recorded_pipeline(run_id, executor.settings)
     options = options or executor.options()
