@@ -127,3 +127,32 @@ def test_decompose_refuses_tools_it_cannot_name(tmp_path, monkeypatch):
         stepchain.decompose("x", tools=["web_browse"])
     with pytest.raises(stepchain.UsageError, match="cannot be imported by name"):
         stepchain.decompose("x", tools=[lambda text: text])
+
+
+def test_on_step_hook_sees_each_finished_step(write, calls_log):
+    path = write("p.yaml", PIPELINE)
+    seen: list[tuple[str, str]] = []
+    stepchain.Executor(on_step=lambda r: seen.append((r.step_id, r.status))).run(path)
+    assert seen == [("first", "completed"), ("second", "completed")]
+
+    class Audited(stepchain.Executor):
+        def on_step(self, result):
+            seen.append((result.step_id, "audited"))
+            raise RuntimeError("the audit log is down")  # logged; the run goes on
+
+    result = Audited().run(path)
+    assert result.status == "completed"
+    assert seen[-2:] == [("first", "audited"), ("second", "audited")]
+
+
+def test_overriding_a_method_the_engine_never_calls_fails_loudly():
+    with pytest.raises(StepChainError) as caught:
+
+        class AuditedExecutor(stepchain.Executor):
+            async def execute_step(self, step, context):
+                return None
+
+    assert caught.value.message == (
+        "AuditedExecutor.execute_step overrides a method StepChain never calls"
+    )
+    assert "on_step" in caught.value.hint

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,14 +21,37 @@ from stepchain.run.database import Storage
 from stepchain.run.results import RunResult, StepResult
 from stepchain.run.scheduler import Observer, Scheduler
 from stepchain.run.step_log import run_finished
-from stepchain.settings import Settings, current_settings
+from stepchain.settings import LOGGER_NAME, Settings, current_settings
+
+log = logging.getLogger(LOGGER_NAME)
 
 if TYPE_CHECKING:
     from openai import DefaultAsyncHttpxClient
 
 
+# Methods of StepChain 0.3's Executor that the engine no longer calls: overriding one would
+# silently do nothing, so a subclass that does is refused when it is defined.
+_NEVER_CALLED = ("execute_step", "run_step", "_execute_step")
+
+
 class Executor:
-    """Runs pipelines. `max_concurrent` bounds steps and foreach items in flight."""
+    """Runs pipelines. `max_concurrent` bounds steps and foreach items in flight.
+
+    Per-step hook: `on_step(result)` is called with each step's `StepResult` as soon as the
+    step finishes (completed, failed, skipped or interrupted) and its record is saved; pass
+    `on_step=` or override the method in a subclass. An exception it raises is logged, and the
+    run goes on.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _NEVER_CALLED:
+            if name in vars(cls):
+                raise StepChainError(
+                    f"{cls.__name__}.{name} overrides a method StepChain never calls",
+                    "override on_step(self, result), called after each step finishes, "
+                    "or pass observer= to run()",
+                )
 
     def __init__(
         self,
@@ -36,6 +60,7 @@ class Executor:
         settings: Settings | None = None,
         executor: Literal["local", "dask"] = "local",
         scheduler: str | None = None,
+        on_step: Callable[[StepResult], None] | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise UsageError(
@@ -46,6 +71,28 @@ class Executor:
         self.settings = settings
         self.executor = executor
         self.scheduler = scheduler
+        self._on_step = on_step
+
+    def on_step(self, result: StepResult) -> None:
+        """Called with each step's result when the step finishes; does nothing by default."""
+        if self._on_step is not None:
+            self._on_step(result)
+
+    def _observer(self, observer: Observer | None) -> Observer | None:
+        """`observer` with `on_step` called on each finish (when it does something)."""
+        if self._on_step is None and type(self).on_step is Executor.on_step:
+            return observer
+
+        def observe(event: str, step_id: str, result: StepResult | None) -> None:
+            if observer is not None:
+                observer(event, step_id, result)
+            if event == "finish" and result is not None:
+                try:
+                    self.on_step(result)
+                except Exception:
+                    log.exception("the on_step hook failed on step %s", step_id)
+
+        return observe
 
     def execute(
         self,
@@ -205,7 +252,7 @@ class Executor:
         try:
             with storage.lock(run_id):
                 return await self._drive(
-                    pipeline, options, run_id, storage, cache, settings, observer
+                    pipeline, options, run_id, storage, cache, settings, self._observer(observer)
                 )
         finally:
             storage.close()
