@@ -115,14 +115,15 @@ async def _ask(runtime: Runtime, server: str, tool: str, arguments: dict[str, An
     if not _interactive():
         raise StepError(
             f"MCP tool '{server}.{tool}' requires approval and there is no terminal to ask on",
-            "pass --approve after reviewing the pipeline",
+            "pass --approve (approve=True from Python) after reviewing the pipeline",
+            kind="approval",
         )
     async with runtime.approval_lock:  # one question at a time, even when steps run in parallel
         shown = runtime.mask(arguments)
         question = f"\nAllow MCP tool {server}.{tool} with arguments {shown}? [y/N] "
         answer = await run_in_thread(_prompt, question=question)
     if answer.strip().lower() not in ("y", "yes"):
-        raise StepError(f"MCP tool '{server}.{tool}' was not approved")
+        raise StepError(f"MCP tool '{server}.{tool}' was not approved", kind="approval")
 
 
 def _prompt(*, question: str) -> str:

@@ -26,6 +26,9 @@ class StepResult:
     usage: dict[str, int] = field(default_factory=dict)
     cache_key: str | None = None
     reason: str | None = None  # why a step was skipped or interrupted
+    # what failed, from the error's class: rate_limit, timeout, server, auth, bad_request,
+    # schema, tool, template, command, ... (see stepchain.errors.StepError); None if none did
+    error_kind: str | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -84,6 +87,8 @@ class RunResult:
             steps[sid] = {k: doc[k] for k in _JSON_STEP_KEYS}
             if result.reason:
                 steps[sid]["reason"] = result.reason
+            if result.error_kind:
+                steps[sid]["error_kind"] = result.error_kind
         return {
             "run_id": self.run_id,
             "status": self.status,

@@ -15,7 +15,13 @@ from typing import Any
 
 from stepchain.cache import ResultCache
 from stepchain.cache.pending import PendingWrites
-from stepchain.errors import RetryableStepError, StepChainError, StepError, StepTimeout
+from stepchain.errors import (
+    RetryableStepError,
+    StepChainError,
+    StepError,
+    StepTimeout,
+    error_kind,
+)
 from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import Step
 from stepchain.run.context import Runtime
@@ -191,15 +197,18 @@ class Scheduler:
                 "interrupted",
                 "run interrupted while the step was running",
             )
-            result.error = "interrupted"
+            result.error, result.error_kind = "interrupted", "interrupted"
         except _Failed as failed:
             result.status, result.attempts, result.usage = "failed", failed.attempts, failed.usage
             result.error = self.rt.describe_error(failed.error)
+            result.error_kind = error_kind(failed.error)
         except StepChainError as exc:
             result.status, result.error = "failed", self.rt.describe_error(exc)
+            result.error_kind = error_kind(exc)
         except Exception as exc:  # a bug in StepChain or a tool: record it, and log the traceback
             log.exception("unexpected error in step %s", step.id)
             result.status, result.error = "failed", self.rt.describe_error(exc)
+            result.error_kind = error_kind(exc)
         result.completed_at = now()
         result.output = self.rt.mask(result.output)
         return result
@@ -251,7 +260,9 @@ class Scheduler:
             inner = error.error if isinstance(error, _Failed) else error
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
             raise _Failed(
-                StepError(f"item {index}: {self.rt.describe_error(inner)}{more}"),
+                StepError(
+                    f"item {index}: {self.rt.describe_error(inner)}{more}", kind=error_kind(inner)
+                ),
                 result.attempts,
                 result.usage,
             )
@@ -318,7 +329,7 @@ class Scheduler:
             if attempt > step.retries:
                 suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
                 add_usage(self.spent, spent)
-                raise _Failed(StepError(f"{error}{suffix}"), attempt, spent)
+                raise _Failed(StepError(f"{error}{suffix}", kind=error.kind), attempt, spent)
             feedback = getattr(error, "feedback", None)
             delay = (
                 error.retry_after
@@ -364,9 +375,11 @@ class Scheduler:
             return func()
         except StepChainError as exc:
             result.status, result.error = "failed", self.rt.describe_error(exc)
+            result.error_kind = error_kind(exc)
         except Exception as exc:  # a bug in StepChain: record it, and log the traceback
             log.exception("unexpected error in step %s", step.id)
             result.status, result.error = "failed", self.rt.describe_error(exc)
+            result.error_kind = error_kind(exc)
         return None
 
     def _templates_done(

@@ -15,6 +15,8 @@ Locate = Callable[[tuple], str]
 class TemplateFailure(StepError):
     """A template that failed at render time; never retried (it would fail the same way)."""
 
+    kind = "template"
+
 
 def render_value(value: Any, context: dict[str, Any], path: tuple, locate: Locate) -> Any:
     """Render every string in `value` (recursively through lists and mappings)."""

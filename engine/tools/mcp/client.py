@@ -113,12 +113,14 @@ class McpConnection:
             raise StepError(
                 f"MCP tool {tool!r} of server {name!r} is not allowed (allowed_tools: {allowed})",
                 f"add it to allowed_tools of tools.{name} in the pipeline if it is safe",
+                kind="not_allowed",
             )
         available = {t["name"]: t for t in await self.list_tools()}
         if tool not in available:
             raise StepError(
                 f"MCP server {name!r} has no tool {tool!r}; "
-                f"available: {', '.join(sorted(available)) or 'none'}"
+                f"available: {', '.join(sorted(available)) or 'none'}",
+                kind="tool",
             )
         self._validate(tool, available[tool]["input_schema"], arguments)
         link = await self._live_link()
@@ -224,6 +226,7 @@ class McpConnection:
             f"MCP server {self.spec.name!r} {link.failure} (during {what})"
             + self._stderr_note(link),
             "the server is restarted on the next attempt",
+            kind="server",
         )
 
     def _validate(self, tool: str, schema: dict[str, Any], arguments: dict[str, Any]) -> None:
@@ -233,14 +236,16 @@ class McpConnection:
             where = "/".join(str(p) for p in error.absolute_path) or "arguments"
             raise StepError(
                 f"arguments for MCP tool {self.spec.name}.{tool} do not match its input schema:"
-                f" {where}: {error.message}"
+                f" {where}: {error.message}",
+                kind="bad_request",
             )
 
     def _output(self, tool: str, result: mcp_types.CallToolResult) -> object:
         text = "\n".join(c.text for c in result.content if isinstance(c, mcp_types.TextContent))
         if result.is_error:
             raise StepError(
-                f"MCP tool {self.spec.name}.{tool} failed: {self._mask(text) or 'no message'}"
+                f"MCP tool {self.spec.name}.{tool} failed: {self._mask(text) or 'no message'}",
+                kind="tool",
             )
         if result.structured_content is not None:
             assert self._tools is not None
