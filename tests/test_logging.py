@@ -75,3 +75,24 @@ def test_a_bad_log_level_is_refused(cli):
     result = cli("--log-level", "LOUD", "validate", "x.yaml")
     assert result.exit_code == 2
     assert "'LOUD' is not one of" in result.stderr
+
+
+def test_without_a_terminal_the_table_ends_its_line_and_has_no_padding(cli, write, calls_log):
+    path = write(
+        "ok.yaml",
+        """
+        version: 1
+        name: ok
+        tools:
+          echo: {type: function, function: "tools:echo"}
+        steps:
+          - {id: a, tool: echo, with: {value: x}}
+        """,
+    )
+    result = cli("run", path, "--run-id", "plain")
+    assert result.exit_code == 0
+    lines = result.stderr.splitlines()
+    assert lines[0] == "stepchain · ok"
+    assert lines[-1] == "run plain completed"
+    assert lines[-2].startswith("└") and lines[-2].endswith("┘")
+    assert all(line == line.rstrip() for line in lines)
