@@ -51,11 +51,11 @@ def test_tool_template_and_timeout_failures_in_json(cli, write, calls_log):
         name: kinds
         tools:
           boom: {type: function, function: "tools:boom"}
-          nap: {type: function, function: "tools:nap"}
+          anap: {type: function, function: "tools:anap"}
         steps:
           - {id: tool, tool: boom}
           - {id: template, template: "{{ inputs.missing.deeper }}", when: "true"}
-          - {id: slow, tool: nap, with: {name: s, seconds: 1}, timeout: 0.05, retries: 0}
+          - {id: slow, tool: anap, with: {name: s, seconds: 5}, timeout: 0.05, retries: 0}
           - {id: fine, template: ok}
         inputs:
           missing: {type: object, default: {}}
