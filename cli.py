@@ -18,7 +18,12 @@ RUN_FLAGS = [
     click.option("--max-concurrent", type=click.IntRange(min=1), default=8, show_default=True),
     click.option("--fail-fast", is_flag=True, help="Start nothing new after the first failure."),
     click.option("--no-cache", is_flag=True, help="Ignore cache hits (results are still stored)."),
-    click.option("--refresh", multiple=True, metavar="STEP", help="Recompute this step."),
+    click.option(
+        "--refresh",
+        multiple=True,
+        metavar="STEP",
+        help="Recompute this step whatever the cache holds (repeat for more steps).",
+    ),
     click.option(
         "--allow-run",
         is_flag=True,
@@ -87,17 +92,43 @@ class StepChainGroup(click.Group):
 
 @click.group(cls=StepChainGroup)
 @click.version_option(__version__, prog_name="stepchain")
-def main() -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    envvar="STEPCHAIN_LOG_LEVEL",
+    help="Log on stderr from this level: INFO logs each step's start and finish, ERROR failures.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line with run_id, step_id, kind, attempt, duration, cached, tokens.",
+)
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None, log_format: str) -> None:
     """StepChain: declarative YAML pipelines for LLM and tool workflows."""
     # The MCP SDK logs a traceback for every malformed line a server sends; StepChain reports
     # those as step errors already, so keep the SDK's own logging off the terminal.
     logging.getLogger("mcp").addHandler(logging.NullHandler())
     logging.getLogger("mcp").propagate = False
+    if log_level or log_format != "text":
+        from stepchain.settings import configure_logging, reset_logging
+
+        configure_logging(log_level or "WARNING", log_format)
+        ctx.call_on_close(reset_logging)
 
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "github"]),
+    default="text",
+    show_default=True,
+    help="text: FILE:LINE:COL lines; json: one document; github: workflow annotations.",
+)
 def validate(files: tuple[str, ...], fmt: str) -> None:
     """Check pipeline files; print every problem as FILE:LINE:COL: PATH: MESSAGE."""
     from stepchain.pipeline.load import check_file
@@ -153,7 +184,7 @@ def schema() -> None:
 @main.command()
 @click.argument("file", type=click.Path())
 @input_flags
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default=None)
 @click.option("--against", type=click.Path(dir_okay=False), help="Compare with this lock file.")
 def plan(
@@ -364,7 +395,7 @@ def runs() -> None:
 
 
 @runs.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 def runs_list(as_json: bool, limit: int) -> None:
     """List recent runs."""
@@ -379,7 +410,7 @@ def runs_list(as_json: bool, limit: int) -> None:
 
 @runs.command("show")
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def runs_show(run_id: str, as_json: bool) -> None:
     """Show one run: inputs, every step's status, output, error, attempts, timings, tokens."""
     from stepchain.run.database import Storage
@@ -413,7 +444,7 @@ def cache() -> None:
 
 
 @cache.command("info")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def cache_info(as_json: bool) -> None:
     """Where the cache is, how many entries, how many bytes."""
     from stepchain.cache import ResultCache
@@ -448,8 +479,20 @@ def cache_clear() -> None:
 )
 @click.option("--max-steps", type=click.IntRange(1, 50), default=10, show_default=True)
 @click.option("--model", help="Model for the decomposer.")
+@click.option(
+    "--temperature",
+    type=click.FloatRange(0, 2),
+    default=0.2,
+    show_default=True,
+    help="Sampling temperature of the decomposer's model.",
+)
 def decompose(
-    task: str, output: str | None, tools_file: str | None, max_steps: int, model: str | None
+    task: str,
+    output: str | None,
+    tools_file: str | None,
+    max_steps: int,
+    model: str | None,
+    temperature: float,
 ) -> None:
     """Write a pipeline for TASK (YAML only, for review; nothing is run)."""
     from stepchain.decomposer import decompose_to_yaml
@@ -459,7 +502,12 @@ def decompose(
     if output and local_schema.exists():  # in a checkout: point the modeline at the repo's schema
         schema_ref = os.path.relpath(local_schema.resolve(), Path(output).resolve().parent)
     text = decompose_to_yaml(
-        task, tools=tools_file, max_steps=max_steps, model=model, schema_ref=schema_ref
+        task,
+        tools=tools_file,
+        max_steps=max_steps,
+        model=model,
+        temperature=temperature,
+        schema_ref=schema_ref,
     )
     if output:
         Path(output).write_text(text, encoding="utf-8")

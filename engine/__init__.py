@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "1.0.0"
 
 if TYPE_CHECKING:
-    from stepchain.decomposer import decompose
+    from stepchain.decomposer import adecompose, decompose
     from stepchain.errors import (
         CommandsNotAllowed,
         CredentialsMissing,
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from stepchain.pipeline.definition import Pipeline, Step
     from stepchain.pipeline.load import load_pipeline
     from stepchain.run.database import RunState, Storage
-    from stepchain.run.executor import Executor, execute, resume_run
+    from stepchain.run.executor import Executor, aexecute, execute, resume_run
     from stepchain.run.results import RunResult, StepResult
     from stepchain.settings import Settings, setup_stepchain
 
@@ -53,6 +53,7 @@ _ERRORS = (
 _PUBLIC = {
     "Executor": "stepchain.run.executor",
     "execute": "stepchain.run.executor",
+    "aexecute": "stepchain.run.executor",
     "resume_run": "stepchain.run.executor",
     "load_pipeline": "stepchain.pipeline.load",
     "Pipeline": "stepchain.pipeline.definition",
@@ -64,6 +65,7 @@ _PUBLIC = {
     "Settings": "stepchain.settings",
     "setup_stepchain": "stepchain.settings",
     "decompose": "stepchain.decomposer",
+    "adecompose": "stepchain.decomposer",
     **dict.fromkeys(_ERRORS, "stepchain.errors"),
 }
 
@@ -90,6 +92,8 @@ __all__ = [
     "Storage",
     "UsageError",
     "__version__",
+    "adecompose",
+    "aexecute",
     "decompose",
     "execute",
     "load_pipeline",

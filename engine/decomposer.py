@@ -27,12 +27,19 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from jsonschema import Draft202012Validator
 from stepchain.cache import ResultCache, cache_key
-from stepchain.errors import PipelineInvalid, Problem, RetryableStepError, UsageError
+from stepchain.errors import (
+    PipelineInvalid,
+    Problem,
+    RetryableStepError,
+    UsageError,
+    no_running_loop,
+)
 from stepchain.llm.client import LLMClient, ModelCall
 from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import DEFAULT_MODEL, Pipeline
 from stepchain.pipeline.load import check_text, load_pipeline_text, read_text
 from stepchain.pipeline.schema import pipeline_schema
+from stepchain.pipeline.v03_tools import tools_from_v03
 from stepchain.pipeline.yaml_source import load_source
 from stepchain.settings import LOGGER_NAME, Settings, current_settings
 
@@ -109,7 +116,7 @@ Problems:
 def decompose(
     task: str,
     *,
-    tools: dict[str, Any] | str | Path | None = None,
+    tools: dict[str, Any] | list[Any] | str | Path | None = None,
     max_steps: int = 10,
     model: str | None = None,
     temperature: float = 0.2,
@@ -122,8 +129,9 @@ def decompose(
 
     Args:
         task: what the pipeline should do, in plain words.
-        tools: named tools the pipeline may use (the shape of a pipeline's `tools:`), or the
-            path of a YAML/JSON file holding them.
+        tools: named tools the pipeline may use (the shape of a pipeline's `tools:`), the
+            path of a YAML/JSON file holding them, or a StepChain 0.3 list such as
+            `["web_search", {"type": "mcp", "server_label": ...}, my_function]`.
         max_steps: at most this many steps (1 to 50).
         model: the model to ask (default gpt-4o-mini).
         temperature: sampling temperature of that model.
@@ -139,8 +147,37 @@ def decompose(
         UsageError: max_steps out of range, or the tools are unreadable or invalid.
         CredentialsMissing: a request is needed and OPENAI_API_KEY is not set.
         StepError: the LLM server failed or refused the request.
+        StepChainError: called inside a running event loop (await `adecompose` there).
     """
+    no_running_loop("decompose", "adecompose")
     text = decompose_to_yaml(
+        task,
+        tools=tools,
+        max_steps=max_steps,
+        model=model,
+        temperature=temperature,
+        settings=settings,
+        max_repairs=max_repairs,
+        no_cache=no_cache,
+        http_client=http_client,
+    )
+    return load_pipeline_text(text, FILE)
+
+
+async def adecompose(
+    task: str,
+    *,
+    tools: dict[str, Any] | list[Any] | str | Path | None = None,
+    max_steps: int = 10,
+    model: str | None = None,
+    temperature: float = 0.2,
+    settings: Settings | None = None,
+    max_repairs: int = 3,
+    no_cache: bool = False,
+    http_client: DefaultAsyncHttpxClient | None = None,
+) -> Pipeline:
+    """`decompose` for async code: await it inside a running event loop (same arguments)."""
+    text = await adecompose_to_yaml(
         task,
         tools=tools,
         max_steps=max_steps,
@@ -157,7 +194,7 @@ def decompose(
 def decompose_to_yaml(
     task: str,
     *,
-    tools: dict[str, Any] | str | Path | None = None,
+    tools: dict[str, Any] | list[Any] | str | Path | None = None,
     max_steps: int = 10,
     model: str | None = None,
     temperature: float = 0.2,
@@ -171,6 +208,37 @@ def decompose_to_yaml(
 
     `schema_ref` is the `$schema` of the yaml-language-server modeline (default: the schema's $id).
     """
+    no_running_loop("decompose_to_yaml", "adecompose_to_yaml")
+    return asyncio.run(
+        adecompose_to_yaml(
+            task,
+            tools=tools,
+            max_steps=max_steps,
+            model=model,
+            temperature=temperature,
+            settings=settings,
+            max_repairs=max_repairs,
+            no_cache=no_cache,
+            schema_ref=schema_ref,
+            http_client=http_client,
+        )
+    )
+
+
+async def adecompose_to_yaml(
+    task: str,
+    *,
+    tools: dict[str, Any] | list[Any] | str | Path | None = None,
+    max_steps: int = 10,
+    model: str | None = None,
+    temperature: float = 0.2,
+    settings: Settings | None = None,
+    max_repairs: int = 3,
+    no_cache: bool = False,
+    schema_ref: str | None = None,
+    http_client: DefaultAsyncHttpxClient | None = None,
+) -> str:
+    """`decompose_to_yaml` for async code."""
     if not isinstance(max_steps, int) or not 1 <= max_steps <= MAX_STEPS_LIMIT:
         raise UsageError(f"max_steps must be between 1 and {MAX_STEPS_LIMIT}, not {max_steps!r}")
     if max_repairs < 0:
@@ -178,7 +246,7 @@ def decompose_to_yaml(
     given = load_tools(tools)
     model = model or DEFAULT_MODEL
     asker = _Asker(model, temperature, current_settings(settings), no_cache, http_client)
-    body = asyncio.run(_draft(asker, task, given, max_steps, max_repairs))
+    body = await _draft(asker, task, given, max_steps, max_repairs)
     return header(task, model, schema_ref) + body
 
 
@@ -197,11 +265,18 @@ def header(task: str, model: str, schema_ref: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_tools(tools: dict[str, Any] | str | Path | None) -> dict[str, Any]:
-    """The named tools, from a mapping or a YAML/JSON file, checked against the schema."""
+def load_tools(tools: dict[str, Any] | list[Any] | str | Path | None) -> dict[str, Any]:
+    """The named tools, from a mapping or a YAML/JSON file, checked against the schema.
+
+    A StepChain 0.3 list (`["web_search", {...}]`) and Python callables are accepted too.
+    """
     if tools is None:
         return {}
     where = "tools"
+    if isinstance(tools, list) or (
+        isinstance(tools, dict) and any(callable(v) for v in tools.values())
+    ):
+        tools = tools_from_v03(tools)
     if isinstance(tools, (str, Path)):
         where = str(tools)
         source = load_source(where, read_text(tools))

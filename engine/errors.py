@@ -88,25 +88,37 @@ class CommandsNotAllowed(StepChainError):
 
 
 class StepError(StepChainError):
-    """A step failed. `retryable` says whether another attempt may succeed."""
+    """A step failed. `retryable` says whether another attempt may succeed; `kind` says what
+    failed (`StepResult.error_kind`): rate_limit, timeout, server, connection, auth, bad_request,
+    not_found, malformed, schema, refused, tool, template, command, approval, step."""
 
     retryable = False
+    kind = "step"
 
     def __init__(
-        self, message: str, hint: str | None = None, *, retry_after: float | None = None
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        retry_after: float | None = None,
+        kind: str | None = None,
     ) -> None:
         super().__init__(message, hint)
         self.retry_after = retry_after
+        self.kind = kind or type(self).kind
 
 
 class RetryableStepError(StepError):
     """A transient failure: rate limit, 5xx, timeout, connection, schema mismatch."""
 
     retryable = True
+    kind = "transient"
 
 
 class StepTimeout(RetryableStepError):
     """A step ran past its timeout."""
+
+    kind = "timeout"
 
 
 class Interrupted(StepChainError):
@@ -133,3 +145,38 @@ class OfflineRefused(StepChainError):
     """An offline run whose steps are not all in the cache."""
 
     exit_code = 2
+
+
+def no_running_loop(name: str, instead: str) -> None:
+    """Refuse a sync entry point inside a running event loop, before any coroutine exists.
+
+    Raises:
+        StepChainError: naming the async function to await instead.
+    """
+    import asyncio  # only here: `stepchain validate` need not import it
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise StepChainError(
+        f"{name}() cannot be called inside a running event loop (e.g. in an async def)",
+        f"use `await {instead}(...)` there",
+    )
+
+
+def error_kind(exc: BaseException) -> str:
+    """What kind of failure `exc` is, from its class (never from its message)."""
+    if isinstance(exc, StepError):
+        return exc.kind
+    if isinstance(exc, CredentialsMissing):
+        return "auth"
+    if isinstance(exc, CommandsNotAllowed):
+        return "not_allowed"
+    if isinstance(exc, InputError):
+        return "input"
+    if isinstance(exc, Interrupted):
+        return "interrupted"
+    if isinstance(exc, StepChainError):
+        return "engine"
+    return "internal"

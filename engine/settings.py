@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +58,60 @@ def setup_stepchain(storage_path: str | Path | None = None, log_level: str = "WA
     """
     settings = Settings.from_env(storage_path)
     settings = Settings(home=settings.home, log_level=log_level.upper())
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.setLevel(settings.log_level)
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
+    configure_logging(settings.log_level)
     _configured.set(settings)
     return settings
+
+
+LOG_FIELDS = ("run_id", "step_id", "kind", "attempt", "status", "duration", "cached", "tokens")
+
+
+def configure_logging(level: str = "WARNING", fmt: str = "text") -> None:
+    """Level and format of the `stepchain` logger, to stderr; `fmt` is "text" or "json".
+
+    The handler is added once; a later call changes its level and format.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level.upper())
+    handler = next((h for h in logger.handlers if isinstance(h, StderrHandler)), None)
+    if handler is None:
+        handler = StderrHandler()
+        logger.addHandler(handler)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+
+
+def reset_logging() -> None:
+    """Remove what `configure_logging` added (the CLI calls it when a command ends)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in [h for h in logger.handlers if isinstance(h, StderrHandler)]:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes (it may be replaced, e.g. in tests)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the step's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in LOG_FIELDS:
+            if hasattr(record, name):
+                doc[name] = getattr(record, name)
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)

@@ -226,6 +226,18 @@ def test_kill_9_then_resume_executes_each_completed_step_exactly_once(cli, write
     recorded = json.loads(cli("runs", "show", "k9", "--json").stdout)
     done_before = [sid for sid, s in recorded["steps"].items() if s["status"] == "completed"]
     assert done_before[:2] == ["s1", "s2"]
+    # the run's process is gone (nobody holds its lock): interrupted and resumable, not running
+    (row,) = json.loads(cli("runs", "list", "--json").stdout)
+    assert row == {
+        **row,
+        "status": "interrupted",
+        "resumable": True,
+        "completed": len(done_before),
+        "total": 4,
+    }
+    listing = cli("runs", "list").stdout
+    assert f"interrupted  {len(done_before)}/4" in listing
+    assert "(resume: stepchain resume k9)" in listing
     result = cli("resume", "k9", "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)

@@ -354,7 +354,14 @@ def test_dask_executor_without_a_scheduler_address_says_how_to_start_one(pipelin
     path = pipeline("steps:\n  - {id: one, tool: square, with: {x: 2}}\n")
     with pytest.raises(StepChainError, match=r"needs the address of a Dask scheduler") as caught:
         dask(None).run(path)
-    assert "--scheduler tcp://HOST:8786" in str(caught.value)
+    assert "--scheduler tcp://HOST:8786 (scheduler= from Python" in str(caught.value)
+
+
+def test_dask_executor_without_a_scheduler_is_bad_usage_on_the_cli(cli, pipeline):
+    path = pipeline("steps:\n  - {id: one, tool: square, with: {x: 2}}\n")
+    result = cli("run", path, "--executor", "dask")
+    assert result.exit_code == 2
+    assert "error: --executor dask needs the address of a Dask scheduler" in result.stderr
 
 
 def test_python_api_reads_the_scheduler_address_from_the_environment(

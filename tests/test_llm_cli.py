@@ -163,3 +163,22 @@ def test_hosted_mcp_needing_approval_fails_before_anything_runs(cli, write, fake
     [tool] = next(r.json for r in fake.requests if "tools" in r.json)["tools"]
     assert tool["type"] == "mcp" and tool["server_url"] == "https://mcp.example.invalid/sse"
     assert tool["require_approval"] == "never"  # approved up front
+
+
+def test_decompose_takes_a_temperature(cli, fake):
+    fake.script(Reply.json(PLAN))
+    result = cli("decompose", "Write an article brief", "--temperature", "0.7")
+    assert result.exit_code == 0, result.stderr
+    assert fake.requests[0].json["temperature"] == 0.7
+    bad = cli("decompose", "anything", "--temperature", "3")
+    assert bad.exit_code == 2 and "3.0 is not in the range 0<=x<=2" in bad.stderr
+
+
+def test_every_option_has_a_description(cli):
+    for command in (["validate"], ["plan"], ["run"], ["runs", "list"], ["runs", "show"]):
+        lines = cli(*command, "--help").stdout.splitlines()
+        flags = [line.split() for line in lines if line.strip().startswith(("--json", "--format"))]
+        assert flags and all(len(words) > 2 for words in flags), (command, flags)
+    assert "text: FILE:LINE:COL lines" in cli("validate", "--help").stdout
+    assert "repeat for more steps" in cli("run", "--help").stdout
+    assert "--log-format" in cli("--help").stdout

@@ -227,9 +227,10 @@ def _classify(exc: Exception, base_url: str) -> Exception:
         return RetryableStepError(
             f"rate limited by the LLM server (429): {_server_message(exc)}",
             retry_after=_retry_after(exc.response.headers),
+            kind="rate_limit",
         )
     if isinstance(exc, openai.APITimeoutError):
-        return RetryableStepError(f"the LLM request to {base_url} timed out")
+        return RetryableStepError(f"the LLM request to {base_url} timed out", kind="timeout")
     if isinstance(exc, openai.APIConnectionError):
         cert = _cause(exc, ssl.SSLCertVerificationError)
         if cert is not None:
@@ -237,29 +238,38 @@ def _classify(exc: Exception, base_url: str) -> Exception:
                 f"cannot verify the TLS certificate of the LLM server at {base_url}: {cert}",
                 "for a server with a private CA (or behind a TLS-intercepting proxy), point "
                 "SSL_CERT_FILE (or SSL_CERT_DIR) at that CA's certificate",
+                kind="connection",
             )
         reason = exc.__cause__ or exc
-        return RetryableStepError(f"cannot reach the LLM server at {base_url}: {reason}")
+        return RetryableStepError(
+            f"cannot reach the LLM server at {base_url}: {reason}", kind="connection"
+        )
     if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
         return StepError(
             f"the LLM server refused the credentials ({exc.status_code}): {_server_message(exc)}",
             "check OPENAI_API_KEY (and OPENAI_BASE_URL if you use a compatible server)",
+            kind="auth",
         )
     if isinstance(exc, openai.APIStatusError):
         status, message = exc.status_code, _server_message(exc)
         if status in (408, 409) or status >= 500:
-            return RetryableStepError(f"the LLM server failed ({status}): {message}")
+            kind = "server" if status >= 500 else "transient"
+            return RetryableStepError(f"the LLM server failed ({status}): {message}", kind=kind)
         if status == 404:
             return StepError(
                 f"not found on the LLM server ({base_url}): {message}",
                 "check the model name; for a server without the Responses API use api: chat",
+                kind="not_found",
             )
         return StepError(
             f"the LLM server rejected the request ({status}): {message}",
             "check the step's model, temperature, max_output_tokens, output_schema and tools",
+            kind="bad_request",
         )
     if isinstance(exc, (MalformedAnswer, openai.APIResponseValidationError)):
-        return RetryableStepError(f"the LLM server at {base_url} sent a malformed response")
+        return RetryableStepError(
+            f"the LLM server at {base_url} sent a malformed response", kind="malformed"
+        )
     return exc
 
 

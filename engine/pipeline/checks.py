@@ -90,6 +90,12 @@ def check_semantics(source: Source) -> Checked:
             if isinstance(tool, dict) and isinstance(tool.get(field_name), dict):
                 for path, text in _strings(tool[field_name], ("tools", name, field_name)):
                     _check_template(source, path, text, False, tool_scope, checked)
+        if isinstance(tool, dict) and isinstance(tool.get("command"), list):
+            for path, text in _strings(tool["command"], ("tools", name, "command")):
+                _check_template(source, path, text, False, tool_scope, checked)
+                if "{" in text and re.search(r"\bsecrets\b", text):
+                    message = "secrets cannot go in a command line (any process can read it): pass them in env:"
+                    checked.problems.append(source.problem(path, message))
     checked.problems += function_problems(source, tools)
     outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
     for path, text in _strings(outputs, ("outputs",)):

@@ -57,6 +57,7 @@ class ToolSpec:
     headers: dict[str, str] = field(default_factory=dict)
     allowed_tools: tuple[str, ...] | None = None
     require_approval: str = "never"
+    cache: bool | str | None = None  # None: not declared (MCP tools: the server's annotations)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -86,10 +87,32 @@ class Step:
     cache_ttl: float | None = None  # seconds; None = keep forever
     cache: bool = True
     continue_on_error: bool = False
+    # Where the cache policy comes from, for `plan` ("steps[1].cache", "tools.git.cache", ...);
+    # cache_by_server: an MCP tool with no policy written down: cached only when the server's
+    # annotations say its answer is safe to replay (see tools.mcp.client.replay_safe).
+    cache_source: str = "the default"
+    cache_by_server: bool = False
 
     def get(self, key: str, default: Any = None) -> Any:
         """A kind-specific field (`prompt`, `with`, `run`, ...)."""
         return self.spec.get(key, default)
+
+    # StepChain 0.3 names, kept for users of its API
+    @property
+    def tool(self) -> str | None:
+        """The tool a tool step calls (`name` or `server.tool`); None for other kinds."""
+        value: str | None = self.spec.get("tool")
+        return value
+
+    @property
+    def tool_input(self) -> dict[str, Any]:
+        """A tool step's arguments as written (`with:`, templates unrendered)."""
+        return dict(self.spec.get("with") or {})
+
+    @property
+    def dependencies(self) -> list[str]:
+        """The ids of the steps this one waits for (explicit `needs` and references), sorted."""
+        return sorted(self.needs)
 
 
 @dataclass

@@ -75,7 +75,10 @@ def load_pipeline_text(text: str, file: str = "<pipeline>", base: Path | None = 
 def build_pipeline(source: Source, deps: dict[str, set[str]]) -> Pipeline:
     data = source.data
     defaults = dict(data.get("defaults") or {})
-    steps = [_build_step(i, raw, defaults, deps[raw["id"]]) for i, raw in enumerate(data["steps"])]
+    tools = data.get("tools") or {}
+    steps = [
+        _build_step(i, raw, defaults, deps[raw["id"]], tools) for i, raw in enumerate(data["steps"])
+    ]
     return Pipeline(
         name=data["name"],
         description=data.get("description"),
@@ -91,10 +94,16 @@ def build_pipeline(source: Source, deps: dict[str, set[str]]) -> Pipeline:
     )
 
 
-def _build_step(index: int, raw: dict[str, Any], defaults: dict[str, Any], deps: set[str]) -> Step:
+def _build_step(
+    index: int,
+    raw: dict[str, Any],
+    defaults: dict[str, Any],
+    deps: set[str],
+    tools: dict[str, Any],
+) -> Step:
     get, default = raw.get, defaults.get  # a step's own value, else the pipeline's default
     kind = next(k for k in KINDS if k in raw)
-    cache = get("cache", default("cache", True))
+    cache, cache_source, by_server = _cache_policy(index, raw, defaults, kind, tools)
     spec = dict(raw)
     if kind == "prompt":
         for key in ("model", "temperature", "max_output_tokens", "max_tool_calls", "api"):
@@ -116,8 +125,33 @@ def _build_step(index: int, raw: dict[str, Any], defaults: dict[str, Any], deps:
         timeout=float(get("timeout", default("timeout", DEFAULT_TIMEOUT))),
         cache=cache is not False,
         cache_ttl=parse_ttl(cache) if isinstance(cache, str) else None,
+        cache_source=cache_source,
+        cache_by_server=by_server,
         continue_on_error=get("continue_on_error", default("continue_on_error", False)),
     )
+
+
+def _cache_policy(
+    index: int, raw: dict[str, Any], defaults: dict[str, Any], kind: str, tools: dict[str, Any]
+) -> tuple[bool | str, str, bool]:
+    """A step's `cache:` value, where it comes from, and whether the MCP server decides.
+
+    The step's own `cache:` first, then (tool steps) the tool definition's, then `defaults`;
+    an MCP tool with none of these is cached only when its server's annotations allow it.
+    """
+    if "cache" in raw:
+        return raw["cache"], f"steps[{index}].cache", False
+    tool = tools.get(raw["tool"].partition(".")[0]) if kind == "tool" else None
+    if isinstance(tool, dict) and "cache" in tool:
+        return tool["cache"], f"tools.{raw['tool'].partition('.')[0]}.cache", False
+    if "cache" in defaults:
+        source = "defaults.cache"
+        if isinstance(tool, dict) and tool.get("type") == "mcp" and defaults["cache"] is not False:
+            return defaults["cache"], source, True
+        return defaults["cache"], source, False
+    if isinstance(tool, dict) and tool.get("type") == "mcp":
+        return True, "the MCP server's annotations", True
+    return True, "the default", False
 
 
 _DEFAULT_BACKOFF = Backoff()  # frozen: one shared by every step that sets none

@@ -161,8 +161,11 @@ class Runtime:
 
     def mcp_identity(self, name: str) -> dict[str, Any]:
         """What identifies an MCP server in cache keys (env names only: values may be secrets)."""
+        from stepchain.run.mcp_servers import server_command
+
         spec = self.pipeline.tools[name]
-        return {"command": list(spec.command or []), "url": spec.url, "env": sorted(spec.env)}
+        command = server_command(self, name) or []
+        return {"command": command, "url": spec.url, "env": sorted(spec.env)}
 
     @property
     def mcp(self) -> Any:
@@ -177,6 +180,10 @@ class Runtime:
         connection = await self.mcp.get(server)
         tools: list[dict[str, Any]] = await connection.list_tools()
         return tools
+
+    async def mcp_replay_safe(self, server: str, tool: str) -> bool:
+        """Whether the server's annotations let `server.tool`'s answer be cached."""
+        return any(t["name"] == tool and t["replay_safe"] for t in await self.mcp_tools(server))
 
     async def run_command(self, request: dict[str, Any], cwd: str) -> tuple[int, bytes, bytes]:
         """A `run` step's command: here, or on a Dask worker with --executor dask."""

@@ -99,10 +99,10 @@ class DaskBackend:
         """
         distributed = _import_distributed()
         if not address:
-            raise StepChainError(
+            raise UsageError(
                 "--executor dask needs the address of a Dask scheduler",
-                "pass --scheduler tcp://HOST:8786 (or set STEPCHAIN_DASK_SCHEDULER); "
-                + _HOW_TO_START.format(address="tcp://HOST:8786"),
+                "pass --scheduler tcp://HOST:8786 (scheduler= from Python, or set "
+                "STEPCHAIN_DASK_SCHEDULER); " + _HOW_TO_START.format(address="tcp://HOST:8786"),
             )
         timeout = CONNECT_TIMEOUT if timeout is None else timeout
         client = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from stepchain.errors import RunLocked, RunNotFound, StepChainError
 from stepchain.run.migrations import migrate
 from stepchain.run.results import StepResult, now
@@ -209,6 +210,11 @@ class Storage:
         return row[0] if row else None
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Recent runs, newest first, with completed/total steps.
+
+        A run still marked `running` whose process is gone (nobody holds its lock: it was
+        killed without a chance to record it) is listed as `interrupted` and `resumable`.
+        """
         rows = self._db.execute(
             """SELECT r.run_id, r.pipeline_name, r.status, r.started_at, r.finished_at,
                       (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.run_id AND s.status='completed'),
@@ -225,7 +231,42 @@ class Storage:
             "completed",
             "recorded",
         )
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        runs = [dict(zip(keys, row, strict=True)) for row in rows]
+        for run in runs:
+            run["total"] = run["recorded"]
+            run["resumable"] = run["status"] in ("failed", "interrupted")
+            if run["status"] == "running" and not self.is_driven(run["run_id"]):
+                run["status"], run["resumable"] = "interrupted", True
+                run["total"] = max(run["recorded"], self._step_count(run["run_id"]))
+        return runs
+
+    def _step_count(self, run_id: str) -> int:
+        """How many steps the run's recorded pipeline has (its text, counted without checks)."""
+        row = self._db.execute(
+            "SELECT pipeline_text FROM runs WHERE run_id=?", (run_id,)
+        ).fetchone()
+        try:
+            steps = yaml.safe_load(row[0] or "").get("steps")
+        except (yaml.YAMLError, AttributeError):
+            return 0
+        return len(steps) if isinstance(steps, list) else 0
+
+    def is_driven(self, run_id: str) -> bool:
+        """Whether a live process holds the run's lock (this one included)."""
+        path = self._lock_path(run_id)
+        if not path.exists():
+            return False
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+    def _lock_path(self, run_id: str) -> Path:
+        name = hashlib.sha256(run_id.encode()).hexdigest()[:32]
+        return self.settings.home / "locks" / f"{name}.lock"
 
     # -- exclusivity ------------------------------------------------------------------------
     @contextmanager
@@ -234,10 +275,9 @@ class Storage:
 
         An OS file lock, so a process killed with -9 releases it automatically.
         """
-        locks = self.settings.home / "locks"
-        locks.mkdir(exist_ok=True, mode=0o700)
-        name = hashlib.sha256(run_id.encode()).hexdigest()[:32]
-        with open(locks / f"{name}.lock", "a+") as handle:
+        path = self._lock_path(run_id)
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        with open(path, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from stepchain.cache import ResultCache
-from stepchain.errors import StepChainError, UsageError
+from stepchain.errors import StepChainError, UsageError, no_running_loop
 from stepchain.pipeline.definition import Pipeline
 from stepchain.pipeline.inputs import resolve_inputs
 from stepchain.pipeline.load import load_pipeline, load_pipeline_text
@@ -18,14 +20,38 @@ from stepchain.run.context import RunOptions, Runtime, default_run_id
 from stepchain.run.database import Storage
 from stepchain.run.results import RunResult, StepResult
 from stepchain.run.scheduler import Observer, Scheduler
-from stepchain.settings import Settings, current_settings
+from stepchain.run.step_log import run_finished
+from stepchain.settings import LOGGER_NAME, Settings, current_settings
+
+log = logging.getLogger(LOGGER_NAME)
 
 if TYPE_CHECKING:
     from openai import DefaultAsyncHttpxClient
 
 
+# Methods of StepChain 0.3's Executor that the engine no longer calls: overriding one would
+# silently do nothing, so a subclass that does is refused when it is defined.
+_NEVER_CALLED = ("execute_step", "run_step", "_execute_step")
+
+
 class Executor:
-    """Runs pipelines. `max_concurrent` bounds steps and foreach items in flight."""
+    """Runs pipelines. `max_concurrent` bounds steps and foreach items in flight.
+
+    Per-step hook: `on_step(result)` is called with each step's `StepResult` as soon as the
+    step finishes (completed, failed, skipped or interrupted) and its record is saved; pass
+    `on_step=` or override the method in a subclass. An exception it raises is logged, and the
+    run goes on.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _NEVER_CALLED:
+            if name in vars(cls):
+                raise StepChainError(
+                    f"{cls.__name__}.{name} overrides a method StepChain never calls",
+                    "override on_step(self, result), called after each step finishes, "
+                    "or pass observer= to run()",
+                )
 
     def __init__(
         self,
@@ -34,6 +60,7 @@ class Executor:
         settings: Settings | None = None,
         executor: Literal["local", "dask"] = "local",
         scheduler: str | None = None,
+        on_step: Callable[[StepResult], None] | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise UsageError(
@@ -44,6 +71,28 @@ class Executor:
         self.settings = settings
         self.executor = executor
         self.scheduler = scheduler
+        self._on_step = on_step
+
+    def on_step(self, result: StepResult) -> None:
+        """Called with each step's result when the step finishes; does nothing by default."""
+        if self._on_step is not None:
+            self._on_step(result)
+
+    def _observer(self, observer: Observer | None) -> Observer | None:
+        """`observer` with `on_step` called on each finish (when it does something)."""
+        if self._on_step is None and type(self).on_step is Executor.on_step:
+            return observer
+
+        def observe(event: str, step_id: str, result: StepResult | None) -> None:
+            if observer is not None:
+                observer(event, step_id, result)
+            if event == "finish" and result is not None:
+                try:
+                    self.on_step(result)
+                except Exception:
+                    log.exception("the on_step hook failed on step %s", step_id)
+
+        return observe
 
     def execute(
         self,
@@ -77,8 +126,10 @@ class Executor:
                 (or reuse one across `arun()` calls in your loop).
 
         Raises:
-            StepChainError: the run could not start (see its message and hint).
+            StepChainError: the run could not start (see its message and hint), or this was
+                called inside a running event loop (await `aexecute` or `arun` there).
         """
+        no_running_loop("Executor.execute", "Executor.arun")
         return self.run(
             pipeline,
             run_id=run_id,
@@ -148,6 +199,7 @@ class Executor:
         step start, attempt and finish; `handle_signals` turns SIGINT/SIGTERM into a clean stop;
         `offline` refuses to start when any step would call a model, a tool or a command.
         """
+        no_running_loop("Executor.run", "Executor.arun")
         options = self.options(
             run_id=run_id,
             inputs=inputs,
@@ -205,7 +257,7 @@ class Executor:
         try:
             with storage.lock(run_id):
                 return await self._drive(
-                    pipeline, options, run_id, storage, cache, settings, observer
+                    pipeline, options, run_id, storage, cache, settings, self._observer(observer)
                 )
         finally:
             storage.close()
@@ -253,9 +305,11 @@ class Executor:
             )
             storage.commit()
             scheduler = Scheduler(runtime, storage, cache, previous, observer)
+            started = time.monotonic()
             try:
                 with _signals(scheduler, enabled=options.handle_signals):
                     result = await scheduler.run()
+                run_finished(result, time.monotonic() - started)
             finally:
                 await runtime.aclose()
         finally:
@@ -297,8 +351,10 @@ def execute(
     The arguments are those of `Executor(max_concurrent).execute(...)`.
 
     Raises:
-        StepChainError: the run could not start (see its message and hint).
+        StepChainError: the run could not start (see its message and hint), or this was
+            called inside a running event loop (await `aexecute` there).
     """
+    no_running_loop("execute", "aexecute")
     return Executor(max_concurrent).execute(
         pipeline,
         run_id,
@@ -313,10 +369,45 @@ def execute(
     )
 
 
+async def aexecute(
+    pipeline: Pipeline | str | Path,
+    run_id: str | None = None,
+    inputs: dict[str, Any] | None = None,
+    resume: bool = False,
+    max_concurrent: int = 8,
+    *,
+    fail_fast: bool = False,
+    no_cache: bool = False,
+    refresh: Iterable[str] = (),
+    allow_run: bool | None = None,
+    approve: bool = False,
+    http_client: DefaultAsyncHttpxClient | None = None,
+) -> list[StepResult]:
+    """`execute` for async code: await it inside a running event loop.
+
+    Raises:
+        StepChainError: the run could not start (see its message and hint).
+    """
+    result = await Executor(max_concurrent).arun(
+        pipeline,
+        run_id=run_id,
+        inputs=inputs,
+        resume=resume,
+        fail_fast=fail_fast,
+        no_cache=no_cache,
+        refresh=refresh,
+        allow_run=allow_run,
+        approve=approve,
+        http_client=http_client,
+    )
+    return result.results
+
+
 def resume_run(
     run_id: str, executor: Executor | None = None, options: RunOptions | None = None
 ) -> RunResult:
     """Resume a recorded run from its file (or, if the file is gone, from the recorded text)."""
+    no_running_loop("resume_run", "Executor.arun(..., resume=True)")
     executor = executor or Executor()
     pipeline = recorded_pipeline(run_id, executor.settings)
     options = options or executor.options()

@@ -25,13 +25,23 @@ def make_pool(runtime: Runtime) -> McpPool:
         env = render_value(dict(tool.env), context, ("tools", name, "env"), runtime.locate)
         specs[name] = McpServerSpec(
             name=name,
-            command=list(tool.command) if tool.command else None,
+            command=server_command(runtime, name),
             url=tool.url,
             env={k: str(v) for k, v in env.items()},
             cwd=str(runtime.pipeline.base_dir),
             allowed_tools=tool.allowed_tools,
         )
     return McpPool(specs)
+
+
+def server_command(runtime: Runtime, name: str) -> list[str] | None:
+    """A stdio server's argv, its templates rendered from inputs and env (as `env:` is)."""
+    command = runtime.pipeline.tools[name].command
+    if not command:
+        return None
+    path = ("tools", name, "command")
+    rendered = render_value(list(command), runtime.base_context(), path, runtime.locate)
+    return [str(arg) for arg in rendered]
 
 
 def approval_servers(runtime: Runtime) -> list[str]:
@@ -105,14 +115,15 @@ async def _ask(runtime: Runtime, server: str, tool: str, arguments: dict[str, An
     if not _interactive():
         raise StepError(
             f"MCP tool '{server}.{tool}' requires approval and there is no terminal to ask on",
-            "pass --approve after reviewing the pipeline",
+            "pass --approve (approve=True from Python) after reviewing the pipeline",
+            kind="approval",
         )
     async with runtime.approval_lock:  # one question at a time, even when steps run in parallel
         shown = runtime.mask(arguments)
         question = f"\nAllow MCP tool {server}.{tool} with arguments {shown}? [y/N] "
         answer = await run_in_thread(_prompt, question=question)
     if answer.strip().lower() not in ("y", "yes"):
-        raise StepError(f"MCP tool '{server}.{tool}' was not approved")
+        raise StepError(f"MCP tool '{server}.{tool}' was not approved", kind="approval")
 
 
 def _prompt(*, question: str) -> str:

@@ -154,10 +154,32 @@ def _resolve(
         if step.kind == "template":  # pure: its output is known without running anything
             outputs = [request["output"] for request in prepared.requests]
             known[step.id] = {"output": prepared.output_of(outputs), "status": "completed"}
-        return "run", None if step.cache else "cache: false"
+        return "run", _why_run(step)
     outputs = [entry["output"] for entry in hits]
     known[step.id] = {"output": prepared.output_of(outputs), "status": "completed"}
-    return "replay", None
+    return "replay", _why_replay(step)
+
+
+def _why_run(step: Step) -> str:
+    """Why a step must run: its cache policy and where that policy is written."""
+    if not step.cache:
+        return f"cache: false, from {step.cache_source}"
+    if step.cache_by_server:
+        server, _, tool = step.get("tool").partition(".")
+        return (
+            f"not cached: tools.{server} sets no cache:, so {tool} is cached only if the server "
+            "marks it read-only and closed-world"
+        )
+    return "no cached result for this request"
+
+
+def _why_replay(step: Step) -> str:
+    """Why a step replays: a cached result of the same request, and the policy allowing it."""
+    ttl = f" (entries kept {step.cache_ttl:g}s)" if step.cache_ttl is not None else ""
+    if step.cache_by_server:
+        server, _, tool = step.get("tool").partition(".")
+        return f"cached: the server marks {tool} read-only and closed-world (tools.{server})"
+    return f"cached result of the same request; cache policy{ttl} from {step.cache_source}"
 
 
 def _known_false(step: Step, context: dict[str, Any], runtime: Runtime) -> bool:

@@ -28,6 +28,9 @@ class StepResult:
     reason: str | None = None  # why a step was skipped or interrupted
     request: Any = None  # the rendered request, masked (a list for foreach; none for templates)
     tries: list[dict[str, Any]] = field(default_factory=list)  # each attempt's times and end
+    # what failed, from the error's class: rate_limit, timeout, server, auth, bad_request,
+    # schema, tool, template, command, ... (see stepchain.errors.StepError); None if none did
+    error_kind: str | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -87,6 +90,8 @@ class RunResult:
             steps[sid] = {k: doc[k] for k in _JSON_STEP_KEYS}
             if result.reason:
                 steps[sid]["reason"] = result.reason
+            if result.error_kind:
+                steps[sid]["error_kind"] = result.error_kind
         return {
             "run_id": self.run_id,
             "status": self.status,

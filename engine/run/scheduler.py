@@ -16,13 +16,20 @@ from typing import Any
 
 from stepchain.cache import ResultCache
 from stepchain.cache.pending import PendingWrites
-from stepchain.errors import RetryableStepError, StepChainError, StepError, StepTimeout
+from stepchain.errors import (
+    RetryableStepError,
+    StepChainError,
+    StepError,
+    StepTimeout,
+    error_kind,
+)
 from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import Step
 from stepchain.run.context import Runtime
 from stepchain.run.database import Storage
 from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.run.results import RunResult, RunStatus, StepResult, now
+from stepchain.run.step_log import step_finished, step_started
 from stepchain.settings import LOGGER_NAME
 from stepchain.steps import Outcome, kind_of
 from stepchain.steps.template import template_outcome
@@ -127,6 +134,7 @@ class Scheduler:
                 inline.append(step)
             else:
                 self.observe("start", sid, None)
+                step_started(self.rt.run_id, step)
                 self.running[asyncio.create_task(self._run_step(step), name=f"step:{sid}")] = sid
         if inline:
             self._run_templates(inline)
@@ -157,6 +165,7 @@ class Scheduler:
         self.visible[result.step_id] = {"output": result.output, "status": result.status}
         step = self.pipeline.step(result.step_id)
         self.storage.save_step(self.rt.run_id, step.index, result)
+        step_finished(self.rt.run_id, step, result)
         if result.status == "failed" and not step.continue_on_error and self.options.fail_fast:
             self.stop_reason = (
                 self.stop_reason or f"not started: --fail-fast after steps.{step.id} failed"
@@ -190,15 +199,18 @@ class Scheduler:
                 "interrupted",
                 "run interrupted while the step was running",
             )
-            result.error = "interrupted"
+            result.error, result.error_kind = "interrupted", "interrupted"
         except _Failed as failed:
             result.status, result.attempts, result.usage = "failed", failed.attempts, failed.usage
             result.error = self.rt.describe_error(failed.error)
+            result.error_kind = error_kind(failed.error)
         except StepChainError as exc:
             result.status, result.error = "failed", self.rt.describe_error(exc)
+            result.error_kind = error_kind(exc)
         except Exception as exc:  # a bug in StepChain or a tool: record it, and log the traceback
             log.exception("unexpected error in step %s", step.id)
             result.status, result.error = "failed", self.rt.describe_error(exc)
+            result.error_kind = error_kind(exc)
         result.completed_at = now()
         result.output = self.rt.mask(result.output)
         return result
@@ -260,7 +272,9 @@ class Scheduler:
             inner = error.error if isinstance(error, _Failed) else error
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
             raise _Failed(
-                StepError(f"item {index}: {self.rt.describe_error(inner)}{more}"),
+                StepError(
+                    f"item {index}: {self.rt.describe_error(inner)}{more}", kind=error_kind(inner)
+                ),
                 result.attempts,
                 result.usage,
             )
@@ -284,15 +298,18 @@ class Scheduler:
             if entry is not None:
                 return Outcome(entry["output"], entry.get("usage") or {}), 0, True
         outcome, attempts = await self._attempts(step, request, tries)
-        self._executed(step, key, outcome)
+        cacheable = step.cache
+        if cacheable and step.cache_by_server:  # no policy written down: the server's word
+            cacheable = await self.rt.mcp_replay_safe(request["tool"], request["remote"])
+        self._executed(step, key, outcome, cacheable)
         return outcome, attempts, False
 
     def _use_cache(self, step: Step) -> bool:
         return step.cache and not self.options.no_cache and step.id not in self.options.refresh
 
-    def _executed(self, step: Step, key: str, outcome: Outcome) -> None:
+    def _executed(self, step: Step, key: str, outcome: Outcome, cacheable: bool = True) -> None:
         add_usage(self.spent, outcome.usage)
-        if step.cache:
+        if step.cache and cacheable:
             # written in a batch soon (see PendingWrites); a crash before then only costs a
             # recomputation
             self.writes.add(key, self.rt.mask(outcome.output), outcome.usage, step.cache_ttl)
@@ -333,7 +350,7 @@ class Scheduler:
                 suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
                 add_usage(self.spent, spent)
                 _record_try(tries, began, "failed", message)
-                raise _Failed(StepError(f"{error}{suffix}"), attempt, spent)
+                raise _Failed(StepError(f"{error}{suffix}", kind=error.kind), attempt, spent)
             feedback = getattr(error, "feedback", None)
             delay = (
                 # a server's Retry-After never holds a step past its timeout
@@ -359,6 +376,7 @@ class Scheduler:
         for step in steps:
             result = StepResult(step.id, "completed", started_at=now())
             self.observe("start", step.id, None)
+            step_started(self.rt.run_id, step)
             prepared = self._guarded(
                 step, result, partial(prepare_step, step, self._context(), self.rt)
             )
@@ -380,9 +398,11 @@ class Scheduler:
             return func()
         except StepChainError as exc:
             result.status, result.error = "failed", self.rt.describe_error(exc)
+            result.error_kind = error_kind(exc)
         except Exception as exc:  # a bug in StepChain: record it, and log the traceback
             log.exception("unexpected error in step %s", step.id)
             result.status, result.error = "failed", self.rt.describe_error(exc)
+            result.error_kind = error_kind(exc)
         return None
 
     def _templates_done(

@@ -48,12 +48,15 @@ async def execute(
     try:
         returncode, stdout, stderr = await run.run_command(request, cwd)
     except (FileNotFoundError, PermissionError) as exc:
-        raise StepError(f"cannot start command: {exc}", "check the program name and PATH") from None
+        raise StepError(
+            f"cannot start command: {exc}", "check the program name and PATH", kind="command"
+        ) from None
     text = stdout.decode("utf-8", errors="replace")
     if returncode != 0:
         tail = stderr.decode("utf-8", errors="replace")[-STDERR_TAIL:].strip()
         raise StepError(
             f"command exited with status {returncode}" + (f": {tail}" if tail else ""),
+            kind="command",
         )
     return Outcome(text)
 

@@ -35,6 +35,8 @@ FEEDBACK_MESSAGE = (
 class SchemaMismatch(RetryableStepError):
     """Structured output that is not JSON or fails output_schema; retried with `feedback`."""
 
+    kind = "schema"
+
     def __init__(self, message: str, feedback: str, usage: dict[str, int]) -> None:
         super().__init__(message, "say in the prompt what JSON to produce, or loosen output_schema")
         self.feedback = feedback
@@ -107,7 +109,9 @@ async def execute(
             for c, r in zip(turn.calls, results, strict=True)
         ]
     if turn.refusal and not turn.text:
-        raise _with_usage(StepError(f"the model refused to answer: {turn.refusal}"), usage)
+        raise _with_usage(
+            StepError(f"the model refused to answer: {turn.refusal}", kind="refused"), usage
+        )
     if turn.truncated:
         limit_text = request["max_output_tokens"] or "the model's limit"
         raise _with_usage(

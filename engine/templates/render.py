@@ -16,6 +16,8 @@ _JSON_VALUES = (str, int, float, bool, type(None), list, tuple, dict)
 class TemplateFailure(StepError):
     """A template that failed at render time; never retried (it would fail the same way)."""
 
+    kind = "template"
+
 
 def render_value(value: Any, context: dict[str, Any], path: tuple, locate: Locate) -> Any:
     """Render every string in `value` (recursively through lists and mappings)."""

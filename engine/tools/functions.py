@@ -53,6 +53,7 @@ class FunctionTool:
             raise StepError(
                 f"tool '{self.name}' called with wrong arguments: {exc}",
                 f"its parameters are {json.dumps(self.parameters.get('properties', {}))}",
+                kind="tool",
             ) from None
         try:
             if inspect.iscoroutinefunction(self.func):
@@ -69,6 +70,7 @@ class FunctionTool:
             raise StepError(
                 f"tool '{self.name}' returned a {type(result).__name__}, which is not JSON-serialisable",
                 "return dicts, lists, strings, numbers, booleans or None",
+                kind="tool",
             ) from None
         return result
 
@@ -190,5 +192,5 @@ def _wrap(name: str, exc: Exception) -> StepError:
         return exc
     message = f"tool '{name}' raised {type(exc).__name__}: {exc}"
     if isinstance(exc, (TimeoutError, ConnectionError)):
-        return RetryableStepError(message)
-    return StepError(message)
+        return RetryableStepError(message, kind="tool")
+    return StepError(message, kind="tool")

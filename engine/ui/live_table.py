@@ -50,13 +50,24 @@ class LiveTable:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self.shown:
+        if not self.shown:
+            return
+        if self.console.is_terminal:
             self.live.__exit__(kind, error, traceback)
+            return
+        # Not a terminal (a CI log, a file): no redrawing, just the final table once, on lines
+        # of its own without trailing padding, so what follows starts on a new line.
+        with self.console.capture() as captured:
+            self.console.print(self.table())
+        lines = [line.rstrip() for line in captured.get().splitlines()]
+        self.console.file.write("\n".join(lines) + "\n")
+        self.console.file.flush()
 
     def __call__(self, event: str, step_id: str, result: StepResult | None) -> None:
         if not self.shown:  # only once steps run: an error before the first step stays one line
             self.shown = True
-            self.live.__enter__()
+            if self.console.is_terminal:
+                self.live.__enter__()
         row = self.rows[step_id]
         if event == "start":
             row["status"] = "running"

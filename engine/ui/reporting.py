@@ -62,10 +62,12 @@ def format_runnables(runs: list[Runnable]) -> list[str]:
 def format_runs(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return "no runs recorded yet"
-    header = f"{'RUN ID':<44} {'PIPELINE':<20} {'STATUS':<12} {'STEPS':<9} STARTED"
+    header = f"{'RUN ID':<44} {'PIPELINE':<20} {'STATUS':<12} {'DONE':<9} STARTED"
     rows = [
         f"{r['run_id']:<44} {r['pipeline']:<20} {r['status']:<12} "
-        f"{str(r['completed']) + '/' + str(r['recorded']):<9} {r['started_at'][:19]}"
+        f"{str(r['completed']) + '/' + str(r.get('total', r['recorded'])):<9} "
+        f"{r['started_at'][:19]}"
+        + (f"  (resume: stepchain resume {r['run_id']})" if r.get("resumable") else "")
         for r in runs
     ]
     return "\n".join([header, *rows])

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
 from pydantic import Field
 
 QUARTERS = ("Q1 2023", "Q2 2023", "Q3 2023", "Q4 2023")
@@ -33,6 +34,9 @@ PRODUCTS = {
 CUSTOMERS = ("Acme Corp", "Globex", "Initech", "Umbrella", "Hooli", "Stark Industries")
 ORDERS_PER_QUARTER = 40
 # Authorizer actions a plain SELECT (with joins, CTEs and functions) needs; anything else is denied.
+# The demo data never changes, so answers are safe to replay: StepChain caches tools marked so
+# (a tool reading live state would leave openWorldHint unset, or the pipeline says cache: false).
+READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 _READ_ACTIONS = {
     sqlite3.SQLITE_SELECT,
     sqlite3.SQLITE_READ,
@@ -97,7 +101,7 @@ mcp = MCPServer(
 )
 
 
-@mcp.tool()
+@mcp.tool(annotations=READ_ONLY)
 def read_only_query(
     sql: Annotated[str, Field(description="One SELECT statement; use ? placeholders for values.")],
     params: Annotated[
@@ -120,7 +124,7 @@ def read_only_query(
         db.close()
 
 
-@mcp.tool()
+@mcp.tool(annotations=READ_ONLY)
 def list_tables() -> list[dict[str, Any]]:
     """List the tables and their columns."""
     db = _connect(reads_only=False)  # PRAGMA table_info needs more than reads; the SQL is ours

@@ -27,12 +27,28 @@ from stepchain.tools.mcp.session import (
     describe_error,
 )
 
-__all__ = ["START_TIMEOUT", "McpConnection", "McpPool", "McpServerSpec"]
+__all__ = ["START_TIMEOUT", "McpConnection", "McpPool", "McpServerSpec", "replay_safe"]
 
 log = logging.getLogger("stepchain.mcp")
 _T = TypeVar("_T")
 
 START_TIMEOUT = 30.0  # seconds for a server to start and answer the handshake or tools/list
+
+
+def replay_safe(annotations: mcp_types.ToolAnnotations | None) -> bool:
+    """Whether a tool's answer may be replayed from cache when the pipeline does not say.
+
+    Only when the server declares the tool read-only, idempotent and closed-world (no hint, no
+    cache): a tool that changes something must run again, and one reaching the open world reads
+    state that moves.
+    """
+    if annotations is None:
+        return False
+    return (
+        annotations.read_only_hint is True
+        and annotations.idempotent_hint is not False
+        and annotations.open_world_hint is False
+    )
 
 
 class McpConnection:
@@ -69,7 +85,12 @@ class McpConnection:
                     break
             self._tools = tools
         return [
-            {"name": t.name, "description": t.description or "", "input_schema": t.input_schema}
+            {
+                "name": t.name,
+                "description": t.description or "",
+                "input_schema": t.input_schema,
+                "replay_safe": replay_safe(t.annotations),
+            }
             for t in self._tools.values()
             if self._allowed(t.name)
         ]
@@ -92,12 +113,14 @@ class McpConnection:
             raise StepError(
                 f"MCP tool {tool!r} of server {name!r} is not allowed (allowed_tools: {allowed})",
                 f"add it to allowed_tools of tools.{name} in the pipeline if it is safe",
+                kind="not_allowed",
             )
         available = {t["name"]: t for t in await self.list_tools()}
         if tool not in available:
             raise StepError(
                 f"MCP server {name!r} has no tool {tool!r}; "
-                f"available: {', '.join(sorted(available)) or 'none'}"
+                f"available: {', '.join(sorted(available)) or 'none'}",
+                kind="tool",
             )
         self._validate(tool, available[tool]["input_schema"], arguments)
         link = await self._live_link()
@@ -203,6 +226,7 @@ class McpConnection:
             f"MCP server {self.spec.name!r} {link.failure} (during {what})"
             + self._stderr_note(link),
             "the server is restarted on the next attempt",
+            kind="server",
         )
 
     def _validate(self, tool: str, schema: dict[str, Any], arguments: dict[str, Any]) -> None:
@@ -212,14 +236,16 @@ class McpConnection:
             where = "/".join(str(p) for p in error.absolute_path) or "arguments"
             raise StepError(
                 f"arguments for MCP tool {self.spec.name}.{tool} do not match its input schema:"
-                f" {where}: {error.message}"
+                f" {where}: {error.message}",
+                kind="bad_request",
             )
 
     def _output(self, tool: str, result: mcp_types.CallToolResult) -> object:
         text = "\n".join(c.text for c in result.content if isinstance(c, mcp_types.TextContent))
         if result.is_error:
             raise StepError(
-                f"MCP tool {self.spec.name}.{tool} failed: {self._mask(text) or 'no message'}"
+                f"MCP tool {self.spec.name}.{tool} failed: {self._mask(text) or 'no message'}",
+                kind="tool",
             )
         if result.structured_content is not None:
             assert self._tools is not None

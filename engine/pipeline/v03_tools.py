@@ -1,0 +1,89 @@
+"""StepChain 0.3 tool lists as a version 1 `tools:` mapping, for `decompose(tools=...)`.
+
+0.3 took a list: hosted tool names (`"web_search"`), MCP dicts named by `server_label`, and
+function dicts with an `implementation` callable. Python callables are accepted too, in a list or
+as the values of a mapping; each becomes `type: function` with `function: module:qualname`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from stepchain.errors import UsageError
+
+HOSTED = ("web_search", "file_search", "code_interpreter")
+_MCP_KEYS = ("command", "url", "server_url", "server_label", "env", "headers", "allowed_tools")
+
+
+def tools_from_v03(tools: list[Any] | dict[str, Any]) -> dict[str, Any]:
+    """The `tools:` mapping for a 0.3 list (or a mapping whose values may be callables).
+
+    Raises:
+        UsageError: an entry of a kind 0.3 did not have, or a callable that cannot be imported
+            by name (a lambda, a function defined in __main__ or inside another function).
+    """
+    if isinstance(tools, dict):
+        return {
+            name: _function(value, name) if callable(value) else value
+            for name, value in tools.items()
+        }
+    converted: dict[str, Any] = {}
+    for index, entry in enumerate(tools):
+        name, definition = _entry(index, entry)
+        converted[name] = definition
+    return converted
+
+
+def _entry(index: int, entry: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(entry, str) and entry in HOSTED:
+        return entry, {"type": entry}
+    if callable(entry):
+        return entry.__name__, _function(entry, entry.__name__)
+    if isinstance(entry, dict) and entry.get("type") == "mcp":
+        name = entry.get("server_label")
+        if not isinstance(name, str):
+            raise UsageError(f"tools[{index}]: an MCP tool needs a server_label to name it")
+        definition = {"type": "mcp", **{k: entry[k] for k in _MCP_KEYS if k in entry}}
+        if entry.get("require_approval") in ("always", "never"):
+            definition["require_approval"] = entry["require_approval"]
+        if isinstance(entry.get("cache_ttl"), (int, float)):
+            definition["cache"] = f"{entry['cache_ttl']:g}s"
+        return name, definition
+    if isinstance(entry, dict) and entry.get("type") == "function":
+        given = entry.get("function")
+        function: dict[str, Any] = given if isinstance(given, dict) else {}
+        implementation = entry.get("implementation")
+        name = function.get("name") or getattr(implementation, "__name__", None)
+        if not callable(implementation) or not isinstance(name, str):
+            raise UsageError(
+                f"tools[{index}]: a function tool needs an `implementation` callable",
+                "or declare it as {type: function, function: 'module:name'} under tools:",
+            )
+        definition = _function(implementation, name)
+        if function.get("description"):
+            definition["description"] = function["description"]
+        if isinstance(function.get("parameters"), dict):
+            definition["parameters"] = function["parameters"]
+        return name, definition
+    raise UsageError(
+        f"tools[{index}]: {entry!r} is not a tool StepChain knows",
+        f"use one of {', '.join(HOSTED)}, an MCP or function tool dict, or a Python function",
+    )
+
+
+def _function(func: Callable[..., Any], name: str) -> dict[str, Any]:
+    """`type: function` for a Python callable, by the import path a pipeline can name."""
+    module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        raise UsageError(
+            f"tool {name!r}: {qualname or func!r} cannot be imported by name "
+            f"(module {module or 'unknown'})",
+            "define it at the top level of a module next to the pipeline, not in __main__",
+        )
+    definition: dict[str, Any] = {"type": "function", "function": f"{module}:{qualname}"}
+    doc = inspect.getdoc(func)
+    if doc:
+        definition["description"] = doc.splitlines()[0]
+    return definition

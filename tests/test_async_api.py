@@ -1,0 +1,158 @@
+"""The Python API inside async code, and the StepChain 0.3 names (SPEC §8)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import warnings
+
+import pytest
+import stepchain
+from stepchain import StepChainError, adecompose, aexecute, load_pipeline
+
+from tests.support.fake_openai import FakeOpenAI, Reply
+
+PIPELINE = """
+version: 1
+name: api
+tools:
+  echo: {type: function, function: "tools:echo"}
+steps:
+  - {id: first, tool: echo, with: {value: one}}
+  - {id: second, tool: echo, with: {value: "{{ steps.first.output }}"}}
+"""
+
+
+def test_aexecute_runs_inside_an_event_loop(write, calls_log):
+    path = write("p.yaml", PIPELINE)
+
+    async def main():
+        return await aexecute(path, run_id="async-run")
+
+    results = asyncio.run(main())
+    assert [(r.step_id, r.status, r.output) for r in results] == [
+        ("first", "completed", "one"),
+        ("second", "completed", "one"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("call", "name", "instead"),
+    [
+        (lambda p: stepchain.execute(p), "execute", "aexecute"),
+        (lambda p: stepchain.Executor().execute(p), "Executor.execute", "Executor.arun"),
+        (lambda p: stepchain.Executor().run(p), "Executor.run", "Executor.arun"),
+        (lambda p: stepchain.decompose("a task"), "decompose", "adecompose"),
+    ],
+)
+def test_sync_api_inside_a_running_loop_names_the_async_one(write, calls_log, call, name, instead):
+    path = write("p.yaml", PIPELINE)
+
+    async def main():
+        call(path)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an un-awaited coroutine would warn here
+        with pytest.raises(StepChainError) as caught:
+            asyncio.run(main())
+        gc.collect()
+    assert caught.value.message == (
+        f"{name}() cannot be called inside a running event loop (e.g. in an async def)"
+    )
+    assert caught.value.hint == f"use `await {instead}(...)` there"
+
+
+def test_adecompose_inside_an_event_loop(tmp_path, monkeypatch):
+    answer = {"version": 1, "name": "t", "steps": [{"id": "a", "prompt": "Say hi."}]}
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        server.script(Reply.json(answer))
+        pipeline = asyncio.run(adecompose("Say hi to the user."))
+    assert [s.id for s in pipeline.steps] == ["a"]
+
+
+def test_step_has_the_03_names(write):
+    path = write(
+        "p.yaml",
+        """
+        version: 1
+        name: names
+        tools:
+          echo: {type: function, function: "tools:echo"}
+        steps:
+          - {id: a, tool: echo, with: {value: x}}
+          - {id: b, prompt: "Use {{ steps.a.output }}", needs: []}
+        """,
+    )
+    a, b = load_pipeline(path).steps
+    assert (a.tool, a.tool_input, a.dependencies) == ("echo", {"value": "x"}, [])
+    assert (b.tool, b.tool_input, b.dependencies) == (None, {}, ["a"])
+
+
+def summarise(text: str) -> str:
+    """Summarise a text in one line."""
+    return text[:10]
+
+
+def test_decompose_takes_a_03_tool_list_and_python_callables(tmp_path, monkeypatch):
+    answer = {"version": 1, "name": "t", "steps": [{"id": "a", "prompt": "Say hi."}]}
+    tools = [
+        "web_search",
+        {
+            "type": "mcp",
+            "server_label": "db",
+            "server_url": "https://mcp.example.org/mcp",
+            "allowed_tools": ["read_only_query"],
+            "require_approval": "always",
+            "cache_ttl": 3600,
+        },
+        {"type": "function", "function": {"name": "short"}, "implementation": summarise},
+        summarise,
+    ]
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        server.script(Reply.json(answer))
+        pipeline = stepchain.decompose("Say hi.", tools=tools)
+    assert set(pipeline.tools) == {"web_search", "db", "short", "summarise"}
+    assert pipeline.tools["db"].server_url == "https://mcp.example.org/mcp"
+    assert pipeline.tools["db"].cache == "3600s"
+    assert pipeline.tools["short"].function == f"{__name__}:summarise"
+    assert pipeline.tools["summarise"].description == "Summarise a text in one line."
+
+
+def test_decompose_refuses_tools_it_cannot_name(tmp_path, monkeypatch):
+    with pytest.raises(stepchain.UsageError, match=r"tools\[0\]: 'web_browse' is not a tool"):
+        stepchain.decompose("x", tools=["web_browse"])
+    with pytest.raises(stepchain.UsageError, match="cannot be imported by name"):
+        stepchain.decompose("x", tools=[lambda text: text])
+
+
+def test_on_step_hook_sees_each_finished_step(write, calls_log):
+    path = write("p.yaml", PIPELINE)
+    seen: list[tuple[str, str]] = []
+    stepchain.Executor(on_step=lambda r: seen.append((r.step_id, r.status))).run(path)
+    assert seen == [("first", "completed"), ("second", "completed")]
+
+    class Audited(stepchain.Executor):
+        def on_step(self, result):
+            seen.append((result.step_id, "audited"))
+            raise RuntimeError("the audit log is down")  # logged; the run goes on
+
+    result = Audited().run(path)
+    assert result.status == "completed"
+    assert seen[-2:] == [("first", "audited"), ("second", "audited")]
+
+
+def test_overriding_a_method_the_engine_never_calls_fails_loudly():
+    with pytest.raises(StepChainError) as caught:
+
+        class AuditedExecutor(stepchain.Executor):
+            async def execute_step(self, step, context):
+                return None
+
+    assert caught.value.message == (
+        "AuditedExecutor.execute_step overrides a method StepChain never calls"
+    )
+    assert "on_step" in caught.value.hint
