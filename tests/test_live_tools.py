@@ -20,6 +20,13 @@ GIT_ENV = {
 }
 
 
+@pytest.fixture(autouse=True)
+def allow_servers(monkeypatch):
+    """The pipelines here start stdio MCP servers: consent given for the test (SPEC §10)."""
+    monkeypatch.setenv("STEPCHAIN_ALLOW_RUN", "1")
+
+
+
 def git(repo, *args: str) -> None:
     env = {**os.environ, **GIT_ENV}
     subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
