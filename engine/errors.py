@@ -88,9 +88,11 @@ class CommandsNotAllowed(StepChainError):
 
 
 class StepError(StepChainError):
-    """A step failed. `retryable` says whether another attempt may succeed."""
+    """A step failed. `retryable` says whether another attempt may succeed; `error_kind` is
+    what a step's result records (`rate_limit`, or None)."""
 
     retryable = False
+    error_kind: str | None = None
 
     def __init__(
         self, message: str, hint: str | None = None, *, retry_after: float | None = None
@@ -107,6 +109,29 @@ class RetryableStepError(StepError):
 
 class StepTimeout(RetryableStepError):
     """A step ran past its timeout."""
+
+
+class RateLimited(RetryableStepError):
+    """The LLM server answered 429 more often than the client resends without a deadline."""
+
+    error_kind = "rate_limit"
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, hint, retry_after=retry_after)
+        self.headers = headers or {}
+
+
+class RateLimitTimeout(StepError):
+    """Waiting for an LLM rate limit would pass the step's timeout."""
+
+    error_kind = "rate_limit"
 
 
 class Interrupted(StepChainError):

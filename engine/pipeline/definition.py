@@ -107,6 +107,7 @@ class Pipeline:
     defaults: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, ToolSpec] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> {rpm, tpm}
     source: Any = field(
         default=None, repr=False, compare=False
     )  # yaml_source.Source, for positions

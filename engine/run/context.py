@@ -181,8 +181,10 @@ class Runtime:
     def llm(self) -> Any:
         if self._llm is None:
             from stepchain.llm.client import LLMClient
+            from stepchain.llm.limiter import declared_limits
 
-            self._llm = LLMClient.from_env(self.options.http_client)
+            limits = declared_limits(self.pipeline.limits)
+            self._llm = LLMClient.from_env(self.options.http_client, limits)
         return self._llm
 
     async def aclose(self) -> None:

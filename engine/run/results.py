@@ -26,6 +26,7 @@ class StepResult:
     usage: dict[str, int] = field(default_factory=dict)
     cache_key: str | None = None
     reason: str | None = None  # why a step was skipped or interrupted
+    error_kind: str | None = None  # "rate_limit" when the step failed waiting for one
 
     @property
     def duration_s(self) -> float | None:
@@ -84,6 +85,8 @@ class RunResult:
             steps[sid] = {k: doc[k] for k in _JSON_STEP_KEYS}
             if result.reason:
                 steps[sid]["reason"] = result.reason
+            if result.error_kind:
+                steps[sid]["error_kind"] = result.error_kind
         return {
             "run_id": self.run_id,
             "status": self.status,

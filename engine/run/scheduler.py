@@ -15,7 +15,14 @@ from typing import Any
 
 from stepchain.cache import ResultCache
 from stepchain.cache.pending import PendingWrites
-from stepchain.errors import RetryableStepError, StepChainError, StepError, StepTimeout
+from stepchain.errors import (
+    RateLimitTimeout,
+    RetryableStepError,
+    StepChainError,
+    StepError,
+    StepTimeout,
+)
+from stepchain.llm.limiter import Budget, budget
 from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import Step
 from stepchain.run.context import Runtime
@@ -192,6 +199,7 @@ class Scheduler:
         except _Failed as failed:
             result.status, result.attempts, result.usage = "failed", failed.attempts, failed.usage
             result.error = self.rt.describe_error(failed.error)
+            result.error_kind = getattr(failed.error, "error_kind", None)
         except StepChainError as exc:
             result.status, result.error = "failed", self.rt.describe_error(exc)
         except Exception as exc:  # a bug in StepChain or a tool: record it, and log the traceback
@@ -247,11 +255,9 @@ class Scheduler:
             index, error = failures[0]
             inner = error.error if isinstance(error, _Failed) else error
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise _Failed(
-                StepError(f"item {index}: {self.rt.describe_error(inner)}{more}"),
-                result.attempts,
-                result.usage,
-            )
+            failure = StepError(f"item {index}: {self.rt.describe_error(inner)}{more}")
+            failure.error_kind = getattr(inner, "error_kind", None)
+            raise _Failed(failure, result.attempts, result.usage)
 
     @staticmethod
     def _collect(
@@ -292,15 +298,32 @@ class Scheduler:
         spent: dict[str, int] = {}  # tokens of failed attempts count too (a schema retry costs)
         while True:
             attempt += 1
+            # the attempt's deadline, which waits for an LLM rate limit may not pass
+            allowance = Budget(None, step.timeout)
             try:
                 async with self.slots:
                     self.observe("attempt", step.id, None)
-                    coro = kind.execute(step, request, self.rt, feedback)
-                    outcome = await asyncio.wait_for(coro, step.timeout)
+                    if step.timeout is not None:
+                        allowance.deadline = asyncio.get_running_loop().time() + step.timeout
+                    token = budget.set(allowance)
+                    try:
+                        coro = kind.execute(step, request, self.rt, feedback)
+                        outcome = await asyncio.wait_for(coro, step.timeout)
+                    finally:
+                        budget.reset(token)
                 if spent:
                     outcome.usage = add_usage(dict(outcome.usage), spent)
                 return outcome, attempt
             except TimeoutError:
+                if allowance.waiting is not None:  # the timeout struck while waiting for a limit
+                    add_usage(self.spent, spent)
+                    late = RateLimitTimeout(
+                        f"rate limited: timed out after {step.timeout:g}s waiting for the rate "
+                        f"limit of {allowance.waiting}",
+                        "raise the step's timeout:, lower --max-concurrent, or declare the "
+                        "account's limits (limits: {MODEL: {rpm: N, tpm: N}})",
+                    )
+                    raise _Failed(late, attempt, spent) from None
                 error: RetryableStepError = StepTimeout(f"timed out after {step.timeout:g}s")
             except RetryableStepError as exc:
                 error = exc
