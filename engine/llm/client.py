@@ -160,7 +160,7 @@ class LLMClient:
             except BaseException:
                 limiter.failed()
                 raise
-            limiter.answered(cost, turn.usage.get("total_tokens"), turn.headers, loop.time())
+            limiter.answered(cost, _counted(turn.usage, call), turn.headers, loop.time())
             return turn
 
     async def _complete(self, call: ModelCall) -> Turn:
@@ -238,6 +238,15 @@ class LLMClient:
         turn = chat_turn(_answer(raw.parse, ChatCompletion))
         turn.headers = dict(raw.headers.items())
         return turn
+
+
+def _counted(usage: Mapping[str, int], call: ModelCall) -> int | None:
+    """The tokens a provider counts against its limit: the input the answer reports, plus the
+    output allowance (providers reserve max_output_tokens), or the output if larger."""
+    if not usage:
+        return None
+    output = max(usage.get("output_tokens", 0), call.max_output_tokens or 0)
+    return usage.get("input_tokens", 0) + output
 
 
 def _given(value: _T | None) -> _T | Omit:

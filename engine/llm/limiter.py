@@ -11,7 +11,7 @@ decomposer) first waits for its model's limiter, then reports how the answer wen
 - Limits come from what was declared (`limits: {MODEL: {rpm: N, tpm: N}}` in the pipeline, or
   the `STEPCHAIN_LIMITS` environment variable in the same JSON shape), and are learned from the
   `x-ratelimit-limit-*`, `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` headers of every
-  answer (the lower of declared and learned wins).
+  answer (the lower of declared and learned wins; the remaining count seeds a bucket once).
 - A 429 pauses every request to the model for its `retry-after-ms`/`Retry-After` (else the
   reset the headers announced, else a backoff), and halves the number of requests allowed in
   flight; each answer adds back `1/window` (AIMD), so concurrency converges on what the limit
@@ -253,7 +253,7 @@ class ModelLimiter:
             if self.tokens is not None:
                 self.tokens.level += cost - used
             self.sent.append((now, 0, used - cost))
-        self.learn(headers, now)
+        self.learn(headers, now, self.in_flight)
         self.window = min(MAX_WINDOW, self.window + 1.0 / self.window)
         self._wake()
 
@@ -267,7 +267,7 @@ class ModelLimiter:
         self.in_flight -= 1
         self.strikes += 1
         self.rate_limited += 1
-        self.learn(headers, now)
+        self.learn(headers, now, 0)  # a 429's remaining already counts those ahead of it
         pause = retry_after
         if pause is None:
             resets = [
@@ -285,26 +285,25 @@ class ModelLimiter:
                 bucket.level = min(bucket.level, 0.0)
         self._wake()
 
-    def learn(self, headers: Mapping[str, str], now: float) -> None:
-        """Limits and what remains of them, from `x-ratelimit-*` headers."""
+    def learn(self, headers: Mapping[str, str], now: float, others: int) -> None:
+        """Limits from `x-ratelimit-limit-*`; when one is first learned, its bucket starts from
+        `x-ratelimit-remaining-*` less the other requests in flight (a later answer's remaining
+        is stale by its latency, and the bucket's own count is better)."""
         for kind, declared in (("requests", self.declared.rpm), ("tokens", self.declared.tpm)):
             limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
+            if not limit:
+                continue
+            per_minute = min(limit, declared) if declared else limit
             bucket = self.requests if kind == "requests" else self.tokens
-            if limit:
-                per_minute = min(limit, declared) if declared else limit
-                if bucket is None:
-                    bucket = _Bucket(per_minute, now)
-                    setattr(self, kind, bucket)
-                bucket.refill(now)
-                bucket.per_minute = per_minute
-            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
-            if bucket is not None and remaining is not None:
-                bucket.refill(now)
-                bucket.level = min(bucket.level, remaining)
-                if remaining <= 0:
-                    reset = _seconds(headers.get(f"x-ratelimit-reset-{kind}"))
-                    if reset:
-                        self.paused_until = max(self.paused_until, now + reset)
+            if bucket is None:
+                bucket = _Bucket(per_minute, now)
+                setattr(self, kind, bucket)
+                remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+                if remaining is not None:
+                    sent = others if kind == "requests" else 0
+                    bucket.level = min(bucket.capacity, remaining - sent)
+            bucket.refill(now)
+            bucket.per_minute = per_minute
 
     # -- reporting ------------------------------------------------------------------------------
     def per_minute(self, now: float) -> tuple[int, int]:

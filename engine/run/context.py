@@ -90,8 +90,10 @@ class Runtime:
             check_approval_possible(self)
         if self.pipeline.has_llm_steps:
             from stepchain.llm.client import check_credentials
+            from stepchain.llm.limiter import limits_from_env
 
             check_credentials()
+            limits_from_env()  # a malformed STEPCHAIN_LIMITS fails here, not in a step
 
     @property
     def approve(self) -> bool:
