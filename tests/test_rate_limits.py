@@ -3,6 +3,7 @@ OpenAI server's request and token buckets (tests/support/rate_buckets.py)."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import textwrap
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import stepchain
+from rich.console import Console
+from stepchain.ui.live_table import LiveTable
 
 from tests.support.fake_openai import FakeOpenAI, Reply, request_text
 
@@ -178,3 +181,26 @@ def test_two_models_have_separate_limiters(serve, tmp_path):
     assert slow.error is not None and slow.error.startswith("item ")
     assert ": rate limited: the rate limit of slow-model asks for a " in slow.error
     assert sorted(r.model for r in fake.requests) == ["fast-model"] * 4 + ["slow-model"]
+
+
+# -- what the user sees while waiting -------------------------------------------------------
+def test_steps_waiting_for_a_rate_limit_are_reported_as_waiting(serve, tmp_path):
+    serve(responder=echo)
+    body = "limits:\n  gpt-test: {rpm: 120}\n" + fan_out(4)  # 2 a second: two items wait
+    events: list[tuple[str, str]] = []
+    table = LiveTable(
+        stepchain.load_pipeline(pipeline(tmp_path, body)), Console(file=io.StringIO())
+    )
+
+    def observe(event: str, step_id: str, result) -> None:
+        events.append((event, step_id))
+        table(event, step_id, result)
+        if event == "waiting":
+            assert table.rows[step_id]["status"] == "waiting"
+
+    with table:
+        result = stepchain.Executor(4).run(tmp_path / "pipeline.yaml", observer=observe)
+    assert result.status == "completed"
+    assert ("waiting", "each") in events
+    assert events.count(("waiting", "each")) == events.count(("resumed", "each"))
+    assert table.rows["each"]["status"] == "completed"

@@ -29,7 +29,7 @@ import math
 import os
 import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +69,12 @@ class Budget:
     deadline: float | None
     timeout: float | None = None
     waiting: str | None = None  # the limiter's name while waiting for it
+    notify: Callable[[str | None], None] | None = None  # hears waiting start (name) and end
+
+    def wait_for(self, name: str | None) -> None:
+        self.waiting = name
+        if self.notify is not None:
+            self.notify(name)
 
 
 budget: ContextVar[Budget | None] = ContextVar("stepchain_llm_budget", default=None)
@@ -188,7 +194,7 @@ class ModelLimiter:
             return
         current = budget.get()
         if current is not None:
-            current.waiting = self.name
+            current.wait_for(self.name)
         try:
             async with self._queue:
                 while True:
@@ -206,7 +212,7 @@ class ModelLimiter:
                 self._take(cost, loop.time())
         finally:
             if current is not None:
-                current.waiting = None
+                current.wait_for(None)
 
     def _delay(self, cost: int, now: float) -> float:
         """Seconds until a request may go; inf while the window is full."""

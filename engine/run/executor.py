@@ -142,7 +142,7 @@ class Executor:
         """Run a pipeline; the whole RunResult (what `stepchain run --json` prints).
 
         The arguments are those of `execute`; `observer(event, step_id, result)` hears each
-        step start, attempt and finish; `handle_signals` turns SIGINT/SIGTERM into a clean stop.
+        step start, attempt and finish, and `waiting`/`resumed` around a wait for a rate limit; `handle_signals` turns SIGINT/SIGTERM into a clean stop.
         """
         options = self.options(
             run_id=run_id,

@@ -281,6 +281,10 @@ class Scheduler:
         self._executed(step, key, outcome)
         return outcome, attempts, False
 
+    def _waiting(self, step_id: str, limiter: str | None) -> None:
+        """Tell the observer a request of the step waits for a rate limit (or stopped)."""
+        self.observe("waiting" if limiter else "resumed", step_id, None)
+
     def _use_cache(self, step: Step) -> bool:
         return step.cache and not self.options.no_cache and step.id not in self.options.refresh
 
@@ -299,7 +303,7 @@ class Scheduler:
         while True:
             attempt += 1
             # the attempt's deadline, which waits for an LLM rate limit may not pass
-            allowance = Budget(None, step.timeout)
+            allowance = Budget(None, step.timeout, notify=partial(self._waiting, step.id))
             try:
                 async with self.slots:
                     self.observe("attempt", step.id, None)

@@ -18,6 +18,7 @@ _STYLE = {
     "skipped": "yellow",
     "interrupted": "magenta",
     "running": "cyan",
+    "waiting": "blue",  # for a rate limit
     "pending": "dim",
 }
 
@@ -33,6 +34,7 @@ class LiveTable:
             for s in pipeline.steps
         }
         self.started: dict[str, float] = {}
+        self.waits: dict[str, int] = {}  # requests of a step waiting for a rate limit
         self.many = len(pipeline.steps) > 60  # a huge table helps nobody: summarise instead
         self.shown = False
         # Live redraws from table() at most 8 times a second; events only update the rows,
@@ -63,6 +65,10 @@ class LiveTable:
             self.started[step_id] = time.monotonic()
         elif event == "attempt":
             row["attempts"] += 1
+        elif event in ("waiting", "resumed"):
+            self.waits[step_id] = self.waits.get(step_id, 0) + (1 if event == "waiting" else -1)
+            if row["status"] in ("running", "waiting"):
+                row["status"] = "waiting" if self.waits[step_id] > 0 else "running"
         elif event == "finish" and result is not None:
             row["status"] = result.status
             row["cached"] = "yes" if result.cached else ""
