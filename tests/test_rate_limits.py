@@ -198,9 +198,17 @@ def test_steps_waiting_for_a_rate_limit_are_reported_as_waiting(serve, tmp_path)
         if event == "waiting":
             assert table.rows[step_id]["status"] == "waiting"
 
+    observe.watch_limits = table.watch_limits  # type: ignore[attr-defined]
     with table:
         result = stepchain.Executor(4).run(tmp_path / "pipeline.yaml", observer=observe)
     assert result.status == "completed"
     assert ("waiting", "each") in events
     assert events.count(("waiting", "each")) == events.count(("resumed", "each"))
     assert table.rows["each"]["status"] == "completed"
+    # the run-level line: requests and tokens in the last minute against the limit
+    assert table.rates is not None
+    (line,) = table.rates()
+    assert line.startswith("gpt-test: 4/120 requests/min, ") and "tokens/min" in line
+    console = Console(file=io.StringIO(), width=120)
+    console.print(table.table())
+    assert "gpt-test: 4/120 requests/min" in console.file.getvalue()

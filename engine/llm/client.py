@@ -101,8 +101,10 @@ class LLMClient:
         base_url: str | None = None,
         http_client: openai.DefaultAsyncHttpxClient | None = None,
         limits: Mapping[str, Limits] | None = None,
+        limiters: Limiters | None = None,
     ) -> None:
-        self.limiters = Limiters(limits)  # one per (base URL, model), for this client's life
+        # one limiter per (base URL, model): this client's own, or those the caller shares
+        self.limiters = limiters if limiters is not None else Limiters(limits)
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self._owns_http_client = http_client is None  # a caller's client is theirs to close
         self._sdk = openai.AsyncOpenAI(
@@ -115,6 +117,7 @@ class LLMClient:
         cls,
         http_client: openai.DefaultAsyncHttpxClient | None = None,
         limits: Mapping[str, Limits] | None = None,
+        limiters: Limiters | None = None,
     ) -> LLMClient:
         """From OPENAI_API_KEY and OPENAI_BASE_URL, with declared rate limits per model.
 
@@ -122,7 +125,8 @@ class LLMClient:
             CredentialsMissing: OPENAI_API_KEY is not set.
         """
         check_credentials()
-        return cls(os.environ["OPENAI_API_KEY"], base_url_from_env(), http_client, limits)
+        key = os.environ["OPENAI_API_KEY"]
+        return cls(key, base_url_from_env(), http_client, limits, limiters)
 
     async def aclose(self) -> None:
         """Close the HTTP client StepChain made; a caller's own stays open."""

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -175,6 +176,7 @@ class ModelLimiter:
         self.window = INITIAL_WINDOW
         self.in_flight = 0
         self.strikes = 0  # 429s since the last answer
+        self.waiting = 0  # requests waiting for this limiter now
         self.rate_limited = 0  # 429s in all
         self._last_cut = -math.inf
         self._queue = asyncio.Lock()  # FIFO: only the head of the queue watches the clock
@@ -195,6 +197,7 @@ class ModelLimiter:
         current = budget.get()
         if current is not None:
             current.wait_for(self.name)
+        self.waiting += 1
         try:
             async with self._queue:
                 while True:
@@ -211,6 +214,7 @@ class ModelLimiter:
                         await asyncio.sleep(delay)
                 self._take(cost, loop.time())
         finally:
+            self.waiting -= 1
             if current is not None:
                 current.wait_for(None)
 
@@ -232,6 +236,8 @@ class ModelLimiter:
         if self.tokens is not None:
             self.tokens.level -= cost
         self.sent.append((now, 1, cost))
+        while self.sent and self.sent[0][0] < now - 60:
+            self.sent.popleft()
 
     @staticmethod
     def _past(current: Budget, when: float) -> bool:
@@ -313,11 +319,22 @@ class ModelLimiter:
 
     # -- reporting ------------------------------------------------------------------------------
     def per_minute(self, now: float) -> tuple[int, int]:
-        """Requests and tokens sent in the last minute."""
-        while self.sent and self.sent[0][0] < now - 60:
-            self.sent.popleft()
-        requests = sum(n for _, n, _ in self.sent)
-        return requests, max(0, sum(tokens for _, _, tokens in self.sent))
+        """Requests and tokens sent in the last minute (read-only: a display thread may ask)."""
+        recent = [entry for entry in list(self.sent) if entry[0] >= now - 60]
+        return sum(n for _, n, _ in recent), max(0, sum(tokens for _, _, tokens in recent))
+
+    def summary(self, now: float) -> str:
+        """One line: requests and tokens in the last minute against the limits, waits, 429s."""
+        requests, tokens = self.per_minute(now)
+        parts = [f"{requests:,}" + (f"/{self.requests.per_minute:,.0f}" if self.requests else "")]
+        parts[0] += " requests/min"
+        parts.append(f"{tokens:,}" + (f"/{self.tokens.per_minute:,.0f}" if self.tokens else ""))
+        parts[1] += " tokens/min"
+        if self.waiting:
+            parts.append(f"{self.waiting} waiting")
+        if self.rate_limited:
+            parts.append(f"{self.rate_limited} × 429")
+        return f"{self.name}: " + ", ".join(parts)
 
 
 class Limiters:
@@ -338,6 +355,11 @@ class Limiters:
 
     def all(self) -> list[ModelLimiter]:
         return list(self._by_key.values())
+
+    def summary(self) -> list[str]:
+        """A line per model used so far (see ModelLimiter.summary); safe from another thread."""
+        now = time.monotonic()  # the event loop's clock
+        return [limiter.summary(now) for limiter in list(self._by_key.values())]
 
 
 def _number(value: str | None) -> float | None:

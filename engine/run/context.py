@@ -179,14 +179,19 @@ class Runtime:
             return await run_in_thread(func, **kwargs)
         return await self.backend.run(func, **kwargs)
 
+    @cached_property
+    def limiters(self) -> Any:
+        """The run's rate limiters, one per (base URL, model); see llm.limiter."""
+        from stepchain.llm.limiter import Limiters, declared_limits
+
+        return Limiters(declared_limits(self.pipeline.limits))
+
     @property
     def llm(self) -> Any:
         if self._llm is None:
             from stepchain.llm.client import LLMClient
-            from stepchain.llm.limiter import declared_limits
 
-            limits = declared_limits(self.pipeline.limits)
-            self._llm = LLMClient.from_env(self.options.http_client, limits)
+            self._llm = LLMClient.from_env(self.options.http_client, limiters=self.limiters)
         return self._llm
 
     async def aclose(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -35,6 +36,7 @@ class LiveTable:
         }
         self.started: dict[str, float] = {}
         self.waits: dict[str, int] = {}  # requests of a step waiting for a rate limit
+        self.rates: Callable[[], list[str]] | None = None
         self.many = len(pipeline.steps) > 60  # a huge table helps nobody: summarise instead
         self.shown = False
         # Live redraws from table() at most 8 times a second; events only update the rows,
@@ -54,6 +56,10 @@ class LiveTable:
     ) -> None:
         if self.shown:
             self.live.__exit__(kind, error, traceback)
+
+    def watch_limits(self, summary: Callable[[], list[str]]) -> None:
+        """The executor hands over the run's rate-limit summary: one line per model."""
+        self.rates = summary
 
     def __call__(self, event: str, step_id: str, result: StepResult | None) -> None:
         if not self.shown:  # only once steps run: an error before the first step stays one line
@@ -78,7 +84,13 @@ class LiveTable:
             row["seconds"] = f"{result.duration_s:.2f}" if result.duration_s is not None else ""
 
     def table(self) -> Table:
-        table = Table(title=f"stepchain · {self.pipeline.name}", title_justify="left")
+        lines = self.rates() if self.rates is not None else []
+        table = Table(
+            title=f"stepchain · {self.pipeline.name}",
+            title_justify="left",
+            caption="\n".join(lines) or None,
+            caption_justify="left",
+        )
         for column in ("step", "status", "cached", "attempts", "tokens", "seconds"):
             table.add_column(
                 column, justify="right" if column in ("attempts", "tokens", "seconds") else "left"
