@@ -29,6 +29,7 @@ from jsonschema import Draft202012Validator
 from stepchain.cache import ResultCache, cache_key
 from stepchain.errors import PipelineInvalid, Problem, RetryableStepError, UsageError
 from stepchain.llm.client import LLMClient, ModelCall
+from stepchain.llm.limiter import limits_from_env
 from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import DEFAULT_MODEL, Pipeline
 from stepchain.pipeline.load import check_text, load_pipeline_text, read_text
@@ -331,7 +332,7 @@ class _Asker:
         if entry is not None and isinstance(entry["output"], str):
             return entry["output"]
         if self.client is None:
-            self.client = LLMClient.from_env(self.http_client)
+            self.client = LLMClient.from_env(self.http_client, limits_from_env())
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
                 turn = await self.client.complete(call)
