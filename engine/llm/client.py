@@ -102,13 +102,18 @@ class LLMClient:
         http_client: openai.DefaultAsyncHttpxClient | None = None,
         limits: Mapping[str, Limits] | None = None,
         limiters: Limiters | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         # one limiter per (base URL, model): this client's own, or those the caller shares
         self.limiters = limiters if limiters is not None else Limiters(limits)
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self._owns_http_client = http_client is None  # a caller's client is theirs to close
         self._sdk = openai.AsyncOpenAI(
-            api_key=api_key, base_url=self.base_url, max_retries=0, http_client=http_client
+            api_key=api_key,
+            base_url=self.base_url,
+            max_retries=0,
+            http_client=http_client,
+            default_headers=dict(headers) if headers else None,
         )
         self._api_by_url: dict[str, str] = {}  # base URL -> "chat" once /responses was missing
 
