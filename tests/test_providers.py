@@ -111,3 +111,17 @@ def test_a_provider_without_base_url_is_reported_with_its_position(cli, tmp_path
     result = cli("validate", path)
     assert result.exit_code != 0
     assert "bad.yaml:4:" in result.output and "base_url" in result.output
+
+
+def test_plan_names_the_provider_and_replays_after_a_run(servers, cli, tmp_path):
+    _, local = servers
+    path = pipeline(tmp_path, local, MIXED)
+    cold = cli.json("plan", path)["steps"]
+    assert (cold["cheap"]["action"], cold["cheap"]["detail"]) == (
+        "run",
+        f"provider at {local.base_url}",
+    )
+    cli("run", path)
+    warm = {sid: s["action"] for sid, s in cli.json("plan", path)["steps"].items()}
+    assert warm == {"cheap": "replay", "hard": "replay"}
+    assert local.requests and len(local.chat_requests) == 1  # planning asked nothing

@@ -129,7 +129,9 @@ def _resolve(
         if step.kind == "template":  # pure: its output is known without running anything
             outputs = [request["output"] for request in prepared.requests]
             known[step.id] = {"output": prepared.output_of(outputs), "status": "completed"}
-        return "run", None if step.cache else "cache: false"
+        where = prepared.requests[0].get("base_url") if prepared.requests else None
+        notes = [f"provider at {where}" if where else None, None if step.cache else "cache: false"]
+        return "run", "; ".join(n for n in notes if n) or None
     outputs = [entry["output"] for entry in hits]
     known[step.id] = {"output": prepared.output_of(outputs), "status": "completed"}
     return "replay", None
