@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import stepchain
 
 from tests.support.fake_openai import FakeOpenAI, Reply
 
@@ -125,3 +126,34 @@ def test_plan_names_the_provider_and_replays_after_a_run(servers, cli, tmp_path)
     warm = {sid: s["action"] for sid, s in cli.json("plan", path)["steps"].items()}
     assert warm == {"cheap": "replay", "hard": "replay"}
     assert local.requests and len(local.chat_requests) == 1  # planning asked nothing
+
+
+def test_a_providers_limits_apply_to_its_models_only(servers, tmp_path):
+    hosted, local = servers
+    path = tmp_path / "limited.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        version: 1
+        name: limited
+        providers:
+          local: {{base_url: "{local.base_url}", api_key_env: LOCAL_KEY, api: chat,
+                   limits: {{llama3.2: {{rpm: 6}}}}}}
+        steps:
+          - id: cheap
+            foreach: "range(2) | list"
+            prompt: "local {{{{ item }}}}"
+            model: local/llama3.2
+            timeout: 3
+          - id: hosted
+            foreach: "range(2) | list"
+            prompt: "hosted {{{{ item }}}}"
+            model: llama3.2
+            timeout: 3
+        """)
+    )
+    result = stepchain.Executor(4).run(path)
+    cheap, other = result.steps["cheap"], result.steps["hosted"]
+    assert (other.status, other.output) == ("completed", ["from hosted"] * 2)
+    assert (cheap.status, cheap.error_kind) == ("failed", "rate_limit")  # 6 a minute: 10 s apart
+    assert cheap.error is not None and "the rate limit of llama3.2 asks for a " in cheap.error
+    assert len(local.requests) == 1 and len(hosted.requests) == 2

@@ -340,8 +340,13 @@ class ModelLimiter:
 class Limiters:
     """The limiters of one client: one per (base URL, model), made on first use."""
 
-    def __init__(self, declared: Mapping[str, Limits] | None = None) -> None:
-        self.declared = dict(declared or {})
+    def __init__(
+        self,
+        declared: Mapping[str, Limits] | None = None,
+        declared_at: Mapping[tuple[str, str], Limits] | None = None,
+    ) -> None:
+        self.declared = dict(declared or {})  # model -> limits, at any base URL
+        self.declared_at = dict(declared_at or {})  # (base URL, model) -> a provider's limits
         self._by_key: dict[tuple[str, str], ModelLimiter] = {}
 
     def get(self, base_url: str, model: str) -> ModelLimiter:
@@ -349,7 +354,9 @@ class Limiters:
         limiter = self._by_key.get(key)
         if limiter is None:
             now = asyncio.get_running_loop().time()
-            declared = self.declared.get(model, Limits())
+            anywhere = self.declared.get(model, Limits())
+            here = self.declared_at.get(key, Limits())
+            declared = Limits(_lower(anywhere.rpm, here.rpm), _lower(anywhere.tpm, here.tpm))
             limiter = self._by_key[key] = ModelLimiter(model, declared, now)
         return limiter
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stepchain.errors import CredentialsMissing
+from stepchain.llm.limiter import Limits, parse_limits
 
 __all__ = ["Provider", "check_provider_credentials", "parse_providers", "split_model"]
 
@@ -27,6 +28,7 @@ class Provider:
     api_key_env: str = "OPENAI_API_KEY"
     api: str = "auto"
     headers: dict[str, str] = field(default_factory=dict, compare=False)
+    limits: dict[str, Limits] = field(default_factory=dict, compare=False)  # model -> limits
 
 
 def parse_providers(raw: Mapping[str, Any] | None) -> dict[str, Provider]:
@@ -38,6 +40,7 @@ def parse_providers(raw: Mapping[str, Any] | None) -> dict[str, Provider]:
             str(spec.get("api_key_env") or "OPENAI_API_KEY"),
             str(spec.get("api") or "auto"),
             {str(k): str(v) for k, v in (spec.get("headers") or {}).items()},
+            parse_limits(spec.get("limits") or {}),
         )
         for name, spec in (raw or {}).items()
     }

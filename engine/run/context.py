@@ -197,7 +197,12 @@ class Runtime:
         """The run's rate limiters, one per (base URL, model); see llm.limiter."""
         from stepchain.llm.limiter import Limiters, declared_limits
 
-        return Limiters(declared_limits(self.pipeline.limits))
+        at = {
+            (provider.base_url, model): limits
+            for provider in self.providers.values()
+            for model, limits in provider.limits.items()
+        }
+        return Limiters(declared_limits(self.pipeline.limits), at)
 
     @cached_property
     def providers(self) -> dict[str, Any]:
