@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
 import time
 from collections import deque
@@ -35,7 +34,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from stepchain.errors import RateLimitTimeout, UsageError
+from stepchain.errors import RateLimitTimeout
+from stepchain.llm.limits import Limits, declared_limits, limits_from_env, lower
 
 __all__ = [
     "Budget",
@@ -52,15 +52,6 @@ BURST_SECONDS = 1.0
 INITIAL_WINDOW = 64.0  # requests in flight per model before any 429 (the scheduler caps it too)
 MAX_WINDOW = 1024.0
 RESET = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-ENV_VAR = "STEPCHAIN_LIMITS"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Declared limits of one model: requests and tokens per minute (None: unknown)."""
-
-    rpm: float | None = None
-    tpm: float | None = None
 
 
 @dataclass
@@ -79,49 +70,6 @@ class Budget:
 
 
 budget: ContextVar[Budget | None] = ContextVar("stepchain_llm_budget", default=None)
-
-
-def limits_from_env() -> dict[str, Limits]:
-    """`STEPCHAIN_LIMITS` (JSON: {MODEL: {rpm: N, tpm: N}}); UsageError when malformed."""
-    text = os.environ.get(ENV_VAR, "").strip()
-    if not text:
-        return {}
-    try:
-        data = json.loads(text)
-        return parse_limits(data)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(
-            f"{ENV_VAR} is not valid: {exc}",
-            'set it to JSON like {"gpt-4o-mini": {"rpm": 500, "tpm": 200000}}',
-        ) from None
-
-
-def declared_limits(pipeline: Mapping[str, Any] | None = None) -> dict[str, Limits]:
-    """The pipeline's `limits:` and `STEPCHAIN_LIMITS` together; the lower of two wins."""
-    merged = limits_from_env()
-    for model, limits in parse_limits(dict(pipeline or {})).items():
-        other = merged.get(model, Limits())
-        merged[model] = Limits(_lower(limits.rpm, other.rpm), _lower(limits.tpm, other.tpm))
-    return merged
-
-
-def _lower(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def parse_limits(data: Any) -> dict[str, Limits]:
-    """{MODEL: {rpm, tpm}} as Limits; ValueError for anything else."""
-    if not isinstance(data, dict):
-        raise ValueError("expected an object of model -> {rpm, tpm}")
-    out = {}
-    for model, entry in data.items():
-        if not isinstance(entry, dict) or set(entry) - {"rpm", "tpm"}:
-            raise ValueError(f"{model}: expected {{rpm: N, tpm: N}}")
-        for key, value in entry.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"{model}.{key} must be a positive number")
-        out[str(model)] = Limits(entry.get("rpm"), entry.get("tpm"))
-    return out
 
 
 def estimate_tokens(
@@ -356,7 +304,7 @@ class Limiters:
             now = asyncio.get_running_loop().time()
             anywhere = self.declared.get(model, Limits())
             here = self.declared_at.get(key, Limits())
-            declared = Limits(_lower(anywhere.rpm, here.rpm), _lower(anywhere.tpm, here.tpm))
+            declared = Limits(lower(anywhere.rpm, here.rpm), lower(anywhere.tpm, here.tpm))
             limiter = self._by_key[key] = ModelLimiter(model, declared, now)
         return limiter
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stepchain.errors import CredentialsMissing
-from stepchain.llm.limiter import Limits, parse_limits
+from stepchain.llm.limits import Limits, parse_limits
 
 __all__ = ["Provider", "check_provider_credentials", "parse_providers", "split_model"]
 
