@@ -1,6 +1,6 @@
 """Run every benchmark script and write benchmarks/RESULTS.md.
 
-    python benchmarks/run_all.py [--only overhead,foreach,llm,validate_plan,dask,report,gitops] [--no-write]
+    python benchmarks/run_all.py [--only overhead,foreach,llm,validate_plan,dask,report,gitops,rate_limits] [--no-write]
 
 Each script runs in its own fresh process (`python benchmarks/bench_NAME.py --json FILE`), so
 "first run in a fresh process" means what it says; its figures are printed as they come and
@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SCRIPTS = ["validate_plan", "foreach", "overhead", "llm", "dask", "report", "gitops"]
+SCRIPTS = ["validate_plan", "foreach", "overhead", "llm", "dask", "report", "gitops", "rate_limits"]
 
 
 def machine() -> str:

@@ -35,6 +35,7 @@ from stepchain.errors import (
     no_running_loop,
 )
 from stepchain.llm.client import LLMClient, ModelCall
+from stepchain.llm.limiter import limits_from_env
 from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import DEFAULT_MODEL, Pipeline
 from stepchain.pipeline.load import check_text, load_pipeline_text, read_text
@@ -406,7 +407,7 @@ class _Asker:
         if entry is not None and isinstance(entry["output"], str):
             return entry["output"]
         if self.client is None:
-            self.client = LLMClient.from_env(self.http_client)
+            self.client = LLMClient.from_env(self.http_client, limits_from_env())
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
                 turn = await self.client.complete(call)

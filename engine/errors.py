@@ -121,6 +121,29 @@ class StepTimeout(RetryableStepError):
     kind = "timeout"
 
 
+class RateLimited(RetryableStepError):
+    """The LLM server answered 429 more often than the client resends without a deadline."""
+
+    kind = "rate_limit"
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, hint, retry_after=retry_after)
+        self.headers = headers or {}
+
+
+class RateLimitTimeout(StepError):
+    """Waiting for an LLM rate limit would pass the step's timeout."""
+
+    kind = "rate_limit"
+
+
 class Interrupted(StepChainError):
     """The run was stopped by SIGINT or SIGTERM."""
 

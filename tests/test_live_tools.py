@@ -26,7 +26,6 @@ def allow_servers(monkeypatch):
     monkeypatch.setenv("STEPCHAIN_ALLOW_RUN", "1")
 
 
-
 def git(repo, *args: str) -> None:
     env = {**os.environ, **GIT_ENV}
     subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)

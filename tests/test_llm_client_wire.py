@@ -10,8 +10,8 @@ import socket
 from typing import Any
 
 import pytest
-from stepchain.errors import RetryableStepError, StepError
-from stepchain.llm.client import LLMClient, ModelCall, ToolCall, Turn
+from stepchain.errors import RateLimited, RetryableStepError, StepError
+from stepchain.llm.client import RESENDS_WITHOUT_DEADLINE, LLMClient, ModelCall, ToolCall, Turn
 from stepchain.llm.output_format import json_schema_format
 
 from tests.support.fake_openai import FakeOpenAI, Reply
@@ -519,7 +519,6 @@ def test_a_hung_server_is_a_retryable_timeout(fake):
     [
         (Reply.server_error(500), True, "the LLM server failed (500): The server had an error"),
         (Reply.error(408, "slow"), True, "the LLM server failed (408): slow"),
-        (Reply.rate_limit(retry_after=2), True, "rate limited by the LLM server (429)"),
         (Reply.unauthorized(), False, "refused the credentials (401)"),
         (Reply.error(403, "no access"), False, "refused the credentials (403)"),
         (Reply.bad_request("bad temperature"), False, "rejected the request (400): bad temp"),
@@ -538,24 +537,33 @@ def test_statuses_are_classified_and_sent_once(fake, reply, retryable, text):
 @pytest.mark.parametrize(
     ("headers", "seconds"),
     [
-        ({"Retry-After": "2"}, 2.0),
-        ({"retry-after-ms": "1500", "Retry-After": "9"}, 1.5),
-        ({"Retry-After": "soon"}, None),
-        ({}, None),
+        ({"Retry-After": "0.2"}, 0.2),
+        ({"retry-after-ms": "300", "Retry-After": "9"}, 0.3),
+        ({"Retry-After": "soon"}, 0.5),  # unreadable: the limiter's own backoff
+        ({}, 0.5),
+        ({"x-ratelimit-reset-requests": "250ms"}, 0.25),  # the reset the headers announced
     ],
 )
-def test_rate_limit_carries_the_servers_retry_after(fake, headers, seconds):
-    fake.script(Reply.error(429, "slow down", headers=headers))
-    with pytest.raises(RetryableStepError) as failure:
-        complete(ModelCall(model="gpt-test", messages=HI))
-    assert failure.value.retry_after == seconds
+def test_a_429_pauses_for_the_servers_retry_after_then_sends_again(fake, headers, seconds):
+    fake.script(Reply.error(429, "slow down", headers=headers), "after the pause")
+    assert complete(ModelCall(model="gpt-test", messages=HI))[0].text == "after the pause"
+    first, second = fake.requests
+    assert second.received_at - first.received_at >= seconds
 
 
 def test_retry_after_as_an_http_date_counts_down_from_now(fake):
-    fake.script(Reply.error(429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}))
-    with pytest.raises(RetryableStepError) as failure:
+    fake.script(Reply.error(429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}), "ok")
+    assert complete(ModelCall(model="gpt-test", messages=HI))[0].text == "ok"  # no wait
+    assert len(fake.requests) == 2
+
+
+def test_without_a_deadline_429s_are_sent_again_a_bounded_number_of_times(fake):
+    fake.default = Reply.rate_limit(retry_after=0)
+    with pytest.raises(RateLimited) as failure:
         complete(ModelCall(model="gpt-test", messages=HI))
-    assert failure.value.retry_after == 0.0  # a date in the past: no wait
+    assert str(failure.value).startswith("rate limited by the LLM server (429)")
+    assert failure.value.retryable and failure.value.error_kind == "rate_limit"
+    assert len(fake.requests) == RESENDS_WITHOUT_DEADLINE + 1
 
 
 # -- api: auto ------------------------------------------------------------------------------

@@ -230,11 +230,11 @@ def test_api_chat_sends_chat_completions(fake, tmp_path):
 
 
 # -- errors and retries ---------------------------------------------------------------------
-def test_rate_limit_waits_for_retry_after(fake, tmp_path):
+def test_rate_limit_waits_for_retry_after_without_spending_a_retry(fake, tmp_path):
     fake.script(Reply.rate_limit(retry_after=0.3), Reply.text("finally"))
-    path = pipeline(tmp_path, "steps:\n  - id: ask\n    prompt: hi\n")
+    path = pipeline(tmp_path, "steps:\n  - id: ask\n    prompt: hi\n    retries: 0\n")
     step = run(path).steps["ask"]
-    assert (step.status, step.attempts, step.output) == ("completed", 2, "finally")
+    assert (step.status, step.attempts, step.output) == ("completed", 1, "finally")
     first, second = fake.requests
     assert second.received_at - first.received_at >= 0.3
 

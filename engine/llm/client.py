@@ -26,13 +26,17 @@ get back a `Turn`; `llm.wire` converts it into either API's input and reads the 
   to fix.
 - An answer that is not JSON, not the API's object, or lacks what the API always sends is a
   retryable "malformed response", never an empty output.
-- The SDK never retries (`max_retries=0`): the scheduler owns retries and backoff.
+- The SDK never retries (`max_retries=0`): the scheduler owns retries and backoff, except for
+  429s: every request first waits for its model's limiter (`llm.limiter`), and a 429 pauses
+  that limiter and is sent again, without spending an attempt, until the step's deadline
+  (without one, `RESENDS_WITHOUT_DEADLINE` times; then `RateLimited`, retryable).
 - Chat Completions gets `max_tokens` (what compatible servers such as Ollama, vLLM and
   llama.cpp accept) and cannot carry hosted tools.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import time
@@ -44,7 +48,8 @@ import openai
 from openai import Omit, not_given, omit
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
-from stepchain.errors import CredentialsMissing, RetryableStepError, StepError
+from stepchain.errors import CredentialsMissing, RateLimited, RetryableStepError, StepError
+from stepchain.llm.limiter import Limiters, Limits, budget, estimate_tokens
 from stepchain.llm.wire import (
     MalformedAnswer,
     ModelCall,
@@ -68,6 +73,7 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 API_MODES = ("auto", "responses", "chat")
+RESENDS_WITHOUT_DEADLINE = 10
 _T = TypeVar("_T")
 
 
@@ -94,23 +100,38 @@ class LLMClient:
         api_key: str,
         base_url: str | None = None,
         http_client: openai.DefaultAsyncHttpxClient | None = None,
+        limits: Mapping[str, Limits] | None = None,
+        limiters: Limiters | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        # one limiter per (base URL, model): this client's own, or those the caller shares
+        self.limiters = limiters if limiters is not None else Limiters(limits)
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self._owns_http_client = http_client is None  # a caller's client is theirs to close
         self._sdk = openai.AsyncOpenAI(
-            api_key=api_key, base_url=self.base_url, max_retries=0, http_client=http_client
+            api_key=api_key,
+            base_url=self.base_url,
+            max_retries=0,
+            http_client=http_client,
+            default_headers=dict(headers) if headers else None,
         )
         self._api_by_url: dict[str, str] = {}  # base URL -> "chat" once /responses was missing
 
     @classmethod
-    def from_env(cls, http_client: openai.DefaultAsyncHttpxClient | None = None) -> LLMClient:
-        """From OPENAI_API_KEY and OPENAI_BASE_URL.
+    def from_env(
+        cls,
+        http_client: openai.DefaultAsyncHttpxClient | None = None,
+        limits: Mapping[str, Limits] | None = None,
+        limiters: Limiters | None = None,
+    ) -> LLMClient:
+        """From OPENAI_API_KEY and OPENAI_BASE_URL, with declared rate limits per model.
 
         Raises:
             CredentialsMissing: OPENAI_API_KEY is not set.
         """
         check_credentials()
-        return cls(os.environ["OPENAI_API_KEY"], base_url_from_env(), http_client)
+        key = os.environ["OPENAI_API_KEY"]
+        return cls(key, base_url_from_env(), http_client, limits, limiters)
 
     async def aclose(self) -> None:
         """Close the HTTP client StepChain made; a caller's own stays open."""
@@ -118,12 +139,40 @@ class LLMClient:
             await self._sdk.close()
 
     async def complete(self, call: ModelCall) -> Turn:
-        """Send one turn with the API the call asks for (auto: Responses, else chat).
+        """Send one turn with the API the call asks for (auto: Responses, else chat), when
+        its model's limiter lets it go; a 429 waits for the limiter and sends it again.
 
         Raises:
             RetryableStepError: a transient failure worth another attempt.
+            RateLimitTimeout: waiting for the rate limit would pass the step's deadline.
             StepError: a failure that another attempt would repeat.
         """
+        limiter = self.limiters.get(self.base_url, call.model)
+        cost = estimate_tokens(
+            call.system, call.messages, [call.tools, call.output_format], call.max_output_tokens
+        )
+        loop = asyncio.get_running_loop()
+        resends = 0
+        while True:
+            await limiter.acquire(cost)
+            try:
+                turn = await self._complete(call)
+            except RateLimited as exc:
+                limiter.throttled(exc.retry_after, exc.headers, loop.time())
+                current = budget.get()
+                resends += 1
+                if (current is None or current.deadline is None) and (
+                    resends > RESENDS_WITHOUT_DEADLINE
+                ):
+                    raise
+                continue
+            except BaseException:
+                limiter.failed()
+                raise
+            limiter.answered(cost, _counted(turn.usage, call), turn.headers, loop.time())
+            return turn
+
+    async def _complete(self, call: ModelCall) -> Turn:
         api = call.api if call.api != "auto" else self._api_by_url.get(self.base_url, "auto")
         if api == "chat":
             return await self._send(self._chat, call)
@@ -200,6 +249,15 @@ class LLMClient:
         return turn
 
 
+def _counted(usage: Mapping[str, int], call: ModelCall) -> int | None:
+    """The tokens a provider counts against its limit: the input the answer reports, plus the
+    output allowance (providers reserve max_output_tokens), or the output if larger."""
+    if not usage:
+        return None
+    output = max(usage.get("output_tokens", 0), call.max_output_tokens or 0)
+    return usage.get("input_tokens", 0) + output
+
+
 def _given(value: _T | None) -> _T | Omit:
     """The value, or `omit` (the field is left out of the request) when it is None."""
     return omit if value is None else value
@@ -224,10 +282,10 @@ def _answer(parse: Callable[[], object], model: type[openai.BaseModel]) -> dict[
 def _classify(exc: Exception, base_url: str) -> Exception:
     """The StepChain error for an SDK failure (by type and status); other errors unchanged."""
     if isinstance(exc, openai.RateLimitError):
-        return RetryableStepError(
+        return RateLimited(
             f"rate limited by the LLM server (429): {_server_message(exc)}",
             retry_after=_retry_after(exc.response.headers),
-            kind="rate_limit",
+            headers=dict(exc.response.headers.items()),
         )
     if isinstance(exc, openai.APITimeoutError):
         return RetryableStepError(f"the LLM request to {base_url} timed out", kind="timeout")

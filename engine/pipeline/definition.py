@@ -130,6 +130,8 @@ class Pipeline:
     defaults: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, ToolSpec] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> {rpm, tpm}
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> base_url, ...
     source: Any = field(
         default=None, repr=False, compare=False
     )  # yaml_source.Source, for positions

@@ -90,6 +90,8 @@ def build_pipeline(source: Source, deps: dict[str, set[str]]) -> Pipeline:
         defaults=defaults,
         tools={name: _build_tool(name, raw) for name, raw in (data.get("tools") or {}).items()},
         outputs=dict(data.get("outputs") or {}),
+        limits=dict(data.get("limits") or {}),
+        providers=dict(data.get("providers") or {}),
         source=source,
     )
 

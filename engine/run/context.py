@@ -65,6 +65,7 @@ class Runtime:
         self._function_tools: dict[str, FunctionTool] = {}
         self._mcp_pool: Any = None
         self._llm: Any = None
+        self._provider_clients: dict[str, Any] = {}  # provider name -> its LLMClient
         self._roots: dict[str, Any] | None = None  # the template context's fixed roots
         self.backend: Any = None  # a DaskBackend with --executor dask, else None (local)
         self.imports = True  # `plan` sets False: it imports no function tool's module
@@ -98,8 +99,22 @@ class Runtime:
             check_approval_possible(self)
         if self.pipeline.has_llm_steps and not self.options.offline:
             from stepchain.llm.client import check_credentials
+            from stepchain.llm.limiter import limits_from_env
+            from stepchain.llm.providers import check_provider_credentials, split_model
 
-            check_credentials()
+            default = False  # does a step use the default server (or a templated model)?
+            for step in self.pipeline.steps:
+                if step.kind != "prompt":
+                    continue
+                model = str(step.get("model") or "")
+                provider, _ = split_model(model, self.providers)
+                if provider is not None and "{" not in model:
+                    check_provider_credentials(provider)
+                else:
+                    default = True
+            if default:
+                check_credentials()
+            limits_from_env()  # a malformed STEPCHAIN_LIMITS fails here, not in a step
 
     @property
     def approve(self) -> bool:
@@ -214,12 +229,56 @@ class Runtime:
             return await run_in_thread(func, **kwargs)
         return await self.backend.run(func, **kwargs)
 
+    @cached_property
+    def limiters(self) -> Any:
+        """The run's rate limiters, one per (base URL, model); see llm.limiter."""
+        from stepchain.llm.limiter import Limiters, declared_limits
+
+        at = {
+            (provider.base_url, model): limits
+            for provider in self.providers.values()
+            for model, limits in provider.limits.items()
+        }
+        return Limiters(declared_limits(self.pipeline.limits), at)
+
+    @cached_property
+    def providers(self) -> dict[str, Any]:
+        from stepchain.llm.providers import parse_providers
+
+        return parse_providers(self.pipeline.providers)
+
+    def llm_for(self, model: str) -> tuple[Any, str, str | None]:
+        """(the client, the model name it knows, the provider's api) for `model`, which may be
+        `PROVIDER/MODEL`; without a provider, the default client (OPENAI_*) and no api."""
+        from stepchain.llm.providers import split_model
+
+        provider, name = split_model(model, self.providers)
+        if provider is None:
+            return self.llm, model, None
+        client = self._provider_clients.get(provider.name)
+        if client is None:
+            import os
+
+            from stepchain.llm.client import LLMClient
+            from stepchain.llm.providers import check_provider_credentials
+
+            check_provider_credentials(provider)
+            client = LLMClient(
+                os.environ[provider.api_key_env],
+                provider.base_url,
+                self.options.http_client,
+                limiters=self.limiters,
+                headers=provider.headers,
+            )
+            self._provider_clients[provider.name] = client
+        return client, name, provider.api
+
     @property
     def llm(self) -> Any:
         if self._llm is None:
             from stepchain.llm.client import LLMClient
 
-            self._llm = LLMClient.from_env(self.options.http_client)
+            self._llm = LLMClient.from_env(self.options.http_client, limiters=self.limiters)
         return self._llm
 
     async def aclose(self) -> None:
@@ -227,6 +286,8 @@ class Runtime:
             await self._mcp_pool.close_all()
         if self._llm is not None:
             await self._llm.aclose()
+        for client in self._provider_clients.values():
+            await client.aclose()
 
     def describe_error(self, exc: BaseException) -> str:
         """The message recorded for a failed step, secrets masked."""

@@ -196,7 +196,9 @@ class Executor:
         """Run a pipeline; the whole RunResult (what `stepchain run --json` prints).
 
         The arguments are those of `execute`; `observer(event, step_id, result)` hears each
-        step start, attempt and finish; `handle_signals` turns SIGINT/SIGTERM into a clean stop;
+        step start, attempt and finish, and `waiting`/`resumed` around a wait for a rate limit
+        (an observer with a `watch_limits(summary)` method is handed a callable giving one line
+        per model: requests and tokens per minute against its limits); `handle_signals` turns SIGINT/SIGTERM into a clean stop;
         `offline` refuses to start when any step would call a model, a tool or a command.
         """
         no_running_loop("Executor.run", "Executor.arun")
@@ -304,6 +306,9 @@ class Executor:
                 inputs=runtime.mask(inputs),
             )
             storage.commit()
+            watch = getattr(observer, "watch_limits", None)
+            if watch is not None and pipeline.has_llm_steps:  # e.g. the live table's rate line
+                watch(runtime.limiters.summary)
             scheduler = Scheduler(runtime, storage, cache, previous, observer)
             started = time.monotonic()
             try:

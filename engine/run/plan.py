@@ -154,7 +154,10 @@ def _resolve(
         if step.kind == "template":  # pure: its output is known without running anything
             outputs = [request["output"] for request in prepared.requests]
             known[step.id] = {"output": prepared.output_of(outputs), "status": "completed"}
-        return "run", _why_run(step)
+        where = prepared.requests[0].get("base_url") if prepared.requests else None
+        why = _why_run(step)
+        notes = [f"provider at {where}" if where else None, why]
+        return "run", "; ".join(n for n in notes if n) or None
     outputs = [entry["output"] for entry in hits]
     known[step.id] = {"output": prepared.output_of(outputs), "status": "completed"}
     return "replay", _why_replay(step)

@@ -17,12 +17,14 @@ from typing import Any
 from stepchain.cache import ResultCache
 from stepchain.cache.pending import PendingWrites
 from stepchain.errors import (
+    RateLimitTimeout,
     RetryableStepError,
     StepChainError,
     StepError,
     StepTimeout,
     error_kind,
 )
+from stepchain.llm.limiter import Budget, budget
 from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import Step
 from stepchain.run.context import Runtime
@@ -304,6 +306,10 @@ class Scheduler:
         self._executed(step, key, outcome, cacheable)
         return outcome, attempts, False
 
+    def _waiting(self, step_id: str, limiter: str | None) -> None:
+        """Tell the observer a request of the step waits for a rate limit (or stopped)."""
+        self.observe("waiting" if limiter else "resumed", step_id, None)
+
     def _use_cache(self, step: Step) -> bool:
         return step.cache and not self.options.no_cache and step.id not in self.options.refresh
 
@@ -325,17 +331,34 @@ class Scheduler:
         began = now()
         while True:
             attempt += 1
+            # the attempt's deadline, which waits for an LLM rate limit may not pass
+            allowance = Budget(None, step.timeout, notify=partial(self._waiting, step.id))
             try:
                 async with self.slots:
                     began = now()
                     self.observe("attempt", step.id, None)
-                    coro = kind.execute(step, request, self.rt, feedback)
-                    outcome = await asyncio.wait_for(coro, step.timeout)
+                    if step.timeout is not None:
+                        allowance.deadline = asyncio.get_running_loop().time() + step.timeout
+                    token = budget.set(allowance)
+                    try:
+                        coro = kind.execute(step, request, self.rt, feedback)
+                        outcome = await asyncio.wait_for(coro, step.timeout)
+                    finally:
+                        budget.reset(token)
                 if spent:
                     outcome.usage = add_usage(dict(outcome.usage), spent)
                 _record_try(tries, began, "completed")
                 return outcome, attempt
             except TimeoutError:
+                if allowance.waiting is not None:  # the timeout struck while waiting for a limit
+                    add_usage(self.spent, spent)
+                    late = RateLimitTimeout(
+                        f"rate limited: timed out after {step.timeout:g}s waiting for the rate "
+                        f"limit of {allowance.waiting}",
+                        "raise the step's timeout:, lower --max-concurrent, or declare the "
+                        "account's limits (limits: {MODEL: {rpm: N, tpm: N}})",
+                    )
+                    raise _Failed(late, attempt, spent) from None
                 error: RetryableStepError = StepTimeout(f"timed out after {step.timeout:g}s")
             except RetryableStepError as exc:
                 error = exc

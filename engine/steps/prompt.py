@@ -18,6 +18,7 @@ from jsonschema import validators
 from jsonschema.exceptions import best_match
 from stepchain.errors import RetryableStepError, StepError
 from stepchain.llm.output_format import json_schema_format, strict_compatible
+from stepchain.llm.providers import parse_providers, split_model
 from stepchain.llm.usage import add_usage
 from stepchain.llm.wire import ModelCall, ToolCall
 from stepchain.pipeline.definition import DEFAULT_MODEL, Step, ToolSpec
@@ -52,8 +53,13 @@ def render_request(step: Step, context: dict[str, Any], run: RunServices) -> dic
             return None
         return render_text(value, context, run.path_of(step, name), run.locate)
 
+    model = text("model") or DEFAULT_MODEL
+    named = run.pipeline.providers
+    provider = split_model(model, parse_providers(named))[0] if named else None
+    where = {"base_url": provider.base_url} if provider is not None else {}  # in the cache key
     return {
-        "model": text("model") or DEFAULT_MODEL,
+        **where,
+        "model": model,
         "system": text("system"),
         "prompt": text("prompt"),
         "temperature": step.get("temperature"),
@@ -74,22 +80,24 @@ async def execute(
     messages: list[dict[str, Any]] = [{"role": "user", "content": request["prompt"]}]
     if feedback:
         messages.append({"role": "user", "content": FEEDBACK_MESSAGE.format(feedback=feedback)})
+    client, model, provider_api = run.llm_for(request["model"])
+    api = provider_api if request["api"] == "auto" and provider_api else request["api"]
     call = ModelCall(
-        model=request["model"],
+        model=model,
         messages=messages,
         system=request["system"],
         temperature=request["temperature"],
         max_output_tokens=request["max_output_tokens"],
         output_format=fmt,
         tools=toolbox.definitions,
-        api=request["api"],
+        api=api,
         # a little past the step's own timeout, so the step's limit is the one that speaks
         timeout=(step.timeout or 600.0) + 1.0,
     )
     usage: dict[str, int] = {}
     limit, made = request["max_tool_calls"], 0
     while True:
-        turn = await run.llm.complete(call)
+        turn = await client.complete(call)
         add_usage(usage, turn.usage)
         if not turn.calls:
             break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +19,7 @@ _STYLE = {
     "skipped": "yellow",
     "interrupted": "magenta",
     "running": "cyan",
+    "waiting": "blue",  # for a rate limit
     "pending": "dim",
 }
 
@@ -33,6 +35,8 @@ class LiveTable:
             for s in pipeline.steps
         }
         self.started: dict[str, float] = {}
+        self.waits: dict[str, int] = {}  # requests of a step waiting for a rate limit
+        self.rates: Callable[[], list[str]] | None = None
         self.many = len(pipeline.steps) > 60  # a huge table helps nobody: summarise instead
         self.shown = False
         # Live redraws from table() at most 8 times a second; events only update the rows,
@@ -63,6 +67,10 @@ class LiveTable:
         self.console.file.write("\n".join(lines) + "\n")
         self.console.file.flush()
 
+    def watch_limits(self, summary: Callable[[], list[str]]) -> None:
+        """The executor hands over the run's rate-limit summary: one line per model."""
+        self.rates = summary
+
     def __call__(self, event: str, step_id: str, result: StepResult | None) -> None:
         if not self.shown:  # only once steps run: an error before the first step stays one line
             self.shown = True
@@ -74,6 +82,10 @@ class LiveTable:
             self.started[step_id] = time.monotonic()
         elif event == "attempt":
             row["attempts"] += 1
+        elif event in ("waiting", "resumed"):
+            self.waits[step_id] = self.waits.get(step_id, 0) + (1 if event == "waiting" else -1)
+            if row["status"] in ("running", "waiting"):
+                row["status"] = "waiting" if self.waits[step_id] > 0 else "running"
         elif event == "finish" and result is not None:
             row["status"] = result.status
             row["cached"] = "yes" if result.cached else ""
@@ -83,7 +95,13 @@ class LiveTable:
             row["seconds"] = f"{result.duration_s:.2f}" if result.duration_s is not None else ""
 
     def table(self) -> Table:
-        table = Table(title=f"stepchain · {self.pipeline.name}", title_justify="left")
+        lines = self.rates() if self.rates is not None else []
+        table = Table(
+            title=f"stepchain · {self.pipeline.name}",
+            title_justify="left",
+            caption="\n".join(lines) or None,
+            caption_justify="left",
+        )
         for column in ("step", "status", "cached", "attempts", "tokens", "seconds"):
             table.add_column(
                 column, justify="right" if column in ("attempts", "tokens", "seconds") else "left"

@@ -55,6 +55,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.support.rate_buckets import RateBuckets, token_cost
+
 __all__ = [
     "FakeOpenAI",
     "RecordedRequest",
@@ -520,6 +522,9 @@ class FakeOpenAI:
         models: Iterable[str] = ("gpt-fake",),
         keep_alive: bool = False,
         tls: ssl.SSLContext | None = None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        limit_window: float = 1.0,
     ) -> None:
         """
         :param responses_api: serve ``/v1/responses``; False emulates a chat-only server.
@@ -532,6 +537,11 @@ class FakeOpenAI:
         :param keep_alive: keep a connection open for the client's next request (HTTP/1.1
             keep-alive, as api.openai.com does); by default every answer closes it.
         :param tls: a server-side TLS context: serve HTTPS (``url`` is then ``https://``).
+        :param rpm: requests per minute per model (``tests.support.rate_buckets``): a request
+            over it gets a 429 with ``retry-after-ms``/``Retry-After``; every answer carries
+            ``x-ratelimit-*`` headers.
+        :param tpm: tokens per minute per model (characters / 4 + max output tokens).
+        :param limit_window: the seconds' worth of the limits the buckets hold.
         """
         self.responses_api = responses_api
         self.chat_api = chat_api
@@ -543,6 +553,7 @@ class FakeOpenAI:
         self.keep_alive = keep_alive
         self.tls = tls
         self.handshake_failures = 0  # TLS handshakes that failed (e.g. the client's CA check)
+        self.limits = RateBuckets(rpm, tpm, limit_window) if rpm or tpm else None
 
         self._lock = threading.Lock()
         self._queues: dict[str | None, deque[Any]] = {
@@ -821,7 +832,24 @@ class FakeOpenAI:
             self._send_reply(h, req, Reply.bad_request("We could not parse the JSON body"), None)
             return
 
+        limit_headers: list[tuple[str, str]] = []
+        if self.limits is not None:
+            most = parsed.get("max_output_tokens") or parsed.get("max_tokens")
+            cost = token_cost(request_text(parsed), most if isinstance(most, int) else None)
+            admitted, limit_headers = self.limits.admit(str(parsed.get("model")), cost)
+            if not admitted:
+                refusal = Reply.error(
+                    429,
+                    f"Rate limit reached for {parsed.get('model')}",
+                    type="requests",
+                    code="rate_limit_exceeded",
+                    headers=dict(limit_headers),
+                )
+                self._send_reply(h, req, refusal, endpoint)
+                return
         reply = self._pick_reply(endpoint, parsed)
+        if limit_headers:
+            reply = replace(reply, headers=reply.headers + tuple(limit_headers))
         self._send_reply(h, req, reply, endpoint)
 
     def _pick_reply(self, endpoint: str, body: dict[str, Any]) -> Reply:

@@ -1,0 +1,143 @@
+"""A large fan-out against a rate-limited server: every item, near the time the limit allows.
+
+    python benchmarks/bench_rate_limits.py [--items 300] [--rpm 3000] [--tpm 6000000]
+        [--latency 0.1] [--max-concurrent 32]
+
+A `foreach` of `prompt` steps over N items against the test server (tests/support/fake_openai.py,
+real HTTP on 127.0.0.1, keep-alive) with request and token buckets per model that answer as
+OpenAI does: `x-ratelimit-*` headers on every answer, 429 with `retry-after-ms`/`Retry-After`
+over the limit (tests/support/rate_buckets.py, one second's worth per bucket). Each answer takes
+`--latency` seconds. StepChain runs in a fresh process through the stock OpenAI SDK with no
+declared limits (it learns them from the headers): `Executor(max_concurrent=N).execute(...)`,
+cold cache. Makespan = wall time of that call. Bound = the time the limit allows for the N
+requests (N / rpm per minute; for tokens, their total / tpm per minute). Targets: every item
+completes, makespan <= 1.10 x bound, 429 answers <= 5 % of requests. Two workloads: requests per
+minute with short prompts, and tokens per minute with prompts of about 2,000 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, Report, arguments, fresh_home, work_dir
+
+WORKER = """import json, sys, time
+import openai, stepchain
+from stepchain import Executor
+pipe = stepchain.load_pipeline(sys.argv[1])
+start = time.perf_counter()
+results = Executor(max_concurrent=int(sys.argv[2])).execute(pipe, run_id='x')
+run_s = time.perf_counter() - start
+step = results[0]
+print(json.dumps({"run_s": run_s, "status": step.status, "error": step.error,
+                  "outputs": step.output or []}))
+"""
+
+
+def pipeline_yaml(items: int, filler: str) -> str:
+    return (
+        "version: 1\nname: bench-rate-limits\ndefaults: {model: gpt-4o-mini}\nsteps:\n"
+        "  - id: each\n"
+        f'    foreach: "range({items}) | list"\n'
+        f'    prompt: "Item {{{{ item }}}}.{filler}"\n'
+        "    max_output_tokens: 16\n"
+    )
+
+
+def measure(folder: Path, cap: int, env: dict, fake, items: int) -> dict | str:
+    fake.reset()
+    argv = [sys.executable, str(folder / "worker.py"), str(folder / "fanout.yaml"), str(cap)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    except subprocess.TimeoutExpired:
+        return "no answer within 300 s"
+    if done.returncode != 0:
+        return f"exit {done.returncode}: {done.stderr.strip()[-300:]}"
+    doc = json.loads(done.stdout.strip().splitlines()[-1])
+    answered = [r for r in fake.requests if r.reply is not None and r.reply.status == 200]
+    limited = [r for r in fake.requests if r.reply is not None and r.reply.status == 429]
+    good = sum(1 for i, out in enumerate(doc["outputs"]) if out == f"answer {i}")
+    return {
+        "makespan": doc["run_s"],
+        "completed": good if doc["status"] == "completed" else 0,
+        "error": doc["error"],
+        "requests": len(fake.requests),
+        "answered": len(answered),
+        "limited": len(limited),
+        "tokens": sum(r.reply.input_tokens + 16 for r in answered if r.reply is not None),
+    }
+
+
+def record(report: Report, name: str, m: dict, items: int, bound: float) -> None:
+    report.row(
+        f"{name}: items completed",
+        f"{m['completed']} / {items}" + (f" ({m['error']})" if m["error"] else ""),
+        f"{items} / {items}",
+        m["completed"] == items,
+    )
+    report.row(
+        f"{name}: makespan / limit bound",
+        f"{m['makespan']:.2f} s / {bound:.2f} s = {m['makespan'] / bound:.3f}×",
+        "≤ 1.10×",
+        m["makespan"] <= 1.10 * bound,
+    )
+    share = m["limited"] / max(1, m["requests"])
+    report.row(
+        f"{name}: 429 answers / requests",
+        f"{m['limited']} / {m['requests']} = {share:.1%}",
+        "≤ 5 %",
+        share <= 0.05,
+    )
+
+
+def main() -> None:
+    args = arguments(__doc__, items=300, rpm=3000, tpm=6_000_000, latency=0.1, max_concurrent=32)
+    sys.path.insert(0, str(REPO))
+    from tests.support.fake_openai import FakeOpenAI, Reply, request_text
+
+    def responder(body):
+        text = request_text(body)
+        index = text.split(".", 1)[0].removeprefix("Item ")
+        reply = Reply.text(f"answer {index}", input_tokens=math.ceil(len(text) / 4))
+        return reply.with_delay(args.latency)
+
+    report = Report(
+        f"Rate limits: {args.items}-item foreach at {args.rpm:g} requests/min, "
+        f"{args.latency * 1000:.0f} ms latency",
+        f"test server with OpenAI-style request and token buckets on 127.0.0.1; "
+        f"--max-concurrent {args.max_concurrent}; no declared limits; cold cache",
+    )
+    folder = work_dir("rate_limits")
+    (folder / "worker.py").write_text(WORKER, encoding="utf-8")
+    workloads = [
+        ("requests/min", "", {"rpm": args.rpm}),
+        ("tokens/min, ~2,000-token prompts", " " + "lorem ipsum " * 666, {"tpm": args.tpm}),
+    ]
+    for name, filler, limits in workloads:
+        (folder / "fanout.yaml").write_text(pipeline_yaml(args.items, filler), encoding="utf-8")
+        with FakeOpenAI(responder=responder, keep_alive=True, **limits) as fake:
+            env = dict(os.environ, **fake.env("test-key"), STEPCHAIN_HOME=str(fresh_home()))
+            m = measure(folder, args.max_concurrent, env, fake, args.items)
+            if isinstance(m, str):
+                report.note(f"{name}: failed, {m}")
+                continue
+            if "rpm" in limits:
+                bound = args.items / (args.rpm / 60)
+            else:
+                bound = m["tokens"] / (args.tpm / 60)
+            record(report, name, m, args.items, bound)
+    report.note(
+        "StepChain 0.3.1 on the same workload: not measured by this script yet "
+        "(the issue reports 300/300 in 6.3 s at 3,000 requests/min)"
+    )
+    report.save(args.json)
+
+
+if __name__ == "__main__":
+    main()
