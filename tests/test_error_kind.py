@@ -18,7 +18,7 @@ def test_llm_failures_have_their_kind(write, tmp_path, monkeypatch):
         + FAST
         + """
 steps:
-  - {id: limited, prompt: "limited"}
+  - {id: limited, prompt: "limited", timeout: 2}
   - {id: refused, prompt: "refused"}
   - {id: broken, prompt: "broken"}
 """,
@@ -38,7 +38,8 @@ steps:
         result = stepchain.Executor().run(path, run_id="kinds")
     kinds = {sid: r.error_kind for sid, r in result.steps.items()}
     assert kinds == {"limited": "rate_limit", "refused": "bad_request", "broken": "server"}
-    assert result.steps["limited"].attempts == 2  # retried, then failed: still a rate limit
+    # 429s are waited out, not retried (SPEC §11), until the wait would pass the timeout
+    assert result.steps["limited"].attempts == 1
     state = stepchain.Storage().load_run_state("kinds")  # and it is recorded
     assert {r.step_id: r.error_kind for r in state.results} == kinds
 

@@ -235,6 +235,9 @@ class ModelLimiter:
             ]
             known = [r for r in resets if r is not None]
             pause = max(known) if known else min(30.0, 0.5 * 2 ** (self.strikes - 1))
+        # a server that keeps answering 429 with "retry after 0" must not be asked in a tight
+        # loop: consecutive 429s wait at least a growing floor
+        pause = max(pause, min(30.0, 0.05 * 2 ** (self.strikes - 1)))
         if now >= self._last_cut:
             self.window = max(1.0, self.window / 2)
             self._last_cut = now + pause
