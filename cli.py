@@ -185,7 +185,13 @@ def schema() -> None:
 @click.argument("file", type=click.Path())
 @input_flags
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default=None)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default=None,
+    help="text (default), json, or markdown (a pull-request comment).",
+)
 @click.option("--against", type=click.Path(dir_okay=False), help="Compare with this lock file.")
 def plan(
     file: str,

@@ -562,7 +562,7 @@ def test_without_a_deadline_429s_are_sent_again_a_bounded_number_of_times(fake):
     with pytest.raises(RateLimited) as failure:
         complete(ModelCall(model="gpt-test", messages=HI))
     assert str(failure.value).startswith("rate limited by the LLM server (429)")
-    assert failure.value.retryable and failure.value.error_kind == "rate_limit"
+    assert failure.value.retryable and failure.value.kind == "rate_limit"
     assert len(fake.requests) == RESENDS_WITHOUT_DEADLINE + 1
 
 

@@ -123,8 +123,10 @@ def test_plan_against_the_lock_as_markdown(cli, write, calls_log):
     assert "**4 steps in 3 layers** · replay 2 · run 1 · unknown 1" in text
     assert "**Estimated cost:** 1 tool call; ~0 tokens (from the lock's recorded usage)" in text
     assert "| `b` | tool arguments |\n| `c` | upstream output (b) |" in text
-    assert "| 1 | `b` | tool | **run** | tool arguments |  |" in text
-    assert "| 0 | `a` | tool | **replay** |  |  |" in text
+    assert (
+        "| 1 | `b` | tool | **run** | tool arguments | no cached result for this request |" in text
+    )
+    assert "| 0 | `a` | tool | **replay** |  | cached result of the same request" in text
     assert "```mermaid\nflowchart TD\n" in text
     assert "    class s1,s3 changed\n```" in text
     as_json = json.loads(cli("plan", path, "--against", f"{path}.lock", "--json").stdout)

@@ -239,28 +239,16 @@ def test_llm_steps_show_their_rendered_request_attempts_and_usage(cli, write, mo
     assert "Request, rendered" in facts
     assert "&quot;model&quot;: &quot;gpt-x&quot;" not in facts  # text is escaped, quotes kept
     assert '"model": "gpt-x"' in facts and '"prompt": "Facts about tides."' in facts
-    assert "attempts 2" in facts and "18 tokens" in facts
+    # the 429 was waited out by the rate limiter, not retried: one attempt (SPEC §11)
+    assert "attempts 1" in facts and "18 tokens" in facts
     outline = page[page.index('id="s1"') :]
     assert '"prompt": "Outline physics using: tides rise twice a day"' in outline
     assert "2 items" in outline
-    assert "facts (2 attempts)" in page  # the timeline row: queued, two tries, a wait between
-    row = page[page.index('<div class="track" data-step="s0">') :]
-    row = row[: row.index('<div class="label"')]
-    assert [m for m in re.findall(r'class="bar s-(\w+)"', row)] == [
-        "queued",
-        "failed",
-        "waiting",
-        "completed",
-    ]
-    assert "facts: waiting 0s for a rate limit" in row
-    tries = facts[facts.index('<table class="tries">') :]
-    assert "<td>1</td>" in tries and "rate limited by the LLM server (429)" in tries
-    assert "<td>2</td>" in tries and "<td>completed</td>" in tries
+    # the 429 was waited out by the rate limiter (SPEC §11): one try, which completed; the
+    # limiter's own waits are not drawn in the timeline yet (issue 16 stays open for them)
+    assert "attempts)" not in page  # no "(N attempts)" label for a single attempt
     doc = cli("runs", "show", "llm", "--json").stdout
-    assert [t["status"] for t in json.loads(doc)["steps"]["facts"]["tries"]] == [
-        "failed",
-        "completed",
-    ]
+    assert [t["status"] for t in json.loads(doc)["steps"]["facts"]["tries"]] == ["completed"]
     assert "total tokens</dt><dd>34</dd>" in page
 
 
