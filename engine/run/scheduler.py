@@ -37,6 +37,7 @@ from stepchain.steps import Outcome, kind_of
 from stepchain.steps.template import template_outcome
 from stepchain.templates import Vars
 from stepchain.templates.render import render_value
+from stepchain.templates.sandbox import RenderInterrupted, resume_renders
 
 log = logging.getLogger(LOGGER_NAME)
 MAX_SERVER_WAIT = 600.0  # seconds a Retry-After may hold a step that has no timeout
@@ -186,6 +187,7 @@ class Scheduler:
             return
         self.interrupted = True
         self.stop_reason = "not started: run interrupted"
+        resume_renders()  # renders ended by the signal have ended; the run's outputs render
         for task in self.running:
             task.cancel()
 
@@ -196,12 +198,8 @@ class Scheduler:
             prepared = prepare_step(step, self._context(), self.rt)
             if not self._decided(prepared, result):
                 await self._execute(prepared, result)
-        except asyncio.CancelledError:
-            result.status, result.reason = (
-                "interrupted",
-                "run interrupted while the step was running",
-            )
-            result.error, result.error_kind = "interrupted", "interrupted"
+        except (asyncio.CancelledError, RenderInterrupted):
+            _interrupted(result)
         except _Failed as failed:
             result.status, result.attempts, result.usage = "failed", failed.attempts, failed.usage
             result.error = self.rt.describe_error(failed.error)
@@ -419,6 +417,8 @@ class Scheduler:
         """`func()`, a failure recorded on `result` as `_run_step` records it."""
         try:
             return func()
+        except RenderInterrupted:  # a signal came while the step's templates rendered
+            _interrupted(result)
         except StepChainError as exc:
             result.status, result.error = "failed", self.rt.describe_error(exc)
             result.error_kind = error_kind(exc)
@@ -454,7 +454,7 @@ class Scheduler:
     def _result(self) -> RunResult:
         ordered = {s.id: self.results[s.id] for s in self.pipeline.steps}
         status: RunStatus
-        if self.interrupted:
+        if self.interrupted or any(r.status == "interrupted" for r in ordered.values()):
             status = "interrupted"
         elif any(
             r.status in ("failed", "interrupted") and not self.pipeline.step(sid).continue_on_error
@@ -475,6 +475,11 @@ class Scheduler:
                 log.warning("output %s not rendered: %s", name, exc)
                 outputs[name] = None
         return self.rt.mask(outputs)
+
+
+def _interrupted(result: StepResult) -> None:
+    result.status, result.reason = "interrupted", "run interrupted while the step was running"
+    result.error, result.error_kind = "interrupted", "interrupted"
 
 
 def _record_try(
