@@ -116,15 +116,13 @@ def render_budget(seconds: float) -> Iterator[None]:
         _BUDGET.reset(token)
 
 
-@contextmanager
-def bounded() -> Iterator[None]:
-    """The budget in force, or a MAX_RENDER_SECONDS one for a render outside any (a pipeline's
-    outputs, a `when` that `plan` decides early)."""
+def bounded(func: Callable[..., Any], *args: Any) -> Any:
+    """`func(*args)` within the budget in force, or a MAX_RENDER_SECONDS one for a render
+    outside any (a pipeline's outputs, a `when` that `plan` decides early)."""
     if _BUDGET.get() is not None:
-        yield
-        return
+        return func(*args)
     with render_budget(MAX_RENDER_SECONDS):
-        yield
+        return func(*args)
 
 
 def stop_renders() -> None:
