@@ -257,11 +257,12 @@ def _estimate(name: str, text: Any, args: tuple, budget: _Budget) -> None:
             values = tuple(mapping.values()) if isinstance(mapping, dict) else args
             _checked_ints(values, {}, budget)
     size = 0
+    source: Any = text  # str or bytes, with arguments of the same type
     if name == "replace" and len(args) >= 2 and isinstance(args[0], type(text)):
         old, new = args[0], args[1]
-        count = text.count(old) if old else len(text) + 1
+        count = source.count(old) if old else len(text) + 1
         size = len(text) + count * max(0, len(new) - len(old))
-    elif name == "indent" and args and isinstance(args[0], str):
+    elif name == "indent" and args and isinstance(args[0], str) and isinstance(text, str):
         size = len(text) + len(args[0]) * (text.count("\n") + 1)
     if size > budget.max_size:
         raise _too_large(f"text of about {size:,} characters", budget)
@@ -292,7 +293,7 @@ class _Bounds(NodeTransformer):
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         self.generic_visit(node)
-        node.iter = _filter(node.iter, "_loop_pass")
+        node.iter = _filter(node.iter, "_loop_pass")  # type: ignore[arg-type]
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
@@ -347,7 +348,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             _estimate("format", left, right if isinstance(right, tuple) else (right,), budget)
         return sized(super().call_binop(context, operator, left, right))
 
-    def compile(  # type: ignore[override]
+    def compile(
         self,
         source: str | nodes.Template,
         name: str | None = None,
@@ -358,7 +359,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         """Every template (text, native or expression) is compiled with the checks above."""
         if isinstance(source, str):
             source = self.parse(source, name, filename)
-        return super().compile(_Bounds().visit(source), name, filename, raw, defer_init)
+        bounded_tree: Any = _Bounds().visit(source)
+        return super().compile(bounded_tree, name, filename, raw, defer_init)  # type: ignore[call-overload]
 
 
 def _finalize(value: Any) -> Any:
