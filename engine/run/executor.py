@@ -439,8 +439,9 @@ def recorded_pipeline(run_id: str, settings: Settings | None = None) -> Pipeline
 @contextmanager
 def _signals(scheduler: Scheduler, *, enabled: bool) -> Iterator[None]:
     """SIGINT/SIGTERM stop the run. The handler is Python's own, not the event loop's: it runs
-    even while a template renders (synchronously, holding the loop), ends that render
-    (stop_renders), and has the loop call `scheduler.interrupt` as soon as it is free."""
+    even while a template renders (synchronously, holding the loop), ends that render and any
+    later one of this run, its outputs' too (stop_renders), and has the loop call
+    `scheduler.interrupt` as soon as it is free."""
     if not enabled:
         yield
         return
@@ -450,6 +451,7 @@ def _signals(scheduler: Scheduler, *, enabled: bool) -> Iterator[None]:
         stop_renders()
         loop.call_soon_threadsafe(scheduler.interrupt)
 
+    resume_renders()
     try:
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: signals are the caller's to handle

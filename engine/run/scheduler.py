@@ -37,7 +37,7 @@ from stepchain.steps import Outcome, kind_of
 from stepchain.steps.template import template_outcome
 from stepchain.templates import Vars
 from stepchain.templates.render import render_value
-from stepchain.templates.sandbox import RenderInterrupted, resume_renders
+from stepchain.templates.sandbox import RenderInterrupted
 
 log = logging.getLogger(LOGGER_NAME)
 MAX_SERVER_WAIT = 600.0  # seconds a Retry-After may hold a step that has no timeout
@@ -109,7 +109,7 @@ class Scheduler:
                 )
             for task in done:
                 sid = self.running.pop(task)
-                self._finish(task.result())
+                self._finish(_result_of(task, sid))
                 finished.append(sid)
             for sid in finished:
                 for dep in dependents[sid]:
@@ -187,7 +187,6 @@ class Scheduler:
             return
         self.interrupted = True
         self.stop_reason = "not started: run interrupted"
-        resume_renders()  # renders ended by the signal have ended; the run's outputs render
         for task in self.running:
             task.cancel()
 
@@ -453,6 +452,7 @@ class Scheduler:
     # -- the end --------------------------------------------------------------------------
     def _result(self) -> RunResult:
         ordered = {s.id: self.results[s.id] for s in self.pipeline.steps}
+        outputs = self._outputs()  # first: a signal while they render makes the run interrupted
         status: RunStatus
         if self.interrupted or any(r.status == "interrupted" for r in ordered.values()):
             status = "interrupted"
@@ -463,7 +463,7 @@ class Scheduler:
             status = "failed"
         else:
             status = "completed"
-        return RunResult(self.rt.run_id, status, ordered, self._outputs(), dict(self.spent))
+        return RunResult(self.rt.run_id, status, ordered, outputs, dict(self.spent))
 
     def _outputs(self) -> dict[str, Any]:
         context = {**self.rt.base_context(), "steps": self.visible}
@@ -474,7 +474,20 @@ class Scheduler:
             except StepChainError as exc:
                 log.warning("output %s not rendered: %s", name, exc)
                 outputs[name] = None
+            except RenderInterrupted:  # a signal as the run ends: it ends interrupted
+                self.interrupted, outputs[name] = True, None
         return self.rt.mask(outputs)
+
+
+def _result_of(task: asyncio.Task, step_id: str) -> StepResult:
+    """A step task's result; a task cancelled before it began (an interrupt in the tick that
+    started it) never ran `_run_step`, which would have recorded it as interrupted."""
+    if task.cancelled():
+        result = StepResult(step_id, "interrupted", started_at=now())
+        _interrupted(result)
+        result.completed_at = result.started_at
+        return result
+    return task.result()
 
 
 def _interrupted(result: StepResult) -> None:

@@ -3,7 +3,8 @@
 An `ImmutableSandboxedEnvironment`: no access to private or internal attributes, no mutation of
 lists, dicts or sets, strict undefined (a missing name or attribute is an error, not ""),
 autoescape off (prompts are not HTML), the template's trailing newline kept. Two filters of ours:
-`tojson` (plain JSON, not HTML-escaped) and `fromjson`.
+`tojson` (plain JSON, not HTML-escaped) and `fromjson`. Renders are bounded in time and size, end
+when a signal stops the run, and print only JSON values (see "limits" below).
 
 Jinja's optimizer (constant folding while compiling) is off: it takes about two thirds of the time
 to compile a template with nested arithmetic, and folding only moves work a render does anyway

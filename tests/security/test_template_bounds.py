@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 
 import pytest
 
@@ -192,12 +193,19 @@ steps:
     timeout: 50
     template: "{{% for a in range(env.ROUNDS|int) %}}{{% for b in range(env.ROUNDS|int) %}}{{% endfor %}}{{% endfor %}}{{{{ env.ROUNDS }}}} rounds"
   - id: pause
-    needs: [first]
-    run: "{python} -c 'import time, sys; time.sleep(float(sys.argv[1]))' {{{{ env.PAUSE }}}}"
+    needs: [loop]
+    run: "{python} -c 'import time, sys; open(\\"sleeping\\", \\"w\\").close(); time.sleep(float(sys.argv[1]))' {{{{ env.PAUSE }}}}"
   - id: last
-    needs: [loop, pause]
+    needs: [pause]
     template: "after {{{{ steps.loop.output }}}}"
 """
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize(
@@ -205,40 +213,33 @@ steps:
     [(signal.SIGTERM, "loop"), (signal.SIGINT, "loop"), (signal.SIGTERM, "pause")],
 )
 def test_a_signal_stops_a_run_even_mid_render_and_the_run_resumes(cli, write, tmp_path, sig, busy):
-    text = SLOW.format(python=sys.executable).replace(
-        "range(env.ROUNDS|int)", "range(env.ROUNDS|int)"
-    )
-    path = write("slow.yaml", text)
-    # the step that is busy when the signal comes renders or sleeps for far longer than the test
+    path = write("slow.yaml", SLOW.format(python=sys.executable))
+    # the busy step renders (loop) or sleeps (pause) far longer than the test waits
     endless = {
         "ROUNDS": "100000" if busy == "loop" else "2",
         "PAUSE": "600" if busy == "pause" else "0",
     }
-    proc = cli.spawn(
-        "--log-level",
-        "info",
-        "run",
-        path,
-        "--json",
-        "--allow-run",
-        "--max-concurrent",
-        "1",
-        env=endless,
-    )
+    proc = cli.spawn("--log-level", "info", "run", path, "--json", "--allow-run", env=endless)
     assert proc.stderr is not None
-    for line in proc.stderr:  # the busy step has started (it logs before it renders)
-        if f"step {busy} started" in line:
-            break
+    if busy == "loop":
+        for line in proc.stderr:  # the render starts right after the step logs its start
+            if "step loop started" in line:
+                break
+    else:
+        wait_for(lambda: (tmp_path / "sleeping").exists())  # the command is running
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     doc = json.loads(out)
     assert doc["status"] == "interrupted"
-    steps = doc["steps"]
-    assert steps["first"]["status"] == "completed"
-    assert steps[busy]["status"] == "interrupted"
-    assert steps[busy]["error"] == "interrupted"
-    assert steps["last"]["status"] == "skipped"
+    statuses = {sid: step["status"] for sid, step in doc["steps"].items()}
+    assert statuses == {
+        "first": "completed",
+        "loop": "interrupted" if busy == "loop" else "completed",
+        "pause": "interrupted" if busy == "pause" else "skipped",
+        "last": "skipped",
+    }
+    assert doc["steps"][busy]["error"] == "interrupted"
     assert f"run {doc['run_id']} interrupted" in err
     assert f"resume with: stepchain resume {doc['run_id']}" in err
     assert "Traceback" not in err
@@ -256,3 +257,35 @@ def test_a_signal_stops_a_run_even_mid_render_and_the_run_resumes(cli, write, tm
     assert resumed["steps"]["first"]["cached"] is True  # kept, not run again
     assert resumed["steps"]["last"]["output"] == "after 3 rounds"
     assert (tmp_path / "calls.log").read_text() == "first\n"
+
+
+def test_a_signal_while_the_outputs_render_ends_the_run_interrupted(cli, write):
+    path = write(
+        "out.yaml",
+        """
+        version: 1
+        name: outs
+        env: [ROUNDS]
+        steps:
+          - {id: only, template: "done"}
+        outputs:
+          slow: "{% for a in range(env.ROUNDS|int) %}{% for b in range(env.ROUNDS|int) %}{% endfor %}{% endfor %}{{ steps.only.output }}"
+        """,
+    )
+    proc = cli.spawn("--log-level", "info", "run", path, "--json", env={"ROUNDS": "100000"})
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the last step is done: the outputs render next
+        if "step only completed" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    doc = json.loads(out)
+    assert doc["status"] == "interrupted"
+    assert doc["steps"]["only"]["status"] == "completed"
+    assert doc["outputs"] == {"slow": None}
+    assert "Traceback" not in err
+
+    done = cli.proc("resume", doc["run_id"], "--json", env={"ROUNDS": "2"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outputs"] == {"slow": "done"}
