@@ -289,6 +289,18 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+def _guard_lipsum(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> Any:
+        budget = check()
+        words = abs(n) * abs(max) if isinstance(n, int) and isinstance(max, int) else 0
+        if words * 10 > budget.max_size:  # a word is up to ~10 characters
+            raise _too_large(f"about {words:,} words of lorem ipsum", budget)
+        return sized(func(n, html, min, max))
+
+    return lipsum
+
+
 class _Bounds(NodeTransformer):
     """Checks compiled into a template: every loop pass, every `~`, every text printed."""
 
@@ -421,6 +433,7 @@ def environment() -> ImmutableSandboxedEnvironment:
     for name, func in list(env.filters.items()):
         env.filters[name] = _guard_filter(name, func)
     env.filters.update(_loop_pass=_loop_pass, _text=_text, _concat=_concat)
+    env.globals["lipsum"] = _guard_lipsum(env.globals["lipsum"])
     return env
 
 

@@ -82,6 +82,7 @@ def test_a_runaway_template_fails_its_step_and_keeps_the_others(cli, write):
         "{% set s %}{% for a in range(100000) %}{% for b in range(100000) %}"
         "xxxxxxxxxx{% endfor %}{% endfor %}{% endset %}{{ s|length }}",
         "{{ 7 ** 100000000 }}",
+        "{{ lipsum(10**9) }}",
     ],
 )
 @pytest.mark.parametrize("command", ["plan", "run"])
