@@ -20,7 +20,7 @@ from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.settings import Settings, current_settings
 from stepchain.templates import Vars
 from stepchain.templates.render import evaluate
-from stepchain.templates.sandbox import max_render_size
+from stepchain.templates.sandbox import MAX_RENDER_SECONDS, max_render_size, render_budget
 from stepchain.tools.functions import NotImported
 
 Action = Literal["replay", "run", "unknown", "skip", "error"]
@@ -190,6 +190,9 @@ def _why_replay(step: Step) -> str:
 def _known_false(step: Step, context: dict[str, Any], runtime: Runtime) -> bool:
     """A `when` that is already false from what is known (e.g. inputs alone)."""
     try:
-        return not evaluate(step.when or "", context, runtime.path_of(step, "when"), runtime.locate)
+        with render_budget(step.timeout or MAX_RENDER_SECONDS):
+            return not evaluate(
+                step.when or "", context, runtime.path_of(step, "when"), runtime.locate
+            )
     except StepChainError:
         return False  # it reads an output that is not known yet
