@@ -31,6 +31,7 @@ from jinja2 import Environment, StrictUndefined, Undefined, nodes, pass_context
 from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import generate_lorem_ipsum
 from jinja2.visitor import NodeTransformer
 
 
@@ -433,7 +434,7 @@ def environment() -> ImmutableSandboxedEnvironment:
     for name, func in list(env.filters.items()):
         env.filters[name] = _guard_filter(name, func)
     env.filters.update(_loop_pass=_loop_pass, _text=_text, _concat=_concat)
-    env.globals["lipsum"] = _guard_lipsum(env.globals["lipsum"])
+    env.globals["lipsum"] = _guard_lipsum(generate_lorem_ipsum)
     return env
 
 
