@@ -244,11 +244,12 @@ def test_llm_steps_show_their_rendered_request_attempts_and_usage(cli, write, mo
     outline = page[page.index('id="s1"') :]
     assert '"prompt": "Outline physics using: tides rise twice a day"' in outline
     assert "2 items" in outline
-    # the 429 was waited out by the rate limiter (SPEC §11): one try, which completed; the
-    # limiter's own waits are not drawn in the timeline yet (issue 16 stays open for them)
+    # the 429 was waited out by the rate limiter (SPEC §11): one try, which completed, with
+    # the wait inside it
     assert "attempts)" not in page  # no "(N attempts)" label for a single attempt
     doc = cli("runs", "show", "llm", "--json").stdout
-    assert [t["status"] for t in json.loads(doc)["steps"]["facts"]["tries"]] == ["completed"]
+    (only,) = json.loads(doc)["steps"]["facts"]["tries"]
+    assert only["status"] == "completed" and [w["limiter"] for w in only["waits"]] == ["gpt-x"]
     assert "total tokens</dt><dd>34</dd>" in page
 
 
@@ -289,3 +290,101 @@ def test_secrets_stay_masked_in_outputs_errors_and_requests(cli, write):
     page = cli("report", "leaky").stdout
     assert "token=***" in page and "bad ***" in page
     assert '"token=***\\n"' in page  # the rendered argv of `quotes`, masked too
+
+
+def _track(page: str, row: str) -> list[str]:
+    """The states of the bars in one timeline track (`s0`, or an item row's first bar)."""
+    start = page.index(f'<div class="track" data-step="{row}">')
+    track = page[start : page.index("</div></div>", start)]
+    return re.findall(r'class="bar s-(\w+)"', track)
+
+
+def test_a_wait_for_a_rate_limit_is_its_own_segment_of_the_attempt(cli, write, monkeypatch):
+    with FakeOpenAI() as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        fake.script(Reply.rate_limit(retry_after=None, retry_after_ms=300))
+        fake.default = Reply.text("calm seas")
+        pipeline = write(
+            "limited.yaml",
+            """
+            version: 1
+            name: limited
+            steps:
+              - {id: ask, prompt: "Sea state?", model: gpt-test}
+            """,
+        )
+        run(cli, pipeline, "limited")
+        assert [r.reply.status for r in fake.requests if r.reply] == [429, 200]
+    page = cli("report", "limited").stdout
+    # queued, sent (answered 429), waiting for the rate limit, sent again and answered
+    assert _track(page, "s0") == ["queued", "completed", "ratelimit", "completed"]
+    assert "for the rate limit of gpt-test" in page
+    assert '<i class="s-ratelimit"></i>waiting for a rate limit' in page  # the legend
+    tries = page[page.index('<table class="tries">') :]
+    assert "<td>1 × 0." in tries and "s for the rate limit of gpt-test</td>" in tries
+    doc = json.loads(cli("runs", "show", "limited", "--json").stdout)
+    (attempt,) = doc["steps"]["ask"]["tries"]
+    (wait,) = attempt["waits"]
+    assert wait["limiter"] == "gpt-test"
+    assert attempt["started_at"] < wait["started_at"] < wait["finished_at"]
+    assert wait["finished_at"] <= attempt["finished_at"]
+
+
+def test_foreach_items_fold_into_one_row_that_unfolds_into_a_row_per_item(cli, write, monkeypatch):
+    with FakeOpenAI() as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        fake.default = Reply.text("ok")
+        pipeline = write(
+            "fan.yaml",
+            """
+            version: 1
+            name: fan
+            limits:
+              gpt-test: {rpm: 120}  # two a second: items beyond the first two wait
+            steps:
+              - id: each
+                foreach: "range(4) | list"
+                prompt: "item {{ item }}"
+                model: gpt-test
+            """,
+        )
+        run(cli, pipeline, "fan")
+        run(cli, pipeline, "fan-again")
+    page = cli("report", "fan").stdout
+    timeline = page[page.index('<div id="timeline">') :]
+    assert (
+        '<button type="button" class="fold" data-fold="s0" aria-expanded="false" '
+        'title="show each item">▸</button>each ×4' in timeline
+    )
+    rows = re.findall(r'<div class="label item" data-parent="s0" hidden>([^<]*)</div>', timeline)
+    assert len(rows) == 4 and all(re.fullmatch(r"item \d · completed · \d\.\d\ds", r) for r in rows)
+    items = re.findall(r'<div class="track item" data-parent="s0" hidden>(.*?)</div></div>', page)
+    states = [re.findall(r'class="bar s-(\w+)"', track) for track in items]
+    assert all(s[0] == "queued" and s[-1] == "completed" for s in states)
+    assert sum("ratelimit" in s for s in states) >= 2  # declared limit: waited, never a 429
+    assert "each[3] attempt 1: waiting " in page
+    # the second run took every item from the cache
+    again = cli("report", "fan-again").stdout
+    cached = re.findall(r'<div class="label item" data-parent="s0" hidden>([^<]*)</div>', again)
+    assert cached == [f"item {n} (cached)" for n in range(4)]
+
+
+def test_a_large_foreach_unfolds_a_bounded_number_of_item_rows(cli, write, calls_log):
+    pipeline = write(
+        "many.yaml",
+        """
+        version: 1
+        name: many
+        tools:
+          echo: {type: function, function: "tools:echo"}
+        steps:
+          - {id: each, foreach: "range(250) | list", tool: echo, with: {value: "{{ item }}"}}
+        """,
+    )
+    run(cli, pipeline, "many")
+    page = cli("report", "many").stdout
+    assert page.count('<div class="label item" data-parent="s0" hidden>item ') == 200
+    assert '<div class="label item muted" data-parent="s0" hidden>and 50 more items</div>' in page
+    assert "250 items" in page

@@ -150,7 +150,7 @@ def build_report(state: RunState, previous: RunState | None = None) -> RunReport
                 definition=_definition(spec, limit),
                 request=None if result.request is None else as_text(result.request, limit),
                 output=None if result.output is None else as_text(result.output, limit),
-                items=len(result.output) if spec.get("foreach") and _is_list(result) else None,
+                items=_item_count(result, spec),
                 change="pending" if pending else _change(result, before.get(sid), previous),
             )
         )
@@ -167,8 +167,13 @@ def _definition(spec: dict[str, Any], limit: int) -> Text | None:
     return as_text(fields, limit) if fields else None
 
 
-def _is_list(result: StepResult) -> bool:
-    return isinstance(result.output, list)
+def _item_count(result: StepResult, spec: dict[str, Any]) -> int | None:
+    """A foreach step's items: those it tried (a failed step's output may miss some)."""
+    if result.item_tries is not None:
+        return len(result.item_tries)
+    if spec.get("foreach") and isinstance(result.output, list):
+        return len(result.output)
+    return None
 
 
 def _output_limit(steps: int) -> int:
