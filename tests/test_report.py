@@ -83,6 +83,14 @@ def test_the_report_compares_with_the_previous_run_of_the_pipeline(cli, write, t
     text = summary.stdout
     assert text.startswith("### StepChain run `second`: failed")
     assert "| shop | failed |" in text
+    assert "| 0 | 33% |" in text  # tokens (templates cost none), cache hit rate: 1 of 3 done
+    counts = text[text.index("| steps |") :].splitlines()[:3]
+    assert counts == [
+        "| steps | completed | cached | failed | skipped |",
+        "| --- | --- | --- | --- | --- |",
+        "| 6 | 2 | 1 | 1 | 2 |",
+    ]
+    assert "\nChanged or new since then: `each`, `summary`\n" in text
     assert "- `broken`: " in text
     assert (
         "Against `first`: " in text
@@ -176,6 +184,9 @@ def test_a_run_in_progress_is_reported_as_far_as_it_got(cli, write, tmp_path):
     assert svg.count("s-pending") == 2
     md = cli("report", "busy", "--format", "md").stdout
     assert "running (in progress)" in md
+    assert "| steps | completed | cached | failed | skipped | pending |" in md
+    assert "| 3 | 1 | 0 | 0 | 0 | 2 |" in md  # steps not recorded yet are pending, not skipped
+    assert "steps</dt><dd>1 completed, 2 pending</dd>" in page
     proc.kill()
 
 
@@ -329,6 +340,9 @@ def test_a_wait_for_a_rate_limit_is_its_own_segment_of_the_attempt(cli, write, m
     assert wait["limiter"] == "gpt-test"
     assert attempt["started_at"] < wait["started_at"] < wait["finished_at"]
     assert wait["finished_at"] <= attempt["finished_at"]
+    assert "<dt>rate-limit waits</dt><dd>1 (0." in page
+    md = cli("report", "limited", "--format", "md").stdout
+    assert "Waits for a rate limit: 1 (0." in md
 
 
 def test_foreach_items_fold_into_one_row_that_unfolds_into_a_row_per_item(cli, write, monkeypatch):

@@ -91,10 +91,37 @@ class RunReport:
         return sum(s.result.cached for s in done) / len(done)
 
     def counts(self) -> dict[str, int]:
+        """Steps per state: completed (ran), cached, failed, skipped, interrupted, pending (not
+        recorded yet, in a run in progress)."""
         counts: dict[str, int] = {}
         for view in self.steps:
-            state = "cached" if view.result.cached else view.result.status
+            if view.change == "pending":
+                state = "pending"
+            else:
+                state = "cached" if view.result.cached else view.result.status
             counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def rate_limit_waits(self) -> tuple[int, float]:
+        """How many times the run's requests waited for a rate limit, and for how long in all
+        (waits of requests side by side add up)."""
+        count, spent = 0, 0.0
+        for view in self.steps:
+            for tries in [view.result.tries, *(view.result.item_tries or [])]:
+                for attempt in tries:
+                    for wait in attempt.get("waits") or []:
+                        count += 1 + int(wait.get("more", 0))
+                        began = _parse(wait.get("started_at"))
+                        ended = _parse(wait.get("finished_at"))
+                        if began and ended:
+                            spent += max(0.0, (ended - began).total_seconds())
+        return count, spent
+
+    def changes(self) -> dict[str, int]:
+        """Steps per change against the previous run (replayed, ran again, ...)."""
+        counts: dict[str, int] = {}
+        for view in self.steps:
+            counts[view.change] = counts.get(view.change, 0) + 1
         return counts
 
 

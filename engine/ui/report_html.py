@@ -145,6 +145,9 @@ def _header(report: RunReport) -> str:
         ("cache hit rate", "-" if rate is None else f"{rate:.0%}"),
         ("steps", ", ".join(f"{n} {s}" for s, n in sorted(report.counts().items()))),
     ]
+    waits, waited = report.rate_limit_waits()
+    if waits:
+        facts.append(("rate-limit waits", f"{waits} ({seconds(waited)})"))
     items = "".join(f"<div><dt>{escape(k)}</dt><dd>{escape(v)}</dd></div>" for k, v in facts)
     error = f'<p class="error">{escape(state.error)}</p>' if state.error else ""
     return (
@@ -162,11 +165,9 @@ def _legend() -> str:
 def _changes(report: RunReport) -> str:
     if report.previous_run is None:
         return "<h2>Changes</h2><p class='muted'>No earlier run of this pipeline is recorded.</p>"
-    counts: dict[str, int] = {}
-    for view in report.steps:
-        counts[view.change] = counts.get(view.change, 0) + 1
     rows = "".join(
-        f"<tr><td>{escape(change)}</td><td>{n}</td></tr>" for change, n in sorted(counts.items())
+        f"<tr><td>{escape(change)}</td><td>{n}</td></tr>"
+        for change, n in sorted(report.changes().items())
     )
     changed = [v.step_id for v in report.steps if "changed" in v.change or "new" in v.change]
     detail = (
