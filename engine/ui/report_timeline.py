@@ -16,7 +16,8 @@ from stepchain.ui.report_data import RunReport, StepView, seconds
 from stepchain.ui.report_svg import state_of
 
 ITEM_ROWS = 200  # item rows unfolded under one foreach step, at most
-ITEM_ROWS_TOTAL = 4000  # item rows in the whole report, at most (a 2,000-step run stays small)
+ITEM_ROWS_TOTAL = 2000  # item rows in the whole report, at most (a 2,000-step run stays small)
+TIP_ERROR = 300  # characters of an attempt's error in its tooltip (the details have it all)
 
 Segment = tuple[str, datetime, datetime | None, str]  # (state, from, to, tooltip)
 
@@ -107,7 +108,7 @@ def tries_segments(name: str, queued_from: datetime, tries: list[dict[str, Any]]
         state = attempt.get("status", "completed")
         tip = f"{name} attempt {n}: {state}, {seconds(_span(began, ended))}"
         if attempt.get("error"):
-            tip += f": {attempt['error']}"
+            tip += f": {str(attempt['error'])[:TIP_ERROR]}"
         at = began
         for wait in attempt.get("waits") or []:
             w_from, w_to = _parse(wait["started_at"]), _parse(wait["finished_at"])
