@@ -181,12 +181,18 @@ def test_a_run_in_progress_is_reported_as_far_as_it_got(cli, write, tmp_path):
     assert '<span class="badge s-pending" id="status">running</span>' in page
     svg = page[page.index('<svg id="graph"') : page.index("</svg>")]
     assert svg.count('class="node ') == 3  # the steps not recorded yet are drawn too
-    assert svg.count("s-pending") == 2
+    # `wait` needs nothing: it runs (recorded when it finishes); `after` waits for it
+    assert '<g class="node s-running" data-step="s1"' in svg
+    assert '<g class="node s-pending" data-step="s2"' in svg
+    timeline = page[page.index('<div id="timeline">') :]
+    assert '<div class="track" data-step="s1"><div class="bar s-running" ' in timeline
+    assert "width:100.000%" in timeline  # from the run's start to now
+    assert "wait: running or waiting for a slot" in timeline
     md = cli("report", "busy", "--format", "md").stdout
     assert "running (in progress)" in md
-    assert "| steps | completed | cached | failed | skipped | pending |" in md
-    assert "| 3 | 1 | 0 | 0 | 0 | 2 |" in md  # steps not recorded yet are pending, not skipped
-    assert "steps</dt><dd>1 completed, 2 pending</dd>" in page
+    assert "| steps | completed | cached | failed | skipped | running | pending |" in md
+    assert "| 3 | 1 | 0 | 0 | 0 | 1 | 1 |" in md  # steps not recorded yet are not skipped
+    assert "steps</dt><dd>1 completed, 1 pending, 1 running</dd>" in page
     proc.kill()
 
 

@@ -14,6 +14,7 @@ from stepchain.run.results import StepResult
 OUTPUT_LIMIT = 64 * 1024  # characters of one output (or definition) embedded, at most
 REPORT_BUDGET = 3 * 512 * 1024  # characters shared by the outputs and definitions of a run
 MIN_OUTPUT_LIMIT = 256
+NOT_RECORDED = ("running", "pending")  # the states of steps a run in progress has not recorded
 
 
 @dataclass
@@ -40,7 +41,11 @@ class StepView:
     request: Text | None  # the rendered request, where the run record has it
     output: Text | None
     items: int | None  # a foreach step's item count
-    change: str  # against the previous run: new, same, changed, replayed ...
+    # against the previous run: ran, replayed, ran again (request changed) ...; in a run in
+    # progress, a step not recorded yet is `running` (its dependencies completed: it runs or
+    # waits for a slot) or `pending` (waiting for its dependencies)
+    change: str
+    since: datetime | None = None  # a `running` step: when its last dependency completed
 
     @property
     def step_id(self) -> str:
@@ -91,12 +96,12 @@ class RunReport:
         return sum(s.result.cached for s in done) / len(done)
 
     def counts(self) -> dict[str, int]:
-        """Steps per state: completed (ran), cached, failed, skipped, interrupted, pending (not
-        recorded yet, in a run in progress)."""
+        """Steps per state: completed (ran), cached, failed, skipped, interrupted; in a run in
+        progress, running and pending (not recorded yet)."""
         counts: dict[str, int] = {}
         for view in self.steps:
-            if view.change == "pending":
-                state = "pending"
+            if view.change in NOT_RECORDED:
+                state = view.change
             else:
                 state = "cached" if view.result.cached else view.result.status
             counts[state] = counts.get(state, 0) + 1
@@ -165,9 +170,22 @@ def build_report(state: RunState, previous: RunState | None = None) -> RunReport
     before = {r.step_id: r for r in previous.results} if previous else {}
     views = []
     for sid in order:
-        result = recorded.get(sid) or StepResult(sid, "skipped", reason="not recorded yet")
         kind, spec, needs = specs.get(sid, ("unknown", {}, []))
-        pending = sid not in recorded
+        change, since = "", None
+        if sid in recorded:
+            result = recorded[sid]
+            change = _change(result, before.get(sid), previous)
+        elif state.status == "running" and all(
+            n in recorded and recorded[n].status == "completed" for n in needs
+        ):
+            ends = [e for e in (recorded[n].completed_at for n in needs) if e is not None]
+            since = max(ends) if ends else _parse(state.started_at)
+            change = "running"
+            why = "running or waiting for a slot: a step is recorded when it finishes"
+            result = StepResult(sid, "skipped", reason=why)
+        else:
+            change = "pending"
+            result = StepResult(sid, "skipped", reason="not recorded yet")
         views.append(
             StepView(
                 result=result,
@@ -178,7 +196,8 @@ def build_report(state: RunState, previous: RunState | None = None) -> RunReport
                 request=None if result.request is None else as_text(result.request, limit),
                 output=None if result.output is None else as_text(result.output, limit),
                 items=_item_count(result, spec),
-                change="pending" if pending else _change(result, before.get(sid), previous),
+                change=change,
+                since=since,
             )
         )
     return RunReport(state, views, layers, previous.run_id if previous else None, notes)

@@ -31,6 +31,7 @@ main{padding:0 24px 40px}
 .s-skipped,.s-skipped rect{background:#8c959f;fill:#8c959f}
 .s-interrupted,.s-interrupted rect{background:#bc4c00;fill:#bc4c00}
 .s-pending,.s-pending rect{background:#bf8700;fill:#bf8700}
+.s-running,.s-running rect{background:#4ac26b;fill:#4ac26b}
 .s-queued{background:repeating-linear-gradient(45deg,#d0d7de 0 3px,#f6f8fa 3px 6px)}
 .s-waiting{background:repeating-linear-gradient(45deg,#bf8700 0 3px,#fff8c5 3px 6px)}
 .s-ratelimit{background:repeating-linear-gradient(45deg,#8250df 0 3px,#fbefff 3px 6px)}
@@ -89,6 +90,7 @@ STATES = {  # CSS class suffix: what the legend calls it
     "failed": "failed",
     "skipped": "skipped",
     "interrupted": "interrupted",
+    "running": "running",
     "pending": "pending",
     "queued": "queued",
     "ratelimit": "waiting for a rate limit",

@@ -16,7 +16,7 @@ def render_markdown(report: RunReport) -> str:
     status = "running (in progress)" if report.in_progress else state.status
     rate = report.cache_hit_rate
     counts = report.counts()
-    states = [*ALWAYS_COUNTED, *(s for s in ("interrupted", "pending") if counts.get(s))]
+    states = [*ALWAYS_COUNTED, *(s for s in ("interrupted", "running", "pending") if counts.get(s))]
     lines = [
         f"### StepChain run `{_code(state.run_id)}`: {status}",
         "",

@@ -40,7 +40,11 @@ def timeline_html(report: RunReport) -> str:
             else ""
         )
         rows.append(f'<div class="label" data-step="s{i}">{fold}{escape(label)}</div>')
-        if start and r.started_at and total > 0:
+        if start and view.since and total > 0:  # running now: from when it could start
+            tip = f"{view.step_id}: {r.reason}"
+            bar = _bar("running", view.since, None, tip, start, total)
+            rows.append(f'<div class="track" data-step="s{i}">{bar}</div>')
+        elif start and r.started_at and total > 0:
             bars = "".join(_bar(*segment, start, total) for segment in _step_segments(view))
             rows.append(f'<div class="track" data-step="s{i}">{bars}</div>')
         else:
