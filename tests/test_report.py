@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
 import sys
 import time
+from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from stepchain.run.database import Storage
+from stepchain.run.migrations import MIGRATIONS
 from stepchain.run.results import StepResult
 
 from tests.support.fake_openai import FakeOpenAI, Reply
 
 V0 = Path(__file__).parent / "data" / "runs-v0.db"
+LATEST = len(MIGRATIONS)
 
 # six steps: a foreach, a failure and the step it blocks, a `when` skip, a secret declared
 PIPELINE = (Path(__file__).parent / "pipelines" / "report_shop.yaml").read_text()
@@ -194,6 +199,15 @@ def test_a_run_in_progress_is_reported_as_far_as_it_got(cli, write, tmp_path):
     assert "| 3 | 1 | 0 | 0 | 0 | 1 | 1 |" in md  # steps not recorded yet are not skipped
     assert "steps</dt><dd>1 completed, 1 pending, 1 running</dd>" in page
     proc.kill()
+    proc.wait()
+    # killed before it could record its end: no longer in progress, but interrupted
+    page = cli("report", "busy").stdout
+    assert 'id="in-progress"' not in page and 'class="node s-running"' not in page
+    assert '<span class="badge s-interrupted" id="status">interrupted</span>' in page
+    assert "the process running this run is gone" in page and "stepchain resume busy" in page
+    md = cli("report", "busy", "--format", "md").stdout
+    assert md.startswith("### StepChain run `busy`: interrupted\n")
+    assert "| 3 | 1 | 0 | 0 | 0 | 2 |" in md  # two steps never recorded (pending)
 
 
 def test_an_output_too_large_to_embed_is_truncated_with_its_size(cli, write, tmp_path):
@@ -408,3 +422,38 @@ def test_a_large_foreach_unfolds_a_bounded_number_of_item_rows(cli, write, calls
     assert page.count('<div class="label item" data-parent="s0" hidden>item ') == 200
     assert '<div class="label item muted" data-parent="s0" hidden>and 50 more items</div>' in page
     assert "250 items" in page
+
+
+def test_unreadable_attempts_in_a_run_record_are_left_out_with_a_note(cli):
+    storage = Storage()
+    text = "version: 1\nname: odd\nsteps:\n  - {id: a, template: x}\n  - {id: b, template: y}\n"
+    storage.begin_run("odd", name="odd", path=None, text=text, text_hash="0" * 64, inputs={})
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    odd = StepResult("a", "completed", output="x", attempts=1, started_at=at, completed_at=at)
+    odd.tries = [{"started_at": "yesterday", "status": '"><script>alert(1)</script>'}]
+    storage.save_step("odd", 0, odd)
+    fine = StepResult("b", "completed", output="y", attempts=1, started_at=at, completed_at=at)
+    fine.item_tries = "not a list"  # type: ignore[assignment]
+    storage.save_step("odd", 1, fine)
+    storage.finish_run("odd", "completed", {}, {})
+    storage.close()
+    result = cli("report", "odd")
+    assert result.exit_code == 0, result.stderr
+    page = result.stdout
+    assert "the attempts of step a in the run record are unreadable" in page
+    assert "the attempts of step b in the run record are unreadable" in page
+    assert "<script>alert" not in page and "yesterday" not in page
+    assert page.count('class="node s-completed"') == 2
+
+
+def test_a_run_database_from_a_newer_stepchain_is_refused_in_one_line(cli, write, isolated_home):
+    run(cli, write("ok.yaml", "version: 1\nname: ok\nsteps:\n  - {id: a, template: a}\n"), "ok")
+    path = isolated_home / "runs.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA user_version = 999")
+    result = cli.proc("report", "ok")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: the run database {path} is of version 999, newer than this StepChain knows "
+        f"(version {LATEST}); upgrade StepChain to use it"
+    ]

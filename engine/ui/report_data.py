@@ -140,12 +140,21 @@ def load_report(run_id: str, storage: Storage | None = None) -> RunReport:
     storage = storage or Storage()
     try:
         state = storage.load_run_state(run_id)
+        gone = state.status == "running" and not storage.is_driven(state.run_id)
         previous_id = storage.previous_run(state.run_id, state.pipeline_name, state.started_at)
         previous = storage.load_run_state(previous_id) if previous_id else None
     finally:
         if own:
             storage.close()
-    return build_report(state, previous)
+    if gone:  # marked running, but no process drives it: killed before it could record its end
+        state.status = "interrupted"
+    report = build_report(state, previous)
+    if gone:
+        report.notes.append(
+            "the process running this run is gone (killed before it could record its end): "
+            f"shown as interrupted; `stepchain resume {state.run_id}` runs the rest"
+        )
+    return report
 
 
 def build_report(state: RunState, previous: RunState | None = None) -> RunReport:
@@ -175,6 +184,12 @@ def build_report(state: RunState, previous: RunState | None = None) -> RunReport
         if sid in recorded:
             result = recorded[sid]
             change = _change(result, before.get(sid), previous)
+            if not _readable(result):
+                notes.append(
+                    f"the attempts of step {sid} in the run record are unreadable; the step is "
+                    "drawn without them"
+                )
+                result.tries, result.item_tries = [], None
         elif state.status == "running" and all(
             n in recorded and recorded[n].status == "completed" for n in needs
         ):
@@ -211,6 +226,40 @@ def as_text(value: Any, limit: int = OUTPUT_LIMIT) -> Text:
 def _definition(spec: dict[str, Any], limit: int) -> Text | None:
     fields = {k: v for k, v in spec.items() if k != "id"}
     return as_text(fields, limit) if fields else None
+
+
+def _readable(result: StepResult) -> bool:
+    """Whether the step's tries (and its items') are as this StepChain records them."""
+    if result.item_tries is not None and not isinstance(result.item_tries, list):
+        return False
+    return all(_readable_tries(tries) for tries in [result.tries, *(result.item_tries or [])])
+
+
+def _readable_tries(tries: Any) -> bool:
+    if not isinstance(tries, list):
+        return False
+    for attempt in tries:
+        if not isinstance(attempt, dict) or not _times(attempt):
+            return False
+        if attempt.get("status", "completed") not in ("completed", "failed"):
+            return False
+        if not isinstance(attempt.get("wait_s", 0), int | float):
+            return False
+        waits = attempt.get("waits") or []
+        if not isinstance(waits, list) or not all(
+            isinstance(w, dict) and _times(w) and isinstance(w.get("more", 0), int) for w in waits
+        ):
+            return False
+    return True
+
+
+def _times(entry: dict[str, Any]) -> bool:
+    try:
+        datetime.fromisoformat(entry["started_at"])
+        datetime.fromisoformat(entry["finished_at"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _item_count(result: StepResult, spec: dict[str, Any]) -> int | None:
