@@ -424,6 +424,18 @@ def test_a_large_foreach_unfolds_a_bounded_number_of_item_rows(cli, write, calls
     assert "250 items" in page
 
 
+def test_the_item_rows_of_a_whole_report_are_bounded(cli, write, calls_log):
+    steps = "".join(
+        f'  - {{id: each{n}, foreach: "range(200) | list", tool: echo, with: {{value: "{{{{ item }}}}"}}}}\n'
+        for n in range(11)
+    )
+    tools = "tools:\n  echo: {type: function, function: 'tools:echo'}\n"
+    run(cli, write("wide.yaml", f"version: 1\nname: wide\n{tools}steps:\n{steps}"), "wide")
+    page = cli("report", "wide").stdout
+    assert page.count('<div class="label item" data-parent=') == 2000  # 10 steps' worth
+    assert '<div class="label item muted" data-parent="s10" hidden>and 200 more items</div>' in page
+
+
 def test_unreadable_attempts_in_a_run_record_are_left_out_with_a_note(cli):
     storage = Storage()
     text = "version: 1\nname: odd\nsteps:\n  - {id: a, template: x}\n  - {id: b, template: y}\n"
