@@ -17,7 +17,7 @@ from stepchain.pipeline.definition import Pipeline
 from stepchain.pipeline.inputs import resolve_inputs
 from stepchain.pipeline.load import load_pipeline, load_pipeline_text
 from stepchain.run.context import RunOptions, Runtime, default_run_id
-from stepchain.run.database import Storage
+from stepchain.run.database import OutOfSpace, Storage
 from stepchain.run.results import RunResult, StepResult
 from stepchain.run.scheduler import Observer, Scheduler
 from stepchain.run.step_log import run_finished
@@ -258,9 +258,26 @@ class Executor:
         storage = Storage(settings)
         try:
             with storage.lock(run_id):
-                return await self._drive(
-                    pipeline, options, run_id, storage, cache, settings, self._observer(observer)
-                )
+                try:
+                    return await self._drive(
+                        pipeline,
+                        options,
+                        run_id,
+                        storage,
+                        cache,
+                        settings,
+                        self._observer(observer),
+                    )
+                except OutOfSpace as exc:
+                    if storage.mark_failed(run_id, exc.message):
+                        done, then = "stopped and is marked failed", f"`stepchain resume {run_id}`"
+                    elif storage.exists(run_id):  # left `running`: listed as interrupted
+                        done, then = "stopped", f"`stepchain resume {run_id}`"
+                    else:
+                        done, then = "was not recorded", "run it again"
+                    raise OutOfSpace(
+                        f"{exc.message}; run '{run_id}' {done}", f"free some space, then {then}"
+                    ) from None
         finally:
             storage.close()
             cache.close()
