@@ -65,7 +65,7 @@ _TOP_ORDER = (
     "outputs",
 )
 _STEP_ORDER = ("id", "name", "description", "needs", "when", "foreach", "prompt", "tool", "run",
-               "template", "system", "model", "temperature", "max_output_tokens", "output_schema",
+               "template", "system", "model", "provider", "temperature", "max_output_tokens", "output_schema",
                "tools", "max_tool_calls", "api", "with", "retries", "backoff", "timeout", "cache",
                "continue_on_error")  # fmt: skip
 _SPACED_KEYS = ("tools:", "steps:", "outputs:")

@@ -106,6 +106,15 @@ def test_limits_declared_in_the_environment_hold_too(serve, cli, tmp_path, monke
     assert fake.limits is not None and fake.limits.rejected == 0
 
 
+def test_limits_declared_in_the_user_settings_hold_too(serve, cli, tmp_path, isolated_home):
+    fake = serve(rpm=600, responder=echo)
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "settings.yaml").write_text("limits:\n  gpt-test: {rpm: 480}\n")
+    doc = run_json(cli, pipeline(tmp_path, fan_out(25)), "--max-concurrent", "25")
+    assert doc["status"] == "completed"
+    assert fake.limits is not None and fake.limits.rejected == 0
+
+
 def test_a_malformed_stepchain_limits_fails_before_any_step(serve, cli, tmp_path, monkeypatch):
     fake = serve()
     monkeypatch.setenv("STEPCHAIN_LIMITS", '{"gpt-test": {"rpm": -1}}')
