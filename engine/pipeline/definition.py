@@ -14,6 +14,7 @@ KINDS: tuple[StepKind, ...] = ("prompt", "tool", "run", "template")
 LLM_FIELDS = (
     "system",
     "model",
+    "provider",
     "temperature",
     "max_output_tokens",
     "output_schema",

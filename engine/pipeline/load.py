@@ -111,6 +111,9 @@ def _build_step(
         for key in ("model", "temperature", "max_output_tokens", "max_tool_calls", "api"):
             if key not in spec and key in defaults:
                 spec[key] = defaults[key]
+        if "provider" in defaults and not ({"model", "provider"} & set(raw)):
+            # the default provider goes with the default model, not with a step's own model
+            spec["provider"] = defaults["provider"]
     backoff = get("backoff", default("backoff", None))
     return Step(
         id=raw["id"],

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepchain.errors import StepChainError, StepError
 from stepchain.pipeline.definition import Pipeline, Step
+from stepchain.pipeline.user_settings import UserSettings, load_user_settings
 from stepchain.run.masking import MIN_SECRET, Masker, printable
 from stepchain.settings import Settings
 from stepchain.templates import Vars
@@ -100,17 +101,17 @@ class Runtime:
         if self.pipeline.has_llm_steps and not self.options.offline:
             from stepchain.llm.client import check_credentials
             from stepchain.llm.limiter import limits_from_env
-            from stepchain.llm.providers import check_provider_credentials, split_model
+            from stepchain.llm.providers import check_provider_credentials, qualified, split_model
 
             default = False  # does a step use the default server (or a templated model)?
             for step in self.pipeline.steps:
                 if step.kind != "prompt":
                     continue
-                model = str(step.get("model") or "")
+                model = qualified(str(step.get("model") or ""), step.get("provider"))
                 provider, _ = split_model(model, self.providers)
-                if provider is not None and "{" not in model:
+                if provider is not None:
                     check_provider_credentials(provider)
-                else:
+                else:  # the default server, or a model only its rendering tells
                     default = True
             if default:
                 check_credentials()
@@ -239,13 +240,20 @@ class Runtime:
             for provider in self.providers.values()
             for model, limits in provider.limits.items()
         }
-        return Limiters(declared_limits(self.pipeline.limits), at)
+        declared = declared_limits(self.pipeline.limits, self.user_settings.limits)
+        return Limiters(declared, at)
+
+    @cached_property
+    def user_settings(self) -> UserSettings:
+        """Providers and account limits from the user settings file (see pipeline.user_settings)."""
+        return load_user_settings(self.settings)
 
     @cached_property
     def providers(self) -> dict[str, Any]:
+        """Named providers: the user settings', then the pipeline's (which win by name)."""
         from stepchain.llm.providers import parse_providers
 
-        return parse_providers(self.pipeline.providers)
+        return parse_providers({**self.user_settings.providers, **self.pipeline.providers})
 
     def llm_for(self, model: str) -> tuple[Any, str, str | None]:
         """(the client, the model name it knows, the provider's api) for `model`, which may be
