@@ -136,24 +136,56 @@ def _build_step(
 def _cache_policy(
     index: int, raw: dict[str, Any], defaults: dict[str, Any], kind: str, tools: dict[str, Any]
 ) -> tuple[bool | str, str, bool]:
-    """A step's `cache:` value, where it comes from, and whether the MCP server decides.
+    """A step's `cache:` value, where it comes from, and whether MCP servers decide.
 
     The step's own `cache:` first, then (tool steps) the tool definition's, then `defaults`;
     an MCP tool with none of these is cached only when its server's annotations allow it.
+    A prompt step is cached no longer than the tools it offers allow: the model's answer
+    carries their results, so a live tool's answer would otherwise replay inside it.
     """
     if "cache" in raw:
         return raw["cache"], f"steps[{index}].cache", False
     tool = tools.get(raw["tool"].partition(".")[0]) if kind == "tool" else None
     if isinstance(tool, dict) and "cache" in tool:
         return tool["cache"], f"tools.{raw['tool'].partition('.')[0]}.cache", False
+    offered = _offered(raw, tools) if kind == "prompt" else {}
+    for name, definition in offered.items():
+        if definition.get("cache") is False:
+            return False, f"tools.{name}.cache, a tool the step offers", False
+    by_server = any(_server_decides(d) for d in offered.values()) or _server_decides(tool)
+    policy: tuple[bool | str, str] = (True, "the default")
     if "cache" in defaults:
-        source = "defaults.cache"
-        if isinstance(tool, dict) and tool.get("type") == "mcp" and defaults["cache"] is not False:
-            return defaults["cache"], source, True
-        return defaults["cache"], source, False
-    if isinstance(tool, dict) and tool.get("type") == "mcp":
-        return True, "the MCP server's annotations", True
-    return True, "the default", False
+        policy = (defaults["cache"], "defaults.cache")
+        if defaults["cache"] is False:
+            return False, "defaults.cache", False
+    ttls = [(v["cache"], f"tools.{n}.cache") for n, v in offered.items() if _is_ttl(v)]
+    if isinstance(policy[0], str):
+        ttls.append(policy)
+    if ttls:
+        policy = min(ttls, key=lambda ttl: parse_ttl(ttl[0]))
+    if by_server and policy[1] == "the default":
+        policy = (True, "the MCP server's annotations")
+    return policy[0], policy[1], by_server
+
+
+def _offered(raw: dict[str, Any], tools: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The tool definitions a prompt step offers the model, by name."""
+    names = raw.get("tools") or []
+    return {n: tools[n] for n in names if isinstance(n, str) and isinstance(tools.get(n), dict)}
+
+
+def _server_decides(tool: Any) -> bool:
+    """An MCP server the engine runs, with no `cache:` written: its annotations decide."""
+    return (
+        isinstance(tool, dict)
+        and tool.get("type") == "mcp"
+        and "server_url" not in tool
+        and "cache" not in tool
+    )
+
+
+def _is_ttl(tool: dict[str, Any]) -> bool:
+    return isinstance(tool.get("cache"), str)
 
 
 _DEFAULT_BACKOFF = Backoff()  # frozen: one shared by every step that sets none

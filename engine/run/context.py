@@ -200,6 +200,24 @@ class Runtime:
         """Whether the server's annotations let `server.tool`'s answer be cached."""
         return any(t["name"] == tool and t["replay_safe"] for t in await self.mcp_tools(server))
 
+    async def replay_safe(self, step: Step, request: dict[str, Any]) -> bool:
+        """Whether MCP servers with no `cache:` written let this request's result be cached.
+
+        A tool step: the tool it called. A prompt step: every MCP tool it offered the model,
+        since the answer may carry any of their results.
+        """
+        if step.kind == "tool":
+            return await self.mcp_replay_safe(request["tool"], request["remote"])
+        for identity in request.get("tools") or []:
+            spec = self.pipeline.tools.get(identity["name"])
+            if spec is None or spec.type != "mcp" or spec.hosted or spec.cache is not None:
+                continue
+            for tool in await self.mcp_tools(spec.name):
+                offered = spec.allowed_tools is None or tool["name"] in spec.allowed_tools
+                if offered and not tool["replay_safe"]:
+                    return False
+        return True
+
     async def run_command(self, request: dict[str, Any], cwd: str) -> tuple[int, bytes, bytes]:
         """A `run` step's command: here, or on a Dask worker with --executor dask."""
         if self.backend is not None:
