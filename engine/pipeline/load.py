@@ -20,13 +20,17 @@ from stepchain.pipeline.definition import (
 from stepchain.pipeline.files import read_user_file
 from stepchain.pipeline.schema import schema_problems
 from stepchain.pipeline.v03 import is_v03_plan, upgrade_v03
+from stepchain.pipeline.v03_tools import callables_of, tools_from_v03
 from stepchain.pipeline.yaml_source import Source, load_source
 
 
 def check_text(
-    file: str, text: str, *, build: bool = True
+    file: str, text: str, *, build: bool = True, tools: dict[str, Any] | None = None
 ) -> tuple[list[Problem], Pipeline | None]:
-    """All problems of a pipeline text, sorted; the Pipeline when there are none."""
+    """All problems of a pipeline text, sorted; the Pipeline when there are none.
+
+    `tools` are definitions given from Python, added to the file's (replacing same names).
+    """
     source = load_source(file, text)
     if source.data is None and source.problems:
         return sorted(source.problems), None
@@ -35,6 +39,9 @@ def check_text(
         return sorted([*source.problems, problem]), None
     if is_v03_plan(source.data):
         upgrade_v03(source)
+    if tools:
+        written = source.data.get("tools")
+        source.data["tools"] = {**(written if isinstance(written, dict) else {}), **tools}
     problems = list(source.problems) + schema_problems(source)
     checked = check_semantics(source)
     problems = sorted(set(problems + checked.problems))
@@ -70,6 +77,35 @@ def load_pipeline_text(text: str, file: str = "<pipeline>", base: Path | None = 
     if base is not None:
         pipeline.path = base / file
     return pipeline
+
+
+def with_tools(pipeline: Pipeline | str | Path, tools: dict[str, Any] | list[Any]) -> Pipeline:
+    """The pipeline with tools given from Python added to its `tools:` (same names replaced).
+
+    `tools` maps names to Python callables (function tools) or tool definitions, or is a
+    StepChain 0.3 tool list (hosted tool names, MCP and function dicts, callables).
+
+    Raises:
+        UsageError: `tools` is neither, or a callable cannot be imported by name.
+        PipelineInvalid: the pipeline with these tools has problems.
+    """
+    if not isinstance(tools, (dict, list)):
+        raise UsageError(
+            f"tools must be a mapping of names to functions or tool definitions, or a list; "
+            f"got {type(tools).__name__}",
+            'e.g. tools={"add": add}, or tools=["web_search", add]',
+        )
+    definitions, functions = tools_from_v03(tools), callables_of(tools)
+    if isinstance(pipeline, Pipeline):
+        path, text = pipeline.path, pipeline.text
+    else:
+        path, text = Path(pipeline), read_text(pipeline)
+    problems, built = check_text(str(path) if path else "<pipeline>", text, tools=definitions)
+    if built is None:
+        raise PipelineInvalid(problems)
+    built.path = path
+    built.functions = functions
+    return built
 
 
 def build_pipeline(source: Source, deps: dict[str, set[str]]) -> Pipeline:

@@ -15,7 +15,12 @@ from stepchain.pipeline.definition import Pipeline, Step
 from stepchain.run.masking import MIN_SECRET, Masker, printable
 from stepchain.settings import Settings
 from stepchain.templates import Vars
-from stepchain.tools.functions import FunctionTool, NotImported, load_function_tool
+from stepchain.tools.functions import (
+    FunctionTool,
+    NotImported,
+    given_function_tool,
+    load_function_tool,
+)
 from stepchain.tools.source import source_fingerprint, static_definition
 
 if TYPE_CHECKING:  # openai is imported only by runs with LLM steps
@@ -147,14 +152,17 @@ class Runtime:
     # -- tools ----------------------------------------------------------------------------
     def function_tool(self, name: str) -> FunctionTool:
         if name not in self._function_tools:
-            if not self.imports:
+            spec, given = self.pipeline.tools[name], self.pipeline.functions.get(name)
+            if given is None and not self.imports:
                 raise NotImported(
                     f"tool '{name}': its definition is known only by importing it, "
                     "which plan does not do",
                     "give the tool `parameters:` (and `description:`) in the pipeline",
                 )
-            self._function_tools[name] = load_function_tool(
-                self.pipeline.tools[name], self.pipeline.base_dir
+            self._function_tools[name] = (
+                given_function_tool(spec, given)
+                if given is not None
+                else load_function_tool(spec, self.pipeline.base_dir)
             )
         return self._function_tools[name]
 
