@@ -317,8 +317,8 @@ class Scheduler:
                 return Outcome(entry["output"], entry.get("usage") or {}), 0, True
         outcome, attempts = await self._attempts(step, request, tries)
         cacheable = step.cache
-        if cacheable and step.cache_by_server:  # no policy written down: the server's word
-            cacheable = await self.rt.mcp_replay_safe(request["tool"], request["remote"])
+        if cacheable and step.cache_by_server:  # no policy written down: the servers' word
+            cacheable = await self.rt.replay_safe(step, request)
         self._executed(step, key, outcome, cacheable)
         return outcome, attempts, False
 
