@@ -26,6 +26,13 @@ class Settings:
         home = storage_path or os.environ.get("STEPCHAIN_HOME") or Path.cwd() / ".stepchain"
         return cls(home=Path(home).expanduser().resolve())
 
+    @property
+    def user_file(self) -> Path:
+        """The user settings (providers, account limits): $STEPCHAIN_SETTINGS, else
+        settings.yaml in the state folder."""
+        named = os.environ.get("STEPCHAIN_SETTINGS")
+        return Path(named).expanduser() if named else self.home / "settings.yaml"
+
     def ensure_home(self) -> Path:
         """Create the state folder, private to the user (0700)."""
         try:

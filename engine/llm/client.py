@@ -50,6 +50,7 @@ from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 from stepchain.errors import CredentialsMissing, RateLimited, RetryableStepError, StepError
 from stepchain.llm.limiter import Limiters, Limits, budget, estimate_tokens
+from stepchain.llm.providers import DEFAULT_BASE_URL, default_base_url
 from stepchain.llm.wire import (
     MalformedAnswer,
     ModelCall,
@@ -71,7 +72,6 @@ __all__ = [
     "check_credentials",
 ]
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 API_MODES = ("auto", "responses", "chat")
 RESENDS_WITHOUT_DEADLINE = 10
 _T = TypeVar("_T")
@@ -89,7 +89,7 @@ def check_credentials() -> None:
 
 def base_url_from_env() -> str:
     """OPENAI_BASE_URL, or OpenAI's own API; without a trailing slash."""
-    return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    return default_base_url()
 
 
 class LLMClient:

@@ -93,30 +93,38 @@ class Scheduler:
             for need in step.needs:
                 dependents[need].append(step.id)
         ready = [s.id for s in self.pipeline.steps if not waiting[s.id]]
-        while ready or self.running:
-            finished = self._start_ready(ready)  # skipped and inline steps finish at once
-            ready = []
-            if finished or not self.running:  # do not block: what they release may start now
-                if finished:  # but let started tasks and signal handlers (interrupt) run
-                    await asyncio.sleep(0)
-                done: set[asyncio.Task] | list[asyncio.Task] = [
-                    task for task in self.running if task.done()
-                ]
-            else:
-                done, _ = await asyncio.wait(
-                    self.running, timeout=self.writes.due_in(), return_when=asyncio.FIRST_COMPLETED
-                )
-            for task in done:
-                sid = self.running.pop(task)
-                self._finish(task.result())
-                finished.append(sid)
-            for sid in finished:
-                for dep in dependents[sid]:
-                    waiting[dep].discard(sid)
-                    if not waiting[dep]:
-                        ready.append(dep)
-            self.storage.commit()  # durable before any dependent starts
-            self.writes.flush()  # when due or full; the wait above wakes for it, mostly idle
+        try:
+            while ready or self.running:
+                finished = self._start_ready(ready)  # skipped and inline steps finish at once
+                ready = []
+                if finished or not self.running:  # do not block: what they release may start now
+                    if finished:  # but let started tasks and signal handlers (interrupt) run
+                        await asyncio.sleep(0)
+                    done: set[asyncio.Task] | list[asyncio.Task] = [
+                        task for task in self.running if task.done()
+                    ]
+                else:
+                    done, _ = await asyncio.wait(
+                        self.running,
+                        timeout=self.writes.due_in(),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                for task in done:
+                    sid = self.running.pop(task)
+                    self._finish(task.result())
+                    finished.append(sid)
+                for sid in finished:
+                    for dep in dependents[sid]:
+                        waiting[dep].discard(sid)
+                        if not waiting[dep]:
+                            ready.append(dep)
+                self.storage.commit()  # durable before any dependent starts
+                self.writes.flush()  # when due or full; the wait above wakes for it, mostly idle
+        except BaseException:  # e.g. a record that could not be written: end what is in flight
+            for task in self.running:
+                task.cancel()
+            await asyncio.gather(*self.running, return_exceptions=True)
+            raise
         self._mark_not_started()
         self.storage.commit()
         self.writes.flush(force=True)
@@ -309,8 +317,8 @@ class Scheduler:
                 return Outcome(entry["output"], entry.get("usage") or {}), 0, True
         outcome, attempts = await self._attempts(step, request, tries)
         cacheable = step.cache
-        if cacheable and step.cache_by_server:  # no policy written down: the server's word
-            cacheable = await self.rt.mcp_replay_safe(request["tool"], request["remote"])
+        if cacheable and step.cache_by_server:  # no policy written down: the servers' word
+            cacheable = await self.rt.replay_safe(step, request)
         self._executed(step, key, outcome, cacheable)
         return outcome, attempts, False
 
