@@ -384,6 +384,7 @@ class _Asker:
     ) -> None:
         self.model, self.temperature, self.system = model, temperature, ""
         self.cache = ResultCache(settings)
+        self.settings = settings
         self.no_cache = no_cache
         self.http_client = http_client
         self.client: LLMClient | None = None
@@ -407,7 +408,11 @@ class _Asker:
         if entry is not None and isinstance(entry["output"], str):
             return entry["output"]
         if self.client is None:
-            self.client = LLMClient.from_env(self.http_client, limits_from_env())
+            self.client = LLMClient.from_env(
+                self.http_client,
+                limits_from_env(),
+                max_answer_bytes=self.settings.answer_limit(),
+            )
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
                 turn = await self.client.complete(call)
