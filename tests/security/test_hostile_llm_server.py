@@ -11,6 +11,7 @@ was cached) and completes.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -23,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from stepchain import Executor, Settings
+from stepchain.errors import RetryableStepError
+from stepchain.llm.client import LLMClient, ModelCall
 
 from tests.support.raw_http import RawServer, stream
 
@@ -334,3 +338,36 @@ def test_a_connection_reset_mid_answer_is_retried_then_fails_cleanly(run, server
     assert_failed_with(ran, f"cannot reach the LLM server at {server.url}/v1: ")
     assert ran.step["attempts"] == 2 and ran.step["error_kind"] == "connection"
     assert_nothing_cached(run, server, retries=1)
+
+
+def test_a_request_has_its_timeout_in_all_not_per_read(server):
+    # a byte every 0.5 s never trips a 2 s read timeout; the request's deadline ends it (were
+    # it missing, the answer would end after 15 s as malformed JSON, and the test would fail)
+    drip = itertools.chain([head(Content_Length="30")], itertools.repeat(b" ", 30))
+    server.script(stream(drip, pause=0.5))
+    call = ModelCall(model="m", messages=[{"role": "user", "content": "hi"}], timeout=2)
+
+    async def ask() -> None:
+        client = LLMClient("test-key", server.url + "/v1")
+        try:
+            await client.complete(call)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(RetryableStepError, match=r"^the LLM request to .* timed out$"):
+        asyncio.run(ask())
+
+
+def test_the_limit_is_a_setting_in_python_too(server, write, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    path = write("p.yaml", PIPELINE.format(timeout=30, retries=0, api="auto"))
+    server.script(GOOD)
+    settings = Settings(home=tmp_path / "home", max_answer_bytes=100)
+    [result] = Executor(settings=settings).execute(path)
+    assert result.status == "failed" and result.output is None
+    size = f"{len(responses_body('fine'))} bytes"  # as its Content-Length says
+    assert result.error.startswith(too_large(server, "100 bytes", size=size))
+    server.script(GOOD)
+    [result] = Executor().execute(path)  # the default limit; nothing was cached
+    assert result.status == "completed" and result.output == "fine"
