@@ -128,7 +128,7 @@ def server() -> Iterator[RawServer]:
 
 @pytest.fixture
 def run(tmp_path: Path, write, server: RawServer):
-    def _run(*, timeout: float = 30, retries: int = 0, api: str = "auto", **env: str) -> Ran:
+    def _run(*, timeout: float = 60, retries: int = 0, api: str = "auto", **env: str) -> Ran:
         path = write("p.yaml", PIPELINE.format(timeout=timeout, retries=retries, api=api))
         environ = {
             **os.environ,
