@@ -395,6 +395,7 @@ class _Asker:
         self.provider, self.name = split_model(model, parse_providers(user.providers))
         self.limiters = Limiters(declared_limits(user.limits), self._provider_limits())
         self.cache = ResultCache(settings)
+        self.settings = settings
         self.no_cache = no_cache
         self.http_client = http_client
         self.client: LLMClient | None = None
@@ -408,7 +409,11 @@ class _Asker:
     def _client(self) -> LLMClient:
         """The client of the model's provider (or OPENAI_*), sharing the loop's rate limiters."""
         if self.provider is None:
-            return LLMClient.from_env(self.http_client, limiters=self.limiters)
+            return LLMClient.from_env(
+                self.http_client,
+                limiters=self.limiters,
+                max_answer_bytes=self.settings.answer_limit(),
+            )
         check_provider_credentials(self.provider)
         return LLMClient(
             os.environ[self.provider.api_key_env],
@@ -416,6 +421,7 @@ class _Asker:
             self.http_client,
             limiters=self.limiters,
             headers=self.provider.headers,
+            max_answer_bytes=self.settings.answer_limit(),
         )
 
     async def ask(self, messages: list[dict[str, Any]]) -> str:

@@ -121,6 +121,7 @@ class Runtime:
             if default:
                 check_credentials()
             limits_from_env()  # a malformed STEPCHAIN_LIMITS fails here, not in a step
+            self.settings.answer_limit()  # and so does a malformed STEPCHAIN_MAX_ANSWER_BYTES
 
     @property
     def approve(self) -> bool:
@@ -303,6 +304,7 @@ class Runtime:
                 self.options.http_client,
                 limiters=self.limiters,
                 headers=provider.headers,
+                max_answer_bytes=self.settings.answer_limit(),
             )
             self._provider_clients[provider.name] = client
         return client, name, provider.api
@@ -312,7 +314,11 @@ class Runtime:
         if self._llm is None:
             from stepchain.llm.client import LLMClient
 
-            self._llm = LLMClient.from_env(self.options.http_client, limiters=self.limiters)
+            self._llm = LLMClient.from_env(
+                self.options.http_client,
+                limiters=self.limiters,
+                max_answer_bytes=self.settings.answer_limit(),
+            )
         return self._llm
 
     async def aclose(self) -> None:
