@@ -156,14 +156,33 @@ def _list_runnables(files: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path())
-def trust(files: tuple[str, ...]) -> None:
+@click.argument("files", nargs=-1, type=click.Path())
+@click.option(
+    "--package",
+    "packages",
+    multiple=True,
+    metavar="NAME",
+    help="Trust an installed package: its functions may be function tools in any pipeline.",
+)
+@click.option(
+    "--forget-package", "forget", multiple=True, metavar="NAME", help="Stop trusting a package."
+)
+def trust(files: tuple[str, ...], packages: tuple[str, ...], forget: tuple[str, ...]) -> None:
     """Approve FILE's commands, MCP servers and function tools for its current content."""
     from stepchain.pipeline.load import load_pipeline
     from stepchain.run.trust import trust as record
+    from stepchain.run.trust import trust_package
     from stepchain.settings import current_settings
     from stepchain.ui.reporting import format_runnables
 
+    if not (files or packages or forget):
+        raise UsageError("name a FILE to trust, or --package NAME", "see `stepchain trust --help`")
+    for name in packages:
+        trust_package(name, current_settings())
+        click.echo(f"trusted package {name}: its functions may be function tools in any pipeline")
+    for name in forget:
+        left = trust_package(name, current_settings(), forget=True)
+        click.echo(f"no longer trusted: {name} (trusted packages: {', '.join(left) or 'none'})")
     for file in files:
         pipeline = load_pipeline(file)
         allowed = record(pipeline, current_settings())
