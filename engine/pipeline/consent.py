@@ -28,61 +28,16 @@ PACKAGES_KEY = "packages"  # never a file's key (those are absolute paths)
 
 # Standard modules that start programs, load or run code, or reach into the interpreter: a
 # function from them is a shell or an eval, so they are never trusted as packages.
-NEVER_TRUSTED = frozenset(
-    [
-        "os",
-        "posix",
-        "nt",
-        "subprocess",
-        "shutil",
-        "builtins",
-        "importlib",
-        "runpy",
-        "pty",
-        "code",
-        "codeop",
-        "ctypes",
-        "sys",
-        "multiprocessing",
-        "concurrent",
-        "asyncio",
-        "pickle",
-        "marshal",
-        "shelve",
-        "pdb",
-        "bdb",
-        "webbrowser",
-        "platform",
-        "pydoc",
-        "socket",
-        "signal",
-        "threading",
-        "_thread",
-        "gc",
-        "inspect",
-        "types",
-        "site",
-        "sysconfig",
-        "zipimport",
-        "pkgutil",
-        "venv",
-        "ensurepip",
-        "distutils",
-        "tempfile",
-        "glob",
-        "pathlib",
-        "io",
-        "fileinput",
-        "linecache",
-        "tracemalloc",
-        "cProfile",
-        "profile",
-        "trace",
-        "timeit",
-        "doctest",
-        "unittest",
-    ]
-)
+# fmt: off
+NEVER_TRUSTED = frozenset((
+    "os", "posix", "nt", "subprocess", "shutil", "builtins", "importlib", "runpy", "pty", "code",
+    "codeop", "ctypes", "sys", "multiprocessing", "concurrent", "asyncio", "pickle", "marshal",
+    "shelve", "pdb", "bdb", "webbrowser", "platform", "pydoc", "socket", "signal", "threading",
+    "_thread", "gc", "inspect", "types", "site", "sysconfig", "zipimport", "pkgutil", "venv",
+    "ensurepip", "distutils", "tempfile", "glob", "pathlib", "io", "fileinput", "linecache",
+    "tracemalloc", "cProfile", "profile", "trace", "timeit", "doctest", "unittest",
+))
+# fmt: on
 _PACKAGE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
