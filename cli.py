@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -79,6 +80,13 @@ class StepChainGroup(click.Group):
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"error: cannot write{where}: {exc.strerror or exc}", err=True)
+            click.echo("  hint: free some space (or raise the quota), then try again", err=True)
+            sys.exit(1)
         except Exception as exc:
             if os.environ.get("STEPCHAIN_DEBUG"):
                 raise
@@ -535,7 +543,14 @@ def decompose(
         schema_ref=schema_ref,
     )
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        partial = Path(output).with_name(f".{Path(output).name}.{os.getpid()}")
+        try:  # all or nothing: never half a pipeline where the file was
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, output)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            exc.filename = output
+            raise
         click.echo(f"wrote {output}; review it, then: stepchain validate {output}", err=True)
     else:
         click.echo(text, nl=False)

@@ -98,10 +98,17 @@ def _write(store: dict[str, Any], settings: Settings) -> None:
     settings.ensure_home()
     path = _store(settings)
     temporary = path.with_name(f".{TRUST_FILE}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(store, out, indent=1, sort_keys=True)
-    os.replace(temporary, path)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(store, out, indent=1, sort_keys=True)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise StepChainError(
+            f"cannot write {path}: {exc.strerror or exc}; nothing was trusted",
+            "free some space (or fix the folder's permissions), then try again",
+        ) from None
 
 
 def is_trusted(pipeline: Pipeline, settings: Settings) -> bool:
