@@ -147,10 +147,8 @@ def function_problems(
 ) -> list[Problem]:
     """Function tools that name a module of the standard library the user did not trust.
 
-    `trusted`: the packages the user trusted (default: read from the state folder).
+    `trusted`: the packages the user trusted (default: read from the state folder, when needed).
     """
-    if trusted is None:
-        trusted = trusted_packages()
     problems = []
     for name, tool in tools.items():
         if not isinstance(tool, dict) or tool.get("type") != "function":
@@ -161,7 +159,9 @@ def function_problems(
         module, _, attr = target.partition(":")
         path = ("tools", name, "function")
         top = module.split(".")[0]
-        if is_standard_library(module) and not is_trusted_package(module, trusted):
+        if is_standard_library(module) and trusted is None:
+            trusted = trusted_packages()
+        if is_standard_library(module) and not is_trusted_package(module, trusted or frozenset()):
             how = (
                 f"'{top}' starts programs or loads code and is never trusted"
                 if never_trusted(top)
