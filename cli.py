@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -102,6 +103,13 @@ class StepChainGroup(click.Group):
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"error: cannot write{where}: {exc.strerror or exc}", err=True)
+            click.echo("  hint: free some space (or raise the quota), then try again", err=True)
+            sys.exit(1)
         except Exception as exc:
             if os.environ.get("STEPCHAIN_DEBUG"):
                 raise
@@ -196,14 +204,33 @@ def _list_runnables(files: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path())
-def trust(files: tuple[str, ...]) -> None:
+@click.argument("files", nargs=-1, type=click.Path())
+@click.option(
+    "--package",
+    "packages",
+    multiple=True,
+    metavar="NAME",
+    help="Trust an installed package: its functions may be function tools in any pipeline.",
+)
+@click.option(
+    "--forget-package", "forget", multiple=True, metavar="NAME", help="Stop trusting a package."
+)
+def trust(files: tuple[str, ...], packages: tuple[str, ...], forget: tuple[str, ...]) -> None:
     """Approve FILE's commands, MCP servers and function tools for its current content."""
     from stepchain.pipeline.load import load_pipeline
     from stepchain.run.trust import trust as record
+    from stepchain.run.trust import trust_package
     from stepchain.settings import current_settings
     from stepchain.ui.reporting import format_runnables
 
+    if not (files or packages or forget):
+        raise UsageError("name a FILE to trust, or --package NAME", "see `stepchain trust --help`")
+    for name in packages:
+        trust_package(name, current_settings())
+        click.echo(f"trusted package {name}: its functions may be function tools in any pipeline")
+    for name in forget:
+        left = trust_package(name, current_settings(), forget=True)
+        click.echo(f"no longer trusted: {name} (trusted packages: {', '.join(left) or 'none'})")
     for file in files:
         pipeline = load_pipeline(file)
         allowed = record(pipeline, current_settings())
@@ -564,7 +591,14 @@ def decompose(
         schema_ref=schema_ref,
     )
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        partial = Path(output).with_name(f".{Path(output).name}.{os.getpid()}")
+        try:  # all or nothing: never half a pipeline where the file was
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, output)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            exc.filename = output
+            raise
         click.echo(f"wrote {output}; review it, then: stepchain validate {output}", err=True)
     else:
         click.echo(text, nl=False)
