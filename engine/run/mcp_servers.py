@@ -121,7 +121,8 @@ async def _ask(runtime: Runtime, server: str, tool: str, arguments: dict[str, An
     async with runtime.approval_lock:  # one question at a time, even when steps run in parallel
         shown = runtime.mask(arguments)
         question = f"\nAllow MCP tool {server}.{tool} with arguments {shown}? [y/N] "
-        answer = await run_in_thread(_prompt, question=question)
+        with runtime.asking():  # the live table leaves the terminal while a person answers
+            answer = await run_in_thread(_prompt, question=question)
     if answer.strip().lower() not in ("y", "yes"):
         raise StepError(f"MCP tool '{server}.{tool}' was not approved", kind="approval")
 
