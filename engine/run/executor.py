@@ -320,7 +320,7 @@ class Executor:
                 run_id,
                 name=pipeline.name,
                 path=str(pipeline.path.resolve()) if pipeline.path else None,
-                text=pipeline.text,
+                text=pipeline.record_text or pipeline.text,
                 text_hash=pipeline.hash,
                 inputs=runtime.mask(inputs),
             )
