@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 from stepchain import __version__
-from stepchain.errors import PipelineInvalid, StepChainError, UsageError
+from stepchain.errors import PipelineInvalid, StepChainError, UsageError, for_command_line
 
 RUN_ID_FLAG = click.option("--run-id", help="Name the run (default: <name>-<UTC time>-<4 hex>).")
 RUN_FLAGS = [
@@ -93,9 +93,9 @@ class StepChainGroup(click.Group):
         except StepChainError as exc:
             from stepchain.run.masking import printable
 
-            click.echo(f"error: {printable(exc.message)}", err=True)
+            click.echo(f"error: {printable(for_command_line(exc.message))}", err=True)
             if exc.hint:
-                click.echo(f"  hint: {printable(exc.hint)}", err=True)
+                click.echo(f"  hint: {printable(for_command_line(exc.hint))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -420,7 +420,9 @@ def _run(
             click.echo(f"{name}: {printable(text)}")
     failed = [r for r in result.results if r.status == "failed"]
     for r in failed:
-        click.echo(f"step {r.step_id} failed: {printable(r.error or '')}", err=True)
+        click.echo(
+            f"step {r.step_id} failed: {printable(for_command_line(r.error or ''))}", err=True
+        )
     click.echo(f"run {result.run_id} {result.status}", err=True)
     if result.status != "completed":
         click.echo(f"  resume with: stepchain resume {result.run_id}", err=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import stepchain
@@ -302,3 +304,39 @@ def test_the_guides_monitoring_and_debugging_code_runs(write, tmp_path):
     assert state.plan.steps[0].description == "A fine query"
     statuses = {r.step_id: r.status for r in state.results}
     assert [statuses[d] for d in step.dependencies] == ["completed"]
+
+
+APPROVAL = """
+version: 1
+name: approval
+tools:
+  flaky:
+    type: mcp
+    command: [{python}, "{server}"]
+    require_approval: always
+steps:
+  - id: pid
+    tool: flaky.pid
+"""
+
+
+def test_hints_name_the_python_argument_in_the_api_and_the_flag_on_the_cli(write, cli):
+    server = Path(__file__).parent / "support" / "mcp_servers.py"
+    path = write("p.yaml", APPROVAL.format(python=sys.executable, server=server))
+
+    with pytest.raises(StepChainError) as consent:
+        stepchain.Executor().run(path, approve=True)
+    assert "pass allow_run=True for this run only" in consent.value.hint
+    with pytest.raises(StepChainError) as approval:
+        stepchain.Executor().run(path, allow_run=True)  # no terminal here to ask on
+    assert approval.value.hint == "review the pipeline's tool calls, then pass approve=True"
+    assert "--" not in consent.value.hint + approval.value.hint
+
+    refused = cli("run", path)
+    assert refused.exit_code == 2  # CommandsNotAllowed: a usage error
+    assert "pass --allow-run for this run only" in refused.stderr
+    unapproved = cli("run", path, "--allow-run")
+    assert unapproved.exit_code == 1
+    assert "hint: review the pipeline's tool calls, then pass --approve" in unapproved.stderr
+    assert "=True" not in refused.stderr + unapproved.stderr
+    assert recorded_runs() == []  # refused before anything ran
