@@ -553,20 +553,21 @@ def decompose(
     """Write a pipeline for TASK (YAML only, for review; nothing is run)."""
     from stepchain.decomposer import decompose_to_yaml
 
-    schema_ref = None
-    local_schema = Path("schemas/pipeline.schema.json")
-    if output and local_schema.exists():  # in a checkout: point the modeline at the repo's schema
-        schema_ref = os.path.relpath(local_schema.resolve(), Path(output).resolve().parent)
     text = decompose_to_yaml(
         task,
         tools=tools_file,
         max_steps=max_steps,
         model=model,
         temperature=temperature,
-        schema_ref=schema_ref,
     )
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        try:
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write {output}: {exc.strerror}", "choose another -o"
+            ) from None
         click.echo(f"wrote {output}; review it, then: stepchain validate {output}", err=True)
     else:
         click.echo(text, nl=False)
