@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 from stepchain import __version__
-from stepchain.errors import PipelineInvalid, StepChainError, UsageError
+from stepchain.errors import PipelineInvalid, StepChainError, UsageError, for_command_line
 
 RUN_ID_FLAG = click.option("--run-id", help="Name the run (default: <name>-<UTC time>-<4 hex>).")
 RUN_FLAGS = [
@@ -94,9 +94,9 @@ class StepChainGroup(click.Group):
         except StepChainError as exc:
             from stepchain.run.masking import printable
 
-            click.echo(f"error: {printable(exc.message)}", err=True)
+            click.echo(f"error: {printable(for_command_line(exc.message))}", err=True)
             if exc.hint:
-                click.echo(f"  hint: {printable(exc.hint)}", err=True)
+                click.echo(f"  hint: {printable(for_command_line(exc.hint))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -447,7 +447,9 @@ def _run(
             click.echo(f"{name}: {printable(text)}")
     failed = [r for r in result.results if r.status == "failed"]
     for r in failed:
-        click.echo(f"step {r.step_id} failed: {printable(r.error or '')}", err=True)
+        click.echo(
+            f"step {r.step_id} failed: {printable(for_command_line(r.error or ''))}", err=True
+        )
     click.echo(f"run {result.run_id} {result.status}", err=True)
     if result.status != "completed":
         click.echo(f"  resume with: stepchain resume {result.run_id}", err=True)
@@ -578,27 +580,27 @@ def decompose(
     """Write a pipeline for TASK (YAML only, for review; nothing is run)."""
     from stepchain.decomposer import decompose_to_yaml
 
-    schema_ref = None
-    local_schema = Path("schemas/pipeline.schema.json")
-    if output and local_schema.exists():  # in a checkout: point the modeline at the repo's schema
-        schema_ref = os.path.relpath(local_schema.resolve(), Path(output).resolve().parent)
     text = decompose_to_yaml(
         task,
         tools=tools_file,
         max_steps=max_steps,
         model=model,
         temperature=temperature,
-        schema_ref=schema_ref,
     )
     if output:
         partial = Path(output).with_name(f".{Path(output).name}.{os.getpid()}")
         try:  # all or nothing: never half a pipeline where the file was
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
             partial.write_text(text, encoding="utf-8")
             os.replace(partial, output)
         except OSError as exc:
             partial.unlink(missing_ok=True)
-            exc.filename = output
-            raise
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                exc.filename = output
+                raise  # a full disk: one line, exit 1, like every other write
+            raise UsageError(
+                f"cannot write {output}: {exc.strerror}", "choose another -o"
+            ) from None
         click.echo(f"wrote {output}; review it, then: stepchain validate {output}", err=True)
     else:
         click.echo(text, nl=False)

@@ -19,6 +19,17 @@ class StepChainError(Exception):
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
 
 
+# Hints name the Python API's arguments; the command line shows each as its flag instead.
+CLI_FLAGS = {"approve=True": "--approve", "allow_run=True": "--allow-run"}
+
+
+def for_command_line(text: str) -> str:
+    """A message or hint as the command line says it: `--approve`, not `approve=True`."""
+    for argument, flag in CLI_FLAGS.items():
+        text = text.replace(argument, flag)
+    return text
+
+
 class UsageError(StepChainError):
     """Bad command-line usage: a missing file, a malformed -i flag."""
 

@@ -123,7 +123,7 @@ def check_consent(pipeline: Pipeline, settings: Settings, allowed: bool) -> None
         return
     file = str(pipeline.path) if pipeline.path else f"pipeline {pipeline.name}"
     how = (
-        f"run `stepchain trust {file}` (or pass --allow-run for this run only)"
+        f"run `stepchain trust {file}` (or pass allow_run=True for this run only)"
         if pipeline.path
         else "pass allow_run=True (a pipeline without a file cannot be trusted)"
     )
