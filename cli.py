@@ -279,15 +279,30 @@ def plan(
     if against is None and fmt != "markdown":
         result = plan_pipeline(pipeline, inputs)
         click.echo(json.dumps(result.to_dict(), indent=2) if fmt == "json" else format_plan(result))
+        _plan_errors(result)
         return
     from stepchain.run.lock import check_lock
     from stepchain.ui.markdown import render_plan
 
     if against is None:
-        click.echo(render_plan(pipeline, plan_pipeline(pipeline, inputs), fmt), nl=False)
+        planned = plan_pipeline(pipeline, inputs)
+        click.echo(render_plan(pipeline, planned, fmt), nl=False)
     else:
         planned, locked, changes = check_lock(pipeline, inputs, lock_file=against)
         click.echo(render_plan(pipeline, planned, fmt, changes, locked, against), nl=False)
+    _plan_errors(planned)
+
+
+def _plan_errors(planned: Any) -> None:
+    """A step whose request cannot be rendered (a template error, a render past its limits)
+    fails the plan: one line each on stderr, exit 1."""
+    from stepchain.run.masking import printable
+
+    errors = [s for s in planned.steps if s.action == "error"]
+    for step in errors:
+        click.echo(f"error: step {step.step_id}: {printable(step.detail or '')}", err=True)
+    if errors:
+        sys.exit(1)
 
 
 @main.command()

@@ -19,6 +19,7 @@ from stepchain.pipeline.user_settings import UserSettings, load_user_settings
 from stepchain.run.masking import MIN_SECRET, Masker, printable
 from stepchain.settings import Settings
 from stepchain.templates import Vars
+from stepchain.templates.sandbox import max_render_size
 from stepchain.tools.functions import (
     FunctionTool,
     NotImported,
@@ -96,6 +97,7 @@ class Runtime:
     # -- checks before anything runs ------------------------------------------------------
     def preflight(self) -> None:
         """Fail before the first step for what would otherwise fail in the middle."""
+        max_render_size()  # a malformed STEPCHAIN_MAX_RENDER_SIZE is a usage error, here
         missing = [n for n, v in {**self.env, **self.secrets}.items() if v is None]
         if missing:
             raise StepChainError(

@@ -22,6 +22,7 @@ from stepchain.run.results import RunResult, StepResult
 from stepchain.run.scheduler import Observer, Scheduler
 from stepchain.run.step_log import run_finished
 from stepchain.settings import LOGGER_NAME, Settings, current_settings
+from stepchain.templates.sandbox import resume_renders, stop_renders
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -478,14 +479,28 @@ def recorded_pipeline(run_id: str, settings: Settings | None = None) -> Pipeline
 
 @contextmanager
 def _signals(scheduler: Scheduler, *, enabled: bool) -> Iterator[None]:
+    """SIGINT/SIGTERM stop the run. The handler is Python's own, not the event loop's: it runs
+    even while a template renders (synchronously, holding the loop), ends that render and any
+    later one of this run, its outputs' too (stop_renders), and has the loop call
+    `scheduler.interrupt` as soon as it is free."""
     if not enabled:
         yield
         return
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, scheduler.interrupt)
+
+    def stop(signum: int, frame: Any) -> None:
+        stop_renders()
+        loop.call_soon_threadsafe(scheduler.interrupt)
+
+    resume_renders()
+    try:
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals are the caller's to handle
+        yield
+        return
     try:
         yield
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        resume_renders()

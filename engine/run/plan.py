@@ -21,6 +21,7 @@ from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.settings import Settings, current_settings
 from stepchain.templates import Vars
 from stepchain.templates.render import evaluate
+from stepchain.templates.sandbox import max_render_size
 from stepchain.tools.functions import NotImported
 
 Action = Literal["replay", "run", "unknown", "skip", "error"]
@@ -81,6 +82,7 @@ def plan_pipeline(
 def _plan(
     pipeline: Pipeline, inputs: dict[str, Any] | None, settings: Settings | None, run_id: str
 ) -> Plan:
+    max_render_size()  # a malformed STEPCHAIN_MAX_RENDER_SIZE is a usage error, first
     deps = {s.id: s.needs for s in pipeline.steps}
     generations, longest = layers_and_critical_path(deps)
     resolved = resolve_inputs(pipeline, inputs or {})

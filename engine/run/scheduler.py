@@ -37,6 +37,7 @@ from stepchain.steps import Outcome, kind_of
 from stepchain.steps.template import template_outcome
 from stepchain.templates import Vars
 from stepchain.templates.render import render_value
+from stepchain.templates.sandbox import RenderInterrupted
 
 log = logging.getLogger(LOGGER_NAME)
 MAX_SERVER_WAIT = 600.0  # seconds a Retry-After may hold a step that has no timeout
@@ -114,7 +115,7 @@ class Scheduler:
                     )
                 for task in done:
                     sid = self.running.pop(task)
-                    self._finish(task.result())
+                    self._finish(_result_of(task, sid))
                     finished.append(sid)
                 for sid in finished:
                     for dep in dependents[sid]:
@@ -208,12 +209,8 @@ class Scheduler:
             prepared = prepare_step(step, self._context(), self.rt)
             if not self._decided(prepared, result):
                 await self._execute(prepared, result)
-        except asyncio.CancelledError:
-            result.status, result.reason = (
-                "interrupted",
-                "run interrupted while the step was running",
-            )
-            result.error, result.error_kind = "interrupted", "interrupted"
+        except (asyncio.CancelledError, RenderInterrupted):
+            _interrupted(result)
         except _Failed as failed:
             result.status, result.attempts, result.usage = "failed", failed.attempts, failed.usage
             result.error = self.rt.describe_error(failed.error)
@@ -452,6 +449,8 @@ class Scheduler:
         """`func()`, a failure recorded on `result` as `_run_step` records it."""
         try:
             return func()
+        except RenderInterrupted:  # a signal came while the step's templates rendered
+            _interrupted(result)
         except StepChainError as exc:
             result.status, result.error = "failed", self.rt.describe_error(exc)
             result.error_kind = error_kind(exc)
@@ -486,8 +485,9 @@ class Scheduler:
     # -- the end --------------------------------------------------------------------------
     def _result(self) -> RunResult:
         ordered = {s.id: self.results[s.id] for s in self.pipeline.steps}
+        outputs = self._outputs()  # first: a signal while they render makes the run interrupted
         status: RunStatus
-        if self.interrupted:
+        if self.interrupted or any(r.status == "interrupted" for r in ordered.values()):
             status = "interrupted"
         elif any(
             r.status in ("failed", "interrupted") and not self.pipeline.step(sid).continue_on_error
@@ -496,7 +496,7 @@ class Scheduler:
             status = "failed"
         else:
             status = "completed"
-        return RunResult(self.rt.run_id, status, ordered, self._outputs(), dict(self.spent))
+        return RunResult(self.rt.run_id, status, ordered, outputs, dict(self.spent))
 
     def _outputs(self) -> dict[str, Any]:
         context = {**self.rt.base_context(), "steps": self.visible}
@@ -507,6 +507,8 @@ class Scheduler:
             except StepChainError as exc:
                 log.warning("output %s not rendered: %s", name, exc)
                 outputs[name] = None
+            except RenderInterrupted:  # a signal as the run ends: it ends interrupted
+                self.interrupted, outputs[name] = True, None
         return self.rt.mask(outputs)
 
 
@@ -522,6 +524,22 @@ def _note_wait(waits: list[dict[str, Any]], limiter: str | None) -> None:
             waits[-1]["more"] = waits[-1].get("more", 0) + 1
     elif waits and "finished_at" not in waits[-1]:
         waits[-1]["finished_at"] = now().isoformat()
+
+
+def _result_of(task: asyncio.Task, step_id: str) -> StepResult:
+    """A step task's result; a task cancelled before it began (an interrupt in the tick that
+    started it) never ran `_run_step`, which would have recorded it as interrupted."""
+    if task.cancelled():
+        result = StepResult(step_id, "interrupted", started_at=now())
+        _interrupted(result)
+        result.completed_at = result.started_at
+        return result
+    return task.result()
+
+
+def _interrupted(result: StepResult) -> None:
+    result.status, result.reason = "interrupted", "run interrupted while the step was running"
+    result.error, result.error_kind = "interrupted", "interrupted"
 
 
 def _record_try(

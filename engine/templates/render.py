@@ -30,8 +30,10 @@ def render_value(value: Any, context: dict[str, Any], path: tuple, locate: Locat
     """Render every string in `value` (recursively through lists and mappings)."""
     if isinstance(value, str):
         try:
-            with bounded():
-                rendered = sized(compile_template(value).render(context))
+            compiled = compile_template(value)
+            if compiled.template is None and compiled.expression is None:
+                return value  # no template syntax: the text itself
+            rendered = sized(bounded(compiled.render, context))
         except Exception as exc:  # any error inside a user's template is the user's to fix
             raise _failure(exc, path, locate) from None
         problem = not_json(rendered)  # a range, bytes, a function, NaN, also inside a list
@@ -59,8 +61,7 @@ def render_shell(value: str, context: dict[str, Any], path: tuple, locate: Locat
     from stepchain.templates.sandbox import shell_environment
 
     try:
-        with bounded():
-            return shell_environment().from_string(value).render(context)
+        return bounded(shell_environment().from_string(value).render, context)
     except Exception as exc:
         raise _failure(exc, path, locate) from None
 
@@ -68,8 +69,7 @@ def render_shell(value: str, context: dict[str, Any], path: tuple, locate: Locat
 def evaluate(expr: str, context: dict[str, Any], path: tuple, locate: Locate) -> Any:
     """Evaluate a `when` or `foreach` expression."""
     try:
-        with bounded():
-            return compile_expression(expr).render(context)
+        return bounded(compile_expression(expr).render, context)
     except Exception as exc:
         raise _failure(exc, path, locate) from None
 

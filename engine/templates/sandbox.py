@@ -3,7 +3,8 @@
 An `ImmutableSandboxedEnvironment`: no access to private or internal attributes, no mutation of
 lists, dicts or sets, strict undefined (a missing name or attribute is an error, not ""),
 autoescape off (prompts are not HTML), the template's trailing newline kept. Two filters of ours:
-`tojson` (plain JSON, not HTML-escaped) and `fromjson`.
+`tojson` (plain JSON, not HTML-escaped) and `fromjson`. Renders are bounded in time and size, end
+when a signal stops the run, and print only JSON values (see "limits" below).
 
 Jinja's optimizer (constant folding while compiling) is off: it takes about two thirds of the time
 to compile a template with nested arithmetic, and folding only moves work a render does anyway
@@ -16,6 +17,7 @@ import functools
 import json
 import math
 import os
+import re
 import shlex
 import threading
 import time
@@ -115,15 +117,13 @@ def render_budget(seconds: float) -> Iterator[None]:
         _BUDGET.reset(token)
 
 
-@contextmanager
-def bounded() -> Iterator[None]:
-    """The budget in force, or a MAX_RENDER_SECONDS one for a render outside any (a pipeline's
-    outputs, a `when` that `plan` decides early)."""
+def bounded(func: Callable[..., Any], *args: Any) -> Any:
+    """`func(*args)` within the budget in force, or a MAX_RENDER_SECONDS one for a render
+    outside any (a pipeline's outputs, a `when` that `plan` decides early)."""
     if _BUDGET.get() is not None:
-        yield
-        return
+        return func(*args)
     with render_budget(MAX_RENDER_SECONDS):
-        yield
+        return func(*args)
 
 
 def stop_renders() -> None:
@@ -186,12 +186,28 @@ def _loop_pass(context: Any, iterable: Any) -> Iterator[Any]:
         yield item
 
 
+class _Counted:
+    """What `_text` prints: nothing (finalize passes it through, unquoted, as "")."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return ""
+
+
+_NOTHING = _Counted()
+
+
 @pass_context
-def _text(context: Any, value: Any) -> Any:
-    """A piece of a template's own text, counted as printed when it is."""
+def _text(context: Any, size: int) -> _Counted:
+    """Count a piece of the template's own text (`size` characters) as printed, where it is."""
     check()
-    _printed(value)
-    return value
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.printed += size
+        if budget.printed > budget.max_size:
+            raise _too_large(f"more than {budget.max_size:,} characters of text", budget)
+    return _NOTHING
 
 
 @pass_context
@@ -207,16 +223,47 @@ def _checked_ints(args: tuple, kwargs: dict[str, Any], budget: _Budget) -> None:
             raise _too_large(f"a width or count of {arg:,}", budget)
 
 
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\d*)(?:\.(\d+))?")
+_BRACE_SPEC = re.compile(r"\{[^{}]*?:([^{}]*)\}")
+# a width taken from the arguments: '%*d', '{:>{}}'
+_ARGUMENT_WIDTH = re.compile(r"%[#0\- +]*\*|%[#0\- +]*\d*\.\*|\{[^{}]*:[^{}]*\{")
+
+
+def _checked_format(text: Any, budget: _Budget) -> None:
+    """A width or precision written in a format string ('%9999999999d', '{:>9999999999}')."""
+    if not isinstance(text, str):
+        return
+    specs = [n for m in _PERCENT_SPEC.finditer(text) for n in m.groups() if n]
+    specs += [n for m in _BRACE_SPEC.finditer(text) for n in re.findall(r"\d+", m.group(1))]
+    _checked_ints(tuple(int(n) for n in specs if len(n) < 20), {}, budget)
+    if any(len(n) >= 20 for n in specs):
+        raise _too_large("a width or count of 20 digits or more", budget)
+
+
+# filters and str methods whose whole-number arguments are widths or counts to allocate
+_WIDTHS = frozenset(
+    {"center", "indent", "wordwrap", "truncate", "batch", "slice", "ljust", "rjust", "zfill"}
+    | {"expandtabs"}
+)
+
+
 def _estimate(name: str, text: Any, args: tuple, budget: _Budget) -> None:
     """Refuse before the fact what would build text past the limit from small parts."""
     if not isinstance(text, (str, bytes)):
         return
+    if name in ("format", "format_map"):  # str.format, str.format_map, |format ('%' style)
+        _checked_format(text, budget)
+        if _ARGUMENT_WIDTH.search(text) if isinstance(text, str) else False:
+            mapping = args[0] if name == "format_map" and args else None
+            values = tuple(mapping.values()) if isinstance(mapping, dict) else args
+            _checked_ints(values, {}, budget)
     size = 0
+    source: Any = text  # str or bytes, with arguments of the same type
     if name == "replace" and len(args) >= 2 and isinstance(args[0], type(text)):
         old, new = args[0], args[1]
-        count = text.count(old) if old else len(text) + 1
+        count = source.count(old) if old else len(text) + 1
         size = len(text) + count * max(0, len(new) - len(old))
-    elif name == "indent" and args and isinstance(args[0], str):
+    elif name == "indent" and args and isinstance(args[0], str) and isinstance(text, str):
         size = len(text) + len(args[0]) * (text.count("\n") + 1)
     if size > budget.max_size:
         raise _too_large(f"text of about {size:,} characters", budget)
@@ -226,9 +273,10 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)  # keeps jinja_pass_arg (pass_environment, pass_eval_context)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         budget = check()
-        _checked_ints(args, kwargs, budget)
         values = [a for a in args if not isinstance(a, (Environment, EvalContext, Context))]
         if values:
+            if name in _WIDTHS:  # the value filtered is not a width: `12345678901|string`
+                _checked_ints(tuple(values[1:]), kwargs, budget)
             _estimate(name, values[0], tuple(values[1:]), budget)
             if name == "join" and len(values) > 1 and isinstance(values[1], str):
                 items = list(values[0])  # a generator (map, select) is read once, here
@@ -246,7 +294,7 @@ class _Bounds(NodeTransformer):
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         self.generic_visit(node)
-        node.iter = _filter(node.iter, "_loop_pass")
+        node.iter = _filter(node.iter, "_loop_pass")  # type: ignore[arg-type]
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
@@ -255,9 +303,12 @@ class _Bounds(NodeTransformer):
 
     def visit_Output(self, node: nodes.Output) -> nodes.Node:
         self.generic_visit(node)
-        node.nodes = [
-            _filter(n, "_text") if isinstance(n, nodes.TemplateData) else n for n in node.nodes
-        ]
+        counted: list[nodes.Expr] = []
+        for child in node.nodes:
+            counted.append(child)
+            if isinstance(child, nodes.TemplateData):  # printed as is: counted beside it
+                counted.append(_filter(nodes.Const(len(child.data)), "_text"))
+        node.nodes = counted
         return node
 
 
@@ -272,10 +323,13 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         budget = check()
-        owner = getattr(__obj, "__self__", None)
+        # the sandbox hands out str.format wrapped (functools.wraps: __wrapped__ is the method)
+        owner = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
         if isinstance(owner, (str, bytes)):  # 'x'.center(10**10), 'x'.replace(...)
-            _checked_ints(args, kwargs, budget)
-            _estimate(getattr(__obj, "__name__", ""), owner, args, budget)
+            name = getattr(__obj, "__name__", "")
+            if name in _WIDTHS:
+                _checked_ints(args, kwargs, budget)
+            _estimate(name, owner, args, budget)
         return sized(super().call(__context, __obj, *args, **kwargs))
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -292,10 +346,10 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             if right > 0 and left not in (0, 1, -1) and math.log2(abs(left)) * right > MAX_INT_BITS:
                 raise RenderTooLarge(f"rendering made a number of more than {MAX_INT_BITS:,} bits")
         elif operator == "%" and isinstance(left, (str, bytes)):
-            _checked_ints(right if isinstance(right, tuple) else (right,), {}, budget)
+            _estimate("format", left, right if isinstance(right, tuple) else (right,), budget)
         return sized(super().call_binop(context, operator, left, right))
 
-    def compile(  # type: ignore[override]
+    def compile(
         self,
         source: str | nodes.Template,
         name: str | None = None,
@@ -306,12 +360,15 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         """Every template (text, native or expression) is compiled with the checks above."""
         if isinstance(source, str):
             source = self.parse(source, name, filename)
-        return super().compile(_Bounds().visit(source), name, filename, raw, defer_init)
+        bounded_tree: Any = _Bounds().visit(source)
+        return super().compile(bounded_tree, name, filename, raw, defer_init)  # type: ignore[call-overload]
 
 
 def _finalize(value: Any) -> Any:
     """What `{{ … }}` prints in text: JSON values only (never a repr with a memory address),
     counted as printed."""
+    if value is _NOTHING:
+        return value
     not_json(value, raising=True)
     _printed(value)
     return value
@@ -368,6 +425,8 @@ def environment() -> ImmutableSandboxedEnvironment:
 
 
 def _shell_word(value: Any) -> str:
+    if value is _NOTHING:
+        return ""
     _finalize(value)
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return shlex.quote(text)
