@@ -336,10 +336,11 @@ class McpPool:
         self._connections: dict[str, McpConnection] = {}
 
     async def get(self, name: str) -> McpConnection:
-        """The started connection to server `name`.
+        """The connection to server `name`; its server starts (or restarts) on the first request
+        that needs it, so asking for a tool list already known starts nothing.
 
         Raises:
-            StepError: No server of that name, or it failed to start.
+            StepError: No server of that name.
         """
         if name not in self._specs:
             known = ", ".join(sorted(self._specs)) or "none"
@@ -348,7 +349,6 @@ class McpPool:
         if connection is None:
             connection = McpConnection(self._specs[name], start_timeout=self._start_timeout)
             self._connections[name] = connection
-        await connection.start()
         return connection
 
     async def close_all(self) -> None:

@@ -135,7 +135,7 @@ class McpSession:
                 self.failure = describe_error(leaf)
                 if is_closed(leaf) and not self.ready.done():
                     self.failure = "it closed the connection before answering (did it exit?)"
-            log.debug("MCP server %r session ended: %s", self.spec.name, self.failure)
+            log.debug("MCP server %r session ended", self.spec.name)  # failure: server text
         finally:
             self.client = None
             self.failure = self.failure or "the session ended"
