@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -154,6 +157,59 @@ def test_a_message_too_large_to_match_a_request_ends_the_session(cli, write, sta
         f"MCP server 'flaky' sent a message of more than 1 MiB (raise {LIMIT_ENV} if that is "
         "expected) (during tool 'flood')"
     )
+    assert doc["steps"]["who"]["status"] == "completed"
+
+
+@pytest.fixture(params=["json", "events"])
+def http_server(request, state):
+    """The hostile server on streamable HTTP, answering with JSON or with server-sent events."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mode = ["--events"] if request.param == "events" else []
+    server = subprocess.Popen(
+        [sys.executable, str(HOSTILE), "--http", str(port), *mode],
+        env=os.environ | {"HOSTILE_STATE": str(state)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_a_huge_result_over_http_fails_its_step_with_the_same_size_error(
+    cli, write, http_server, monkeypatch
+):
+    monkeypatch.setenv(LIMIT_ENV, "1MiB")
+    path = write(
+        "p.yaml",
+        f"""
+        version: 1
+        name: http
+        tools: {{h: {{type: mcp, url: "{http_server}"}}}}
+        steps:
+          - {{id: big, tool: h.huge, with: {{mb: 2}}, retries: 2}}
+          - {{id: who, tool: h.pid}}
+        """,
+    )
+    doc = failed_run(cli, "run", path)
+    big = doc["steps"]["big"]
+    assert big["error"] == (
+        "MCP server 'h' answered tool 'huge' with more than 1 MiB, the limit; "
+        f"set {LIMIT_ENV} to allow larger results"
+    )
+    assert (big["error_kind"], big["attempts"]) == ("too_large", 1)
     assert doc["steps"]["who"]["status"] == "completed"
 
 

@@ -1,4 +1,6 @@
-"""A hostile MCP server built with the SDK's `MCPServer`: `python hostile_mcp.py` serves stdio.
+"""A hostile MCP server built with the SDK's `MCPServer`: `python hostile_mcp.py` serves stdio,
+`python hostile_mcp.py --http PORT [--events]` streamable HTTP (JSON replies, or server-sent
+events).
 
 Every start appends its pid to `$HOSTILE_STATE/starts`. Its tools answer with more data than
 anyone should hold, crash while another call is in flight, leak a secret on stderr, or block.
@@ -77,4 +79,10 @@ async def block() -> str:
 if __name__ == "__main__":
     with (STATE / "starts").open("a") as starts:
         starts.write(f"{os.getpid()}\n")
-    mcp.run()
+    if sys.argv[1:2] == ["--http"]:  # streamable HTTP on a port, replies as JSON or events
+        events = sys.argv[3:4] == ["--events"]
+        mcp.run(
+            "streamable-http", host="127.0.0.1", port=int(sys.argv[2]), json_response=not events
+        )
+    else:
+        mcp.run()

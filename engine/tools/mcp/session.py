@@ -23,10 +23,10 @@ import httpx2
 import mcp_types
 from mcp import Client, MCPError
 from mcp.client.stdio import get_default_environment
-from mcp.client.streamable_http import streamable_http_client
 from pydantic import ValidationError
 from stepchain import __version__
 from stepchain.errors import StepError
+from stepchain.tools.mcp.http import http_transport
 from stepchain.tools.mcp.stdio import (
     DEFAULT_MAX_MESSAGE,
     MAX_MESSAGE_ENV,
@@ -52,7 +52,7 @@ class McpServerSpec:
     env: dict[str, str]  # rendered; values may be secrets, so never log them
     cwd: str | None  # the pipeline's folder: stdio servers start there
     allowed_tools: tuple[str, ...] | None  # None: every tool is allowed
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE  # the largest message a stdio server may send
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE  # the largest message a server may send
 
     def __post_init__(self) -> None:
         if (self.command is None) == (self.url is None):
@@ -101,7 +101,7 @@ class McpSession:
     def _transport(self) -> Any:
         spec = self.spec
         if spec.url is not None:
-            return streamable_http_client(spec.url)
+            return http_transport(spec.url, max_bytes=spec.max_message_bytes)
         program, *args = spec.command or []
         if program in ("python", "python3"):
             program = sys.executable  # the engine's interpreter, with the engine's packages
