@@ -312,17 +312,17 @@ def test_servers_do_not_outlive_a_kill_9_of_stepchain(cli, write, state):
     engine = cli.spawn("run", path, "--run-id", "killed")
     blocked = state / "blocked"
     deadline = time.monotonic() + 60
-    while not blocked.exists() or not blocked.read_text():
+    while not blocked.exists() or len(blocked.read_text().split()) < 2:
         assert engine.poll() is None, engine.stderr.read()
         assert time.monotonic() < deadline, "the server never got the call"
         time.sleep(0.05)
-    server = int(blocked.read_text())
-    assert running(server)
+    server, child = map(int, blocked.read_text().split())
+    assert running(server) and running(child)
     engine.send_signal(signal.SIGKILL)
     engine.wait(30)
     deadline = time.monotonic() + 30  # a bounded poll: the kernel signals, the launcher kills
-    while running(server):
-        assert time.monotonic() < deadline, f"MCP server {server} outlived stepchain"
+    while running(server) or running(child):
+        assert time.monotonic() < deadline, f"MCP server {server} or its child outlived stepchain"
         time.sleep(0.05)
     shown = cli("runs", "show", "killed", "--json")
     run = json.loads(shown.stdout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,10 @@ def leak() -> str:
 
 @mcp.tool()
 async def block() -> str:
-    """Writes the server's pid to $HOSTILE_STATE/blocked, then never answers."""
-    (STATE / "blocked").write_text(str(os.getpid()))
+    """Starts a child process, writes the server's pid and the child's to
+    $HOSTILE_STATE/blocked, then never answers."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    (STATE / "blocked").write_text(f"{os.getpid()} {child.pid}")
     await asyncio.Event().wait()
     return "unreachable"
 

@@ -135,13 +135,16 @@ async def stdio_transport(
 
 def _check_program(program: str, env: dict[str, str], cwd: str | None) -> None:
     """Fail as the spawn would have: the launcher itself always starts."""
-    if os.sep in program:
-        path = Path(cwd or ".", program)
-        found = path.is_file() and os.access(path, os.X_OK)
-    else:
-        found = shutil.which(program, path=env.get("PATH", os.defpath)) is not None
-    if not found:
+    if os.sep not in program:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        return
+    path = Path(cwd or ".", program)
+    if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    if not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
 
 
 async def _read(
