@@ -305,6 +305,20 @@ def test_a_secret_on_a_servers_stderr_is_masked(cli, write, state, monkeypatch):
         assert form not in result.stdout + result.stderr + shown
 
 
+def test_a_server_flooding_stderr_is_quoted_by_its_last_words_only(cli, write, state):
+    path = pipeline(
+        write,
+        state,
+        "  - {id: shout, tool: h.shout, with: {mb: 30}, retries: 0}\n  - {id: who, tool: h.pid}",
+    )
+    doc = failed_run(cli, "run", path)
+    error = doc["steps"]["shout"]["error"]
+    assert error.splitlines()[0] == "MCP server 'h' closed the connection (during tool 'shout')"
+    assert error.splitlines()[-2].strip() == "fatal: out of breath"  # then the hint
+    assert len(error) < 3000  # the tail only, not 30 MB
+    assert doc["steps"]["who"]["status"] == "completed"
+
+
 def test_servers_do_not_outlive_a_kill_9_of_stepchain(cli, write, state):
     path = pipeline(
         write, state, "  - {id: who, tool: h.pid}\n  - {id: b, tool: h.block, needs: [who]}"

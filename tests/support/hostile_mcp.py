@@ -70,6 +70,16 @@ def leak() -> str:
 
 
 @mcp.tool()
+def shout(mb: int) -> str:
+    """Writes `mb` megabytes to stderr, then a last line, then crashes."""
+    chunk = "noise " * 100_000 + "\n"
+    for _ in range(mb * 10**6 // len(chunk)):
+        sys.stderr.write(chunk)
+    _crash("fatal: out of breath")
+    return "unreachable"
+
+
+@mcp.tool()
 async def block() -> str:
     """Starts a child process, writes the server's pid and the child's to
     $HOSTILE_STATE/blocked, then never answers."""
