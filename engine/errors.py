@@ -90,7 +90,7 @@ class CommandsNotAllowed(StepChainError):
 class StepError(StepChainError):
     """A step failed. `retryable` says whether another attempt may succeed; `kind` says what
     failed (`StepResult.error_kind`): rate_limit, timeout, server, connection, auth, bad_request,
-    not_found, malformed, schema, refused, tool, template, command, approval, step."""
+    not_found, malformed, too_large, schema, refused, tool, template, command, approval, step."""
 
     retryable = False
     kind = "step"
