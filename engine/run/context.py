@@ -120,8 +120,10 @@ class Runtime:
                 self.function_tool(name)
         if any(t.type == "mcp" for t in self.pipeline.tools.values()):
             from stepchain.run.mcp_servers import check_approval_possible
+            from stepchain.tools.mcp.stdio import max_message_from_env
 
             check_approval_possible(self)
+            max_message_from_env()  # a malformed STEPCHAIN_MAX_MCP_RESULT_BYTES fails here
         if self.pipeline.has_llm_steps and not self.options.offline:
             from stepchain.llm.client import check_credentials
             from stepchain.llm.limiter import limits_from_env

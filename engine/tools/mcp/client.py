@@ -20,6 +20,7 @@ from jsonschema.exceptions import best_match
 from mcp import Client, MCPError
 from pydantic import ValidationError
 from stepchain.errors import RetryableStepError, StepError, StepTimeout
+from stepchain.tools.mcp.http import TOO_LARGE_MARK
 from stepchain.tools.mcp.session import (
     NETWORK_ERRORS,
     McpServerSpec,
@@ -50,6 +51,15 @@ def replay_safe(annotations: mcp_types.ToolAnnotations | None) -> bool:
         and annotations.idempotent_hint is not False
         and annotations.open_world_hint is False
     )
+
+
+def _over_http_limit(exc: MCPError) -> bool:
+    """Whether the SDK resolved a request with an error because its HTTP reply (JSON, or a
+    server-sent event) was over the size limit."""
+    if exc.code == mcp_types.PARSE_ERROR:
+        return TOO_LARGE_MARK in str(exc)
+    text = str(exc)
+    return exc.code == mcp_types.CONNECTION_CLOSED and "exceeded the" in text and "limit" in text
 
 
 class ServerLost(RetryableStepError):
@@ -238,7 +248,7 @@ class McpConnection:
                 "the server is restarted on the next call; raise the step's timeout if it is slow",
             )
         except MCPError as exc:
-            if exc.code == TOO_LARGE:  # stands for a reply the transport dropped unread
+            if exc.code == TOO_LARGE or _over_http_limit(exc):  # a reply dropped unread
                 limit = format_size(self.spec.max_message_bytes)
                 raise StepError(
                     f"MCP server {name!r} answered {what} with more than {limit}, the limit; "
@@ -336,10 +346,11 @@ class McpPool:
         self._connections: dict[str, McpConnection] = {}
 
     async def get(self, name: str) -> McpConnection:
-        """The started connection to server `name`.
+        """The connection to server `name`; its server starts (or restarts) on the first request
+        that needs it, so asking for a tool list already known starts nothing.
 
         Raises:
-            StepError: No server of that name, or it failed to start.
+            StepError: No server of that name.
         """
         if name not in self._specs:
             known = ", ".join(sorted(self._specs)) or "none"
@@ -348,7 +359,6 @@ class McpPool:
         if connection is None:
             connection = McpConnection(self._specs[name], start_timeout=self._start_timeout)
             self._connections[name] = connection
-        await connection.start()
         return connection
 
     async def close_all(self) -> None:

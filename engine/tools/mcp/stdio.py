@@ -10,6 +10,8 @@ transport speaks the same newline-delimited JSON-RPC through the SDK's public pi
   JSON-RPC error for the request it answered (`TOO_LARGE`), so that call fails with a size
   error and the server goes on serving the others. A message whose id is not among its first
   bytes cannot be matched to a request: it ends the session (`MessageTooLarge`).
+- **Its stderr is kept as a tail.** It is read as it comes and only its last bytes are kept
+  (quoted, masked, in errors), so a server flooding stderr fills neither memory nor disk.
 - **The server is tied to the run.** It starts through `launcher.py` in a process group of its
   own, with a parent-death signal: a `kill -9` of the engine takes the server and its children
   with it. Stopping follows the SDK (and the MCP spec): close stdin, wait, then SIGTERM and
@@ -27,7 +29,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -43,6 +45,7 @@ __all__ = [
     "MAX_MESSAGE_ENV",
     "TOO_LARGE",
     "MessageTooLarge",
+    "StderrTail",
     "format_size",
     "max_message_from_env",
     "stdio_transport",
@@ -56,10 +59,28 @@ _HEAD = 4096  # bytes of an oversized message searched for its id
 _ID = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?\d+|"[^"\\]{0,200}")')
 _EXIT_GRACE = 2.0  # seconds a server gets to exit after its stdin closes, then after SIGTERM
 _FLUSH_GRACE = 0.5  # seconds to write what the session already sent before stdin closes
+_STDERR_GRACE = 1.0  # seconds for a server's last stderr to arrive after its stdout closed
 
 
 class MessageTooLarge(Exception):
     """A server sent a message over the size limit that answers no request we can name."""
+
+
+class StderrTail:
+    """The last `size` bytes a server wrote to stderr; memory stays bounded however much it
+    writes."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        self._data += chunk
+        if len(self._data) > 2 * self._size:
+            del self._data[: -self._size]
+
+    def text(self) -> str:
+        return bytes(self._data[-self._size :]).decode("utf-8", "replace").strip()
 
 
 _SIZE = re.compile(r"(\d+)\s*(|b|kib|mib|gib|kb|mb|gb)", re.IGNORECASE)
@@ -96,7 +117,7 @@ def format_size(size: int) -> str:
 
 @asynccontextmanager
 async def stdio_transport(
-    argv: list[str], *, env: dict[str, str], cwd: str | None, errlog: IO[bytes], max_bytes: int
+    argv: list[str], *, env: dict[str, str], cwd: str | None, stderr: StderrTail, max_bytes: int
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Start `argv` and yield the (read, write) streams the SDK's `Client` expects.
 
@@ -109,15 +130,15 @@ async def stdio_transport(
         [sys.executable, "-I", str(LAUNCHER), str(os.getpid()), program, *args],
         env=env,
         cwd=cwd,
-        stderr=errlog,
         start_new_session=True,
     )
     # No await between the spawn and the task group: a cancellation there would leak the server.
     to_session, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, from_session = anyio.create_memory_object_stream[SessionMessage](0)
-    writer_done = anyio.Event()
+    writer_done, stderr_done = anyio.Event(), anyio.Event()
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_read, process, to_session, max_bytes)
+        tasks.start_soon(_keep_tail, process, stderr, stderr_done)
+        tasks.start_soon(_read, process, to_session, max_bytes, stderr_done)
         tasks.start_soon(_write, process, from_session, to_session, writer_done)
         try:
             yield read_stream, write_stream
@@ -135,19 +156,23 @@ async def stdio_transport(
 
 def _check_program(program: str, env: dict[str, str], cwd: str | None) -> None:
     """Fail as the spawn would have: the launcher itself always starts."""
-    if os.sep in program:
-        path = Path(cwd or ".", program)
-        found = path.is_file() and os.access(path, os.X_OK)
-    else:
-        found = shutil.which(program, path=env.get("PATH", os.defpath)) is not None
-    if not found:
+    if os.sep not in program:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        return
+    path = Path(cwd or ".", program)
+    if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    if not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
 
 
 async def _read(
     process: Process,
     to_session: MemoryObjectSendStream[SessionMessage | Exception],
     max_bytes: int,
+    stderr_done: anyio.Event,
 ) -> None:
     """Hand the session one message per line of stdout; then drain stdout until it closes."""
     assert process.stdout is not None
@@ -156,9 +181,16 @@ async def _read(
         while True:
             try:
                 line = await lines.next()
-            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return
-            except OSError:
+            except (
+                anyio.EndOfStream,
+                anyio.ClosedResourceError,
+                anyio.BrokenResourceError,
+                OSError,
+            ):
+                # A server that exits closes stderr too: let the tail catch its last words
+                # before the session hears of the end and quotes them.
+                with anyio.move_on_after(_STDERR_GRACE):
+                    await stderr_done.wait()
                 return
             if isinstance(line, bytes) and not line.strip():
                 continue
@@ -170,6 +202,18 @@ async def _read(
     with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
         while True:
             await process.stdout.receive()
+
+
+async def _keep_tail(process: Process, tail: StderrTail, done: anyio.Event) -> None:
+    assert process.stderr is not None
+    try:
+        with suppress(
+            anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError
+        ):
+            while True:
+                tail.write(await process.stderr.receive())
+    finally:
+        done.set()
 
 
 async def _write(
@@ -262,8 +306,10 @@ async def _stop(process: Process) -> None:
     if not await _exited(process, _EXIT_GRACE):
         await terminate_posix_process_tree(process, _EXIT_GRACE)
         await _exited(process, _EXIT_GRACE)
-    with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-        await process.stdout.aclose()
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await pipe.aclose()
     # The asyncio transport stays open while anything holds a pipe end; nothing public closes it.
     transport = getattr(getattr(process, "_process", None), "_transport", None)
     close = getattr(transport, "close", None)
