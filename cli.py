@@ -15,7 +15,13 @@ from stepchain.errors import PipelineInvalid, StepChainError, UsageError
 
 RUN_ID_FLAG = click.option("--run-id", help="Name the run (default: <name>-<UTC time>-<4 hex>).")
 RUN_FLAGS = [
-    click.option("--max-concurrent", type=click.IntRange(min=1), default=8, show_default=True),
+    click.option(
+        "--max-concurrent",
+        type=click.IntRange(min=1),
+        default=8,
+        show_default=True,
+        help="Steps and foreach items running at once.",
+    ),
     click.option("--fail-fast", is_flag=True, help="Start nothing new after the first failure."),
     click.option("--no-cache", is_flag=True, help="Ignore cache hits (results are still stored)."),
     click.option(
@@ -35,7 +41,11 @@ RUN_FLAGS = [
     ),
     click.option("--json", "as_json", is_flag=True, help="Print the run as one JSON document."),
     click.option(
-        "--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True
+        "--executor",
+        type=click.Choice(["local", "dask"]),
+        default="local",
+        show_default=True,
+        help="Where tools and commands run: here, or on a Dask cluster (needs --scheduler).",
     ),
     click.option("--scheduler", envvar="STEPCHAIN_DASK_SCHEDULER", help="Dask scheduler address."),
 ]
@@ -59,6 +69,19 @@ def input_flags(func: Any) -> Any:
 
 class StepChainGroup(click.Group):
     """Shows StepChain errors as a message and a hint, with each error's own exit code."""
+
+    group_class = type  # `runs`, `cache`, `bundle`: the same class, so the same help layout
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's first sentence in full, wrapped (click cuts them off at the width)."""
+        rows = [
+            (name, command.get_short_help_str(limit=1000))
+            for name in self.list_commands(ctx)
+            if (command := self.get_command(ctx, name)) is not None and not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -90,7 +113,24 @@ class StepChainGroup(click.Group):
             sys.exit(70)
 
 
-@click.group(cls=StepChainGroup)
+EPILOG = """\b
+Environment:
+  STEPCHAIN_HOME       cache and run records (default: ./.stepchain)
+  OPENAI_API_KEY       the LLM provider's key (for prompt steps)
+  OPENAI_BASE_URL      an OpenAI-compatible server: Ollama, vLLM, llama.cpp
+  STEPCHAIN_LOG_LEVEL  the same as --log-level
+
+\b
+Exit codes:
+  0    success
+  1    a run failed, a pipeline is invalid, or a check found a difference
+  2    usage error: a bad flag, input or file
+  70   internal error (a bug; STEPCHAIN_DEBUG=1 shows the traceback)
+  130  interrupted (Ctrl-C or SIGTERM); resume with `stepchain resume RUN_ID`
+"""
+
+
+@click.group(cls=StepChainGroup, epilog=EPILOG)
 @click.version_option(__version__, prog_name="stepchain")
 @click.option(
     "--log-level",
@@ -402,7 +442,9 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest runs shown."
+)
 def runs_list(as_json: bool, limit: int) -> None:
     """List recent runs."""
     from stepchain.run.database import Storage
@@ -483,7 +525,13 @@ def cache_clear() -> None:
 @click.option(
     "--tools", "tools_file", type=click.Path(dir_okay=False), help="YAML/JSON of named tools."
 )
-@click.option("--max-steps", type=click.IntRange(1, 50), default=10, show_default=True)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(1, 50),
+    default=10,
+    show_default=True,
+    help="At most this many steps in the pipeline.",
+)
 @click.option("--model", help="Model for the decomposer.")
 @click.option(
     "--temperature",

@@ -32,6 +32,7 @@ from stepchain.errors import (
     PipelineInvalid,
     Problem,
     RetryableStepError,
+    StepChainError,
     UsageError,
     no_running_loop,
 )
@@ -54,6 +55,7 @@ log = logging.getLogger(LOGGER_NAME)
 MAX_STEPS_LIMIT = 50
 FILE = "decomposed.yaml"  # the name positions in repair feedback refer to
 CALL_TIMEOUT = 180.0
+MAX_ANSWER_CHARS = 1_000_000  # 50 steps with long prompts are a few hundred kB
 TRANSIENT_ATTEMPTS = 3
 _TOP_ORDER = (
     "version",
@@ -349,6 +351,8 @@ def _check(answer: str, given: dict[str, Any], max_steps: int) -> tuple[str, lis
             FILE, 1, 1, "", f"the answer is not valid JSON: {exc.msg} at char {exc.pos}"
         )
         return answer, [problem]
+    except RecursionError:
+        return answer, [Problem(FILE, 1, 1, "", "the answer is nested too deeply to read")]
     if not isinstance(doc, dict):
         return answer, [Problem(FILE, 1, 1, "", "the answer must be one JSON object: the pipeline")]
     doc.pop("$schema", None)  # the header's modeline says it
@@ -452,6 +456,13 @@ class _Asker:
             finally:
                 budget.reset(token)
         add_usage(self.usage, turn.usage)
+        if len(turn.text) > MAX_ANSWER_CHARS:  # not worth a repair, nor a place in the cache
+            raise StepChainError(
+                f"the model's answer is {len(turn.text):,} characters, larger than any pipeline "
+                f"of at most {MAX_STEPS_LIMIT} steps needs ({MAX_ANSWER_CHARS:,}); nothing was "
+                "written",
+                "try again, or another model",
+            )
         self.cache.put(key, turn.text, turn.usage, None)
         return turn.text
 

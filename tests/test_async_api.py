@@ -156,3 +156,101 @@ def test_overriding_a_method_the_engine_never_calls_fails_loudly():
         "AuditedExecutor.execute_step overrides a method StepChain never calls"
     )
     assert "on_step" in caught.value.hint
+
+
+# -- Python callables as function tools (execute(..., tools=...)) --------------------------
+CALLED: list[str] = []
+
+
+def shout(text: str) -> str:
+    """Say it louder."""
+    CALLED.append(text)
+    return text.upper() + "!"
+
+
+SHOUTING = """
+version: 1
+name: shouting
+steps:
+  - {id: loud, tool: shout, with: {text: hi}}
+  - {id: louder, tool: yell, with: {text: "{{ steps.loud.output }}"}}
+"""
+
+
+def recorded_runs() -> list[str]:
+    storage = stepchain.Storage()
+    try:
+        return [row["run_id"] for row in storage.list_runs(10)]
+    finally:
+        storage.close()
+
+
+def test_execute_runs_python_callables_as_function_tools(write):
+    CALLED.clear()
+    path = write("p.yaml", SHOUTING)
+    results = stepchain.execute(path, run_id="given", tools={"shout": shout, "yell": shout})
+    assert [(r.step_id, r.status, r.output) for r in results] == [
+        ("loud", "completed", "HI!"),
+        ("louder", "completed", "HI!!"),
+    ]
+    assert CALLED == ["hi", "HI!"]  # the callable itself, no consent asked: the caller's code
+    # a second run replays: the callable's module source is in the cache key
+    again = stepchain.execute(path, tools={"shout": shout, "yell": shout})
+    assert all(r.cached for r in again) and CALLED == ["hi", "HI!"]
+
+
+def test_executor_takes_a_03_tool_list_and_replaces_same_named_tools(write):
+    CALLED.clear()
+    path = write(
+        "p.yaml", SHOUTING.replace("steps:", "tools:\n  shout: {type: web_search}\nsteps:")
+    )
+    tools = [shout, {"type": "function", "function": {"name": "yell"}, "implementation": shout}]
+
+    async def main():
+        return await stepchain.Executor(2).arun(path, tools=tools)
+
+    result = asyncio.run(main())
+    assert result.status == "completed"
+    assert result.steps["louder"].output == "HI!!"
+    assert CALLED == ["hi", "HI!"]
+
+
+def test_aexecute_takes_tools_too(write):
+    CALLED.clear()
+    path = write("p.yaml", SHOUTING)
+
+    async def main():
+        return await aexecute(path, tools={"shout": shout, "yell": shout})
+
+    assert [r.output for r in asyncio.run(main())] == ["HI!", "HI!!"]
+
+
+@pytest.mark.parametrize(
+    ("tools", "message"),
+    [
+        ("shout", "tools must be a mapping of names to functions or tool definitions, or a list"),
+        (
+            {"shout": lambda text: text, "yell": shout},
+            "tool 'shout': '<lambda>' cannot be imported by name",
+        ),
+        ([shout, "web_browse"], "tools[1]: 'web_browse' is not a tool StepChain knows"),
+        ([shout, {"type": "mcp"}], "tools[1]: an MCP tool needs a server_label to name it"),
+    ],
+)
+def test_tools_that_cannot_be_used_are_refused_before_anything_runs(write, tools, message):
+    CALLED.clear()
+    path = write("p.yaml", SHOUTING)
+    with pytest.raises(stepchain.UsageError) as caught:
+        stepchain.execute(path, run_id="refused", tools=tools)
+    assert caught.value.message.startswith(message)
+    assert CALLED == [] and recorded_runs() == []
+
+
+def test_a_pipeline_still_missing_a_tool_says_where(write):
+    path = write("p.yaml", SHOUTING)
+    with pytest.raises(stepchain.PipelineInvalid) as caught:
+        stepchain.execute(path, run_id="missing", tools={"shout": shout})
+    [problem] = caught.value.problems
+    assert problem.format().startswith(f"{path}:5:")
+    assert "yell" in problem.message
+    assert recorded_runs() == []

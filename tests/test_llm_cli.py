@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 
 import pytest
 
@@ -182,3 +184,26 @@ def test_every_option_has_a_description(cli):
     assert "text: FILE:LINE:COL lines" in cli("validate", "--help").stdout
     assert "repeat for more steps" in cli("run", "--help").stdout
     assert "--log-format" in cli("--help").stdout
+
+
+def test_help_lists_whole_command_summaries_the_environment_and_exit_codes(cli):
+    text = cli("--help").stdout
+    assert "..." not in text.split("Commands:")[1]  # no summary cut off
+    assert "print every problem as FILE:LINE:COL: PATH:\n" in text
+    assert "MESSAGE." in text
+    for name in ("STEPCHAIN_HOME", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        assert name in text
+    codes = text.split("Exit codes:")[1].split()
+    assert {"0", "1", "2", "70", "130"} <= set(codes)
+    assert "timings, tokens." in cli("runs", "--help").stdout.split("Commands:")[1]
+    for command in (["run"], ["resume"], ["runs", "list"], ["decompose"]):
+        lines = [*cli(*command, "--help").stdout.splitlines(), ""]
+        bare = [
+            line.split()[0]
+            for line, after in itertools.pairwise(lines)
+            if line.startswith("  -")
+            and not re.fullmatch(r"  -\S.*?\s{2,}[A-Z].*", line)  # help beside the flag
+            and not re.match(r" {30,}[A-Z]", after)  # or on the next line
+        ]
+        assert not bare, (command, bare)  # every option says what it does
+    assert "Sampling temperature" in cli("decompose", "--help").stdout

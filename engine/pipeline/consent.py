@@ -64,7 +64,8 @@ def what_runs(pipeline: Pipeline) -> list[Runnable]:
             module = spec.function.partition(":")[0]
             local = local_module_file(module, pipeline.base_dir) is not None
             where = f"tools.{name}.function"
-            found.append(Runnable("function tool module", module, where, not local))
+            given = name in pipeline.functions  # the caller's own code, imported already
+            found.append(Runnable("function tool module", module, where, not (local or given)))
     return found
 
 

@@ -136,6 +136,9 @@ class Pipeline:
     source: Any = field(
         default=None, repr=False, compare=False
     )  # yaml_source.Source, for positions
+    # function tools given as Python callables (`execute(..., tools={"name": func})`): the
+    # caller's own code, already imported, so run as given and needing no consent
+    functions: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def by_id(self) -> dict[str, Step]:

@@ -16,7 +16,12 @@ from stepchain.pipeline.user_settings import UserSettings, load_user_settings
 from stepchain.run.masking import MIN_SECRET, Masker, printable
 from stepchain.settings import Settings
 from stepchain.templates import Vars
-from stepchain.tools.functions import FunctionTool, NotImported, load_function_tool
+from stepchain.tools.functions import (
+    FunctionTool,
+    NotImported,
+    given_function_tool,
+    load_function_tool,
+)
 from stepchain.tools.source import source_fingerprint, static_definition
 
 if TYPE_CHECKING:  # openai is imported only by runs with LLM steps
@@ -148,14 +153,17 @@ class Runtime:
     # -- tools ----------------------------------------------------------------------------
     def function_tool(self, name: str) -> FunctionTool:
         if name not in self._function_tools:
-            if not self.imports:
+            spec, given = self.pipeline.tools[name], self.pipeline.functions.get(name)
+            if given is None and not self.imports:
                 raise NotImported(
                     f"tool '{name}': its definition is known only by importing it, "
                     "which plan does not do",
                     "give the tool `parameters:` (and `description:`) in the pipeline",
                 )
-            self._function_tools[name] = load_function_tool(
-                self.pipeline.tools[name], self.pipeline.base_dir
+            self._function_tools[name] = (
+                given_function_tool(spec, given)
+                if given is not None
+                else load_function_tool(spec, self.pipeline.base_dir)
             )
         return self._function_tools[name]
 
@@ -200,6 +208,24 @@ class Runtime:
     async def mcp_replay_safe(self, server: str, tool: str) -> bool:
         """Whether the server's annotations let `server.tool`'s answer be cached."""
         return any(t["name"] == tool and t["replay_safe"] for t in await self.mcp_tools(server))
+
+    async def replay_safe(self, step: Step, request: dict[str, Any]) -> bool:
+        """Whether MCP servers with no `cache:` written let this request's result be cached.
+
+        A tool step: the tool it called. A prompt step: every MCP tool it offered the model,
+        since the answer may carry any of their results.
+        """
+        if step.kind == "tool":
+            return await self.mcp_replay_safe(request["tool"], request["remote"])
+        for identity in request.get("tools") or []:
+            spec = self.pipeline.tools.get(identity["name"])
+            if spec is None or spec.type != "mcp" or spec.hosted or spec.cache is not None:
+                continue
+            for tool in await self.mcp_tools(spec.name):
+                offered = spec.allowed_tools is None or tool["name"] in spec.allowed_tools
+                if offered and not tool["replay_safe"]:
+                    return False
+        return True
 
     async def run_command(self, request: dict[str, Any], cwd: str) -> tuple[int, bytes, bytes]:
         """A `run` step's command: here, or on a Dask worker with --executor dask."""

@@ -15,9 +15,9 @@ from stepchain.cache import ResultCache
 from stepchain.errors import StepChainError, UsageError, no_running_loop
 from stepchain.pipeline.definition import Pipeline
 from stepchain.pipeline.inputs import resolve_inputs
-from stepchain.pipeline.load import load_pipeline, load_pipeline_text
+from stepchain.pipeline.load import load_pipeline, load_pipeline_text, with_tools
 from stepchain.run.context import RunOptions, Runtime, default_run_id
-from stepchain.run.database import Storage
+from stepchain.run.database import OutOfSpace, Storage
 from stepchain.run.results import RunResult, StepResult
 from stepchain.run.scheduler import Observer, Scheduler
 from stepchain.run.step_log import run_finished
@@ -106,6 +106,7 @@ class Executor:
         refresh: Iterable[str] = (),
         allow_run: bool | None = None,
         approve: bool = False,
+        tools: dict[str, Any] | list[Any] | None = None,
         http_client: DefaultAsyncHttpxClient | None = None,
     ) -> list[StepResult]:
         """Run (or resume) a pipeline; one StepResult per step, in pipeline order.
@@ -120,6 +121,9 @@ class Executor:
             refresh: ids of steps to recompute whatever the cache holds.
             allow_run: allow `run` steps to start commands (None: STEPCHAIN_ALLOW_RUN decides).
             approve: approve MCP tools that have `require_approval: always`.
+            tools: tools added to the pipeline's `tools:` (same names replaced): names mapped
+                to Python callables (function tools, run as given, no consent needed) or tool
+                definitions, or a StepChain 0.3 tool list. Pass them again on resume.
             http_client: the HTTP client for LLM calls (an `openai.DefaultAsyncHttpxClient`),
                 e.g. with a proxy, client certificates or HTTP/2; StepChain does not close it.
                 An async client belongs to one event loop: give each `execute()` call its own
@@ -140,6 +144,7 @@ class Executor:
             refresh=refresh,
             allow_run=allow_run,
             approve=approve,
+            tools=tools,
             http_client=http_client,
         ).results
 
@@ -188,6 +193,7 @@ class Executor:
         refresh: Iterable[str] = (),
         allow_run: bool | None = None,
         approve: bool = False,
+        tools: dict[str, Any] | list[Any] | None = None,
         http_client: DefaultAsyncHttpxClient | None = None,
         observer: Observer | None = None,
         handle_signals: bool = False,
@@ -215,6 +221,8 @@ class Executor:
             handle_signals=handle_signals,
             offline=offline,
         )
+        if tools is not None:
+            pipeline = with_tools(pipeline, tools)
         return asyncio.run(self.run_with(pipeline, options, observer))
 
     async def arun(
@@ -229,6 +237,7 @@ class Executor:
         refresh: Iterable[str] = (),
         allow_run: bool | None = None,
         approve: bool = False,
+        tools: dict[str, Any] | list[Any] | None = None,
         http_client: DefaultAsyncHttpxClient | None = None,
         observer: Observer | None = None,
     ) -> RunResult:
@@ -244,6 +253,8 @@ class Executor:
             approve=approve,
             http_client=http_client,
         )
+        if tools is not None:
+            pipeline = with_tools(pipeline, tools)
         return await self.run_with(pipeline, options, observer)
 
     async def run_with(
@@ -258,9 +269,26 @@ class Executor:
         storage = Storage(settings)
         try:
             with storage.lock(run_id):
-                return await self._drive(
-                    pipeline, options, run_id, storage, cache, settings, self._observer(observer)
-                )
+                try:
+                    return await self._drive(
+                        pipeline,
+                        options,
+                        run_id,
+                        storage,
+                        cache,
+                        settings,
+                        self._observer(observer),
+                    )
+                except OutOfSpace as exc:
+                    if storage.mark_failed(run_id, exc.message):
+                        done, then = "stopped and is marked failed", f"`stepchain resume {run_id}`"
+                    elif storage.exists(run_id):  # left `running`: listed as interrupted
+                        done, then = "stopped", f"`stepchain resume {run_id}`"
+                    else:
+                        done, then = "was not recorded", "run it again"
+                    raise OutOfSpace(
+                        f"{exc.message}; run '{run_id}' {done}", f"free some space, then {then}"
+                    ) from None
         finally:
             storage.close()
             cache.close()
@@ -349,6 +377,7 @@ def execute(
     refresh: Iterable[str] = (),
     allow_run: bool | None = None,
     approve: bool = False,
+    tools: dict[str, Any] | list[Any] | None = None,
     http_client: DefaultAsyncHttpxClient | None = None,
 ) -> list[StepResult]:
     """Run (or resume) a pipeline and return one StepResult per step.
@@ -370,6 +399,7 @@ def execute(
         refresh=refresh,
         allow_run=allow_run,
         approve=approve,
+        tools=tools,
         http_client=http_client,
     )
 
@@ -386,6 +416,7 @@ async def aexecute(
     refresh: Iterable[str] = (),
     allow_run: bool | None = None,
     approve: bool = False,
+    tools: dict[str, Any] | list[Any] | None = None,
     http_client: DefaultAsyncHttpxClient | None = None,
 ) -> list[StepResult]:
     """`execute` for async code: await it inside a running event loop.
@@ -403,6 +434,7 @@ async def aexecute(
         refresh=refresh,
         allow_run=allow_run,
         approve=approve,
+        tools=tools,
         http_client=http_client,
     )
     return result.results

@@ -10,6 +10,7 @@ from stepchain.pipeline.definition import ToolSpec
 from stepchain.templates.render import render_value
 from stepchain.tools.blocking import run_in_thread
 from stepchain.tools.mcp.client import McpPool, McpServerSpec
+from stepchain.tools.mcp.stdio import max_message_from_env
 
 if TYPE_CHECKING:
     from stepchain.run.context import Runtime
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 def make_pool(runtime: Runtime) -> McpPool:
     """One pool per run: every engine-run (stdio or HTTP) MCP server of the pipeline."""
     context = runtime.base_context()
+    max_message = max_message_from_env()  # a malformed setting fails before anything starts
     specs = {}
     for name, tool in runtime.pipeline.tools.items():
         if tool.type != "mcp" or tool.hosted:
@@ -30,6 +32,7 @@ def make_pool(runtime: Runtime) -> McpPool:
             env={k: str(v) for k, v in env.items()},
             cwd=str(runtime.pipeline.base_dir),
             allowed_tools=tool.allowed_tools,
+            max_message_bytes=max_message,
         )
     return McpPool(specs)
 

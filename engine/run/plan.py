@@ -159,10 +159,10 @@ def _resolve(
         if step.kind == "template":  # pure: its output is known without running anything
             outputs = [request["output"] for request in prepared.requests]
             known[step.id] = {"output": prepared.output_of(outputs), "status": "completed"}
-        return "run", _why_run(step)
+        return "run", _why_run(step, _servers(prepared))
     outputs = [entry["output"] for entry in hits]
     known[step.id] = {"output": prepared.output_of(outputs), "status": "completed"}
-    return "replay", _why_replay(step)
+    return "replay", _why_replay(step, _servers(prepared))
 
 
 def _where(planned: StepPlan, step: Step, outcome: Any, runtime: Runtime) -> None:
@@ -184,26 +184,44 @@ def _where(planned: StepPlan, step: Step, outcome: Any, runtime: Runtime) -> Non
     planned.detail = f"{where}; {planned.detail}" if planned.detail else where
 
 
-def _why_run(step: Step) -> str:
+def _why_run(step: Step, servers: str) -> str:
     """Why a step must run: its cache policy and where that policy is written."""
     if not step.cache:
         return f"cache: false, from {step.cache_source}"
+    if step.cache_by_server and step.kind == "prompt":
+        return (
+            f"not cached: it offers {servers}, which set no cache:, so its answer is "
+            "cached only if the servers mark every tool offered read-only and closed-world"
+        )
     if step.cache_by_server:
         server, _, tool = step.get("tool").partition(".")
         return (
             f"not cached: tools.{server} sets no cache:, so {tool} is cached only if the server "
             "marks it read-only and closed-world"
         )
+    if step.cache_ttl is not None:
+        return (
+            f"no cached result for this request (entries kept {step.cache_ttl:g}s, "
+            f"from {step.cache_source})"
+        )
     return "no cached result for this request"
 
 
-def _why_replay(step: Step) -> str:
+def _why_replay(step: Step, servers: str) -> str:
     """Why a step replays: a cached result of the same request, and the policy allowing it."""
     ttl = f" (entries kept {step.cache_ttl:g}s)" if step.cache_ttl is not None else ""
+    if step.cache_by_server and step.kind == "prompt":
+        return f"cached: the servers mark every tool offered read-only and closed-world ({servers})"
     if step.cache_by_server:
         server, _, tool = step.get("tool").partition(".")
         return f"cached: the server marks {tool} read-only and closed-world (tools.{server})"
     return f"cached result of the same request; cache policy{ttl} from {step.cache_source}"
+
+
+def _servers(prepared: PreparedStep) -> str:
+    """The MCP servers (run by the engine) a prompt step offers, as `tools.NAME`."""
+    identities = prepared.requests[0].get("tools") or [] if prepared.requests else []
+    return ", ".join(f"tools.{i['name']}" for i in identities if i.get("type") == "mcp")
 
 
 def _known_false(step: Step, context: dict[str, Any], runtime: Runtime) -> bool:

@@ -15,9 +15,7 @@ from stepchain.pipeline.definition import Step
 from stepchain.run.context import Runtime
 from stepchain.steps import kind_of
 from stepchain.templates.render import evaluate
-from stepchain.templates.sandbox import render_budget
-
-MAX_RENDER_SECONDS = 60.0  # a step's templates render within its timeout, and never longer
+from stepchain.templates.sandbox import MAX_RENDER_SECONDS, render_budget
 
 
 @dataclass
@@ -42,7 +40,7 @@ def prepare_step(step: Step, context: dict[str, Any], runtime: Runtime) -> Prepa
         StepError: a template or expression failed, or `foreach` did not give a list; the
             message points at the place in the pipeline file.
     """
-    with render_budget(min(step.timeout or MAX_RENDER_SECONDS, MAX_RENDER_SECONDS)):
+    with render_budget(step.timeout or MAX_RENDER_SECONDS):
         if step.when is not None and not evaluate(
             step.when, context, runtime.path_of(step, "when"), runtime.locate
         ):

@@ -8,9 +8,16 @@ from typing import Any
 
 from stepchain.errors import StepError
 from stepchain.templates.compiled import compile_expression, compile_template
+from stepchain.templates.sandbox import (
+    SIZE_SETTING,
+    RenderTimeout,
+    RenderTooLarge,
+    bounded,
+    not_json,
+    sized,
+)
 
 Locate = Callable[[tuple], str]
-_JSON_VALUES = (str, int, float, bool, type(None), list, tuple, dict)
 
 
 class TemplateFailure(StepError):
@@ -23,13 +30,14 @@ def render_value(value: Any, context: dict[str, Any], path: tuple, locate: Locat
     """Render every string in `value` (recursively through lists and mappings)."""
     if isinstance(value, str):
         try:
-            rendered = compile_template(value).render(context)
+            with bounded():
+                rendered = sized(compile_template(value).render(context))
         except Exception as exc:  # any error inside a user's template is the user's to fix
             raise _failure(exc, path, locate) from None
-        if not isinstance(rendered, _JSON_VALUES):  # a range, bytes, a function: no JSON value
+        problem = not_json(rendered)  # a range, bytes, a function, NaN, also inside a list
+        if problem is not None:
             raise TemplateFailure(
-                f"{locate(path)}: template error: the value is a {type(rendered).__name__}, "
-                "which is not JSON",
+                f"{locate(path)}: template error: the value {problem}, which is not JSON",
                 "give text, a number, a boolean, a list or a mapping (e.g. `| list`, `| string`)",
             )
         return rendered
@@ -51,7 +59,8 @@ def render_shell(value: str, context: dict[str, Any], path: tuple, locate: Locat
     from stepchain.templates.sandbox import shell_environment
 
     try:
-        return shell_environment().from_string(value).render(context)
+        with bounded():
+            return shell_environment().from_string(value).render(context)
     except Exception as exc:
         raise _failure(exc, path, locate) from None
 
@@ -59,18 +68,22 @@ def render_shell(value: str, context: dict[str, Any], path: tuple, locate: Locat
 def evaluate(expr: str, context: dict[str, Any], path: tuple, locate: Locate) -> Any:
     """Evaluate a `when` or `foreach` expression."""
     try:
-        return compile_expression(expr).render(context)
+        with bounded():
+            return compile_expression(expr).render(context)
     except Exception as exc:
         raise _failure(exc, path, locate) from None
 
 
 def _to_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _failure(exc: Exception, path: tuple, locate: Locate) -> TemplateFailure:
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return TemplateFailure(
-        f"{locate(path)}: template error: {message}",
-        "fix the template; `stepchain validate` checks names and syntax before a run",
-    )
+    if isinstance(exc, RenderTimeout):
+        hint = "make the template do less (a loop too many?), or raise the step's timeout:"
+    elif isinstance(exc, RenderTooLarge):
+        hint = f"make the template make less, or raise {SIZE_SETTING} if that much is meant"
+    else:
+        hint = "fix the template; `stepchain validate` checks names and syntax before a run"
+    return TemplateFailure(f"{locate(path)}: template error: {message}", hint)

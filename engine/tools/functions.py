@@ -107,6 +107,11 @@ def load_function_tool(spec: ToolSpec, base_dir: Path) -> FunctionTool:
     if not callable(func):
         raise StepChainError(f"tool '{spec.name}': {spec.function} is not callable")
     _check_defined_here(spec, func, base_dir)
+    return given_function_tool(spec, func)
+
+
+def given_function_tool(spec: ToolSpec, func: Callable[..., Any]) -> FunctionTool:
+    """A function tool for a callable in hand (imported here, or given from Python)."""
     return FunctionTool(
         name=spec.name,
         target=spec.function or "",

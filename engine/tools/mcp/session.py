@@ -22,11 +22,17 @@ import anyio
 import httpx2
 import mcp_types
 from mcp import Client, MCPError
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
 from pydantic import ValidationError
 from stepchain import __version__
 from stepchain.errors import StepError
+from stepchain.tools.mcp.stdio import (
+    DEFAULT_MAX_MESSAGE,
+    MAX_MESSAGE_ENV,
+    MessageTooLarge,
+    stdio_transport,
+)
 
 log = logging.getLogger("stepchain.mcp")
 
@@ -46,6 +52,7 @@ class McpServerSpec:
     env: dict[str, str]  # rendered; values may be secrets, so never log them
     cwd: str | None  # the pipeline's folder: stdio servers start there
     allowed_tools: tuple[str, ...] | None  # None: every tool is allowed
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE  # the largest message a stdio server may send
 
     def __post_init__(self) -> None:
         if (self.command is None) == (self.url is None):
@@ -61,6 +68,7 @@ class McpSession:
         self.failure: str | None = None  # why this link must not be used again
         self.transient = False  # whether it failed the way a network hiccup does
         self.inflight = 0
+        self.inflight_at_loss: int | None = None  # calls in flight when the server was lost
         self.retired = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._stop = asyncio.Event()
@@ -98,10 +106,14 @@ class McpSession:
         if program in ("python", "python3"):
             program = sys.executable  # the engine's interpreter, with the engine's packages
         inherited = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
-        params = StdioServerParameters(
-            command=program, args=args, env=inherited | spec.env, cwd=spec.cwd
+        assert self._stderr is not None
+        return stdio_transport(
+            [program, *args],
+            env=get_default_environment() | inherited | spec.env,
+            cwd=spec.cwd,
+            errlog=self._stderr,
+            max_bytes=spec.max_message_bytes,
         )
-        return stdio_client(params, errlog=self._stderr)  # type: ignore[arg-type]
 
     async def _serve(self) -> None:
         try:
@@ -136,7 +148,10 @@ class McpSession:
                 self._stderr = None
 
     async def _on_message(self, message: object) -> None:
-        if isinstance(message, Exception):  # the transport could not parse what the server sent
+        if isinstance(message, MessageTooLarge):  # too large to say which request it answers
+            self.failure = f"{message} (raise {MAX_MESSAGE_ENV} if that is expected)"
+            self.stop(force=True)
+        elif isinstance(message, Exception):  # the transport could not parse what the server sent
             self.failure = f"sent something that is not JSON-RPC: {describe_error(message)}"
             self.stop(force=True)
 
@@ -217,7 +232,10 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ValidationError) and exc.errors():
         error = exc.errors()[0]
         if error["type"] == "json_invalid":  # quote the offending line itself
-            return repr(str(error["input"])[:200])
+            line = error["input"]
+            if isinstance(line, bytes):
+                line = line[:200].decode("utf-8", "replace")
+            return repr(str(line)[:200])
         where = ".".join(str(part) for part in error["loc"])
         return f"{where}: {error['msg']}" if where else error["msg"]
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
