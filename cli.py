@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ from typing import Any
 
 import click
 from stepchain import __version__
-from stepchain.errors import PipelineInvalid, StepChainError, UsageError
+from stepchain.errors import PipelineInvalid, StepChainError, UsageError, for_command_line
 
 RUN_ID_FLAG = click.option("--run-id", help="Name the run (default: <name>-<UTC time>-<4 hex>).")
 RUN_FLAGS = [
@@ -93,15 +94,22 @@ class StepChainGroup(click.Group):
         except StepChainError as exc:
             from stepchain.run.masking import printable
 
-            click.echo(f"error: {printable(exc.message)}", err=True)
+            click.echo(f"error: {printable(for_command_line(exc.message))}", err=True)
             if exc.hint:
-                click.echo(f"  hint: {printable(exc.hint)}", err=True)
+                click.echo(f"  hint: {printable(for_command_line(exc.hint))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"error: cannot write{where}: {exc.strerror or exc}", err=True)
+            click.echo("  hint: free some space (or raise the quota), then try again", err=True)
+            sys.exit(1)
         except Exception as exc:
             if os.environ.get("STEPCHAIN_DEBUG"):
                 raise
@@ -196,14 +204,33 @@ def _list_runnables(files: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path())
-def trust(files: tuple[str, ...]) -> None:
+@click.argument("files", nargs=-1, type=click.Path())
+@click.option(
+    "--package",
+    "packages",
+    multiple=True,
+    metavar="NAME",
+    help="Trust an installed package: its functions may be function tools in any pipeline.",
+)
+@click.option(
+    "--forget-package", "forget", multiple=True, metavar="NAME", help="Stop trusting a package."
+)
+def trust(files: tuple[str, ...], packages: tuple[str, ...], forget: tuple[str, ...]) -> None:
     """Approve FILE's commands, MCP servers and function tools for its current content."""
     from stepchain.pipeline.load import load_pipeline
     from stepchain.run.trust import trust as record
+    from stepchain.run.trust import trust_package
     from stepchain.settings import current_settings
     from stepchain.ui.reporting import format_runnables
 
+    if not (files or packages or forget):
+        raise UsageError("name a FILE to trust, or --package NAME", "see `stepchain trust --help`")
+    for name in packages:
+        trust_package(name, current_settings())
+        click.echo(f"trusted package {name}: its functions may be function tools in any pipeline")
+    for name in forget:
+        left = trust_package(name, current_settings(), forget=True)
+        click.echo(f"no longer trusted: {name} (trusted packages: {', '.join(left) or 'none'})")
     for file in files:
         pipeline = load_pipeline(file)
         allowed = record(pipeline, current_settings())
@@ -420,7 +447,9 @@ def _run(
             click.echo(f"{name}: {printable(text)}")
     failed = [r for r in result.results if r.status == "failed"]
     for r in failed:
-        click.echo(f"step {r.step_id} failed: {printable(r.error or '')}", err=True)
+        click.echo(
+            f"step {r.step_id} failed: {printable(for_command_line(r.error or ''))}", err=True
+        )
     click.echo(f"run {result.run_id} {result.status}", err=True)
     if result.status != "completed":
         click.echo(f"  resume with: stepchain resume {result.run_id}", err=True)
@@ -551,20 +580,27 @@ def decompose(
     """Write a pipeline for TASK (YAML only, for review; nothing is run)."""
     from stepchain.decomposer import decompose_to_yaml
 
-    schema_ref = None
-    local_schema = Path("schemas/pipeline.schema.json")
-    if output and local_schema.exists():  # in a checkout: point the modeline at the repo's schema
-        schema_ref = os.path.relpath(local_schema.resolve(), Path(output).resolve().parent)
     text = decompose_to_yaml(
         task,
         tools=tools_file,
         max_steps=max_steps,
         model=model,
         temperature=temperature,
-        schema_ref=schema_ref,
     )
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        partial = Path(output).with_name(f".{Path(output).name}.{os.getpid()}")
+        try:  # all or nothing: never half a pipeline where the file was
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, output)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                exc.filename = output
+                raise  # a full disk: one line, exit 1, like every other write
+            raise UsageError(
+                f"cannot write {output}: {exc.strerror}", "choose another -o"
+            ) from None
         click.echo(f"wrote {output}; review it, then: stepchain validate {output}", err=True)
     else:
         click.echo(text, nl=False)

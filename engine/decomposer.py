@@ -212,7 +212,8 @@ def decompose_to_yaml(
 ) -> str:
     """Like decompose(), but the YAML text with its header comment (what `-o FILE` writes).
 
-    `schema_ref` is the `$schema` of the yaml-language-server modeline (default: the schema's $id).
+    `schema_ref` is the `$schema` of the yaml-language-server modeline (default
+    `../schemas/pipeline.schema.json`, as in every pipeline of this project).
     """
     no_running_loop("decompose_to_yaml", "adecompose_to_yaml")
     return asyncio.run(
@@ -256,9 +257,16 @@ async def adecompose_to_yaml(
     return header(task, model, schema_ref) + body
 
 
+# The modeline of every pipeline this project writes (SPEC §2, pipelines/*.yaml): pipelines in
+# `pipelines/`, the schema in `schemas/` (`stepchain schema > schemas/pipeline.schema.json`).
+# One relative reference, the same wherever and however the file is written: the schema's $id
+# names no server that serves it, and a path computed from the working directory moves.
+SCHEMA_MODELINE = "../schemas/pipeline.schema.json"
+
+
 def header(task: str, model: str, schema_ref: str | None = None) -> str:
     """The comment block on top of a decomposed pipeline: modeline, task, model, date."""
-    ref = schema_ref or pipeline_schema().get("$id", "pipeline.schema.json")
+    ref = schema_ref or SCHEMA_MODELINE
     task_lines = task.strip().splitlines() or [""]
     lines = [
         f"# yaml-language-server: $schema={ref}",
@@ -395,6 +403,7 @@ class _Asker:
         self.provider, self.name = split_model(model, parse_providers(user.providers))
         self.limiters = Limiters(declared_limits(user.limits), self._provider_limits())
         self.cache = ResultCache(settings)
+        self.settings = settings
         self.no_cache = no_cache
         self.http_client = http_client
         self.client: LLMClient | None = None
@@ -408,7 +417,11 @@ class _Asker:
     def _client(self) -> LLMClient:
         """The client of the model's provider (or OPENAI_*), sharing the loop's rate limiters."""
         if self.provider is None:
-            return LLMClient.from_env(self.http_client, limiters=self.limiters)
+            return LLMClient.from_env(
+                self.http_client,
+                limiters=self.limiters,
+                max_answer_bytes=self.settings.answer_limit(),
+            )
         check_provider_credentials(self.provider)
         return LLMClient(
             os.environ[self.provider.api_key_env],
@@ -416,6 +429,7 @@ class _Asker:
             self.http_client,
             limiters=self.limiters,
             headers=self.provider.headers,
+            max_answer_bytes=self.settings.answer_limit(),
         )
 
     async def ask(self, messages: list[dict[str, Any]]) -> str:

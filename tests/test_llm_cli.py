@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+from conftest import REPO
 
 from tests.support.fake_openai import FakeOpenAI, Reply
 
@@ -207,3 +208,31 @@ def test_help_lists_whole_command_summaries_the_environment_and_exit_codes(cli):
         ]
         assert not bare, (command, bare)  # every option says what it does
     assert "Sampling temperature" in cli("decompose", "--help").stdout
+
+
+def test_decompose_writes_one_schema_modeline_wherever_the_file_goes(cli, fake, tmp_path):
+    """The SPEC's modeline: the same for stdout, any -o folder and the API, and it resolves."""
+    from stepchain.decomposer import decompose_to_yaml
+
+    fake.default = Reply.json(PLAN)
+    printed = cli("decompose", "Write an article brief").stdout
+    cli("decompose", "Write an article brief", "-o", "deep/er/brief.yaml")
+    written = (tmp_path / "deep" / "er" / "brief.yaml").read_text(encoding="utf-8")
+    from_api = decompose_to_yaml("Write an article brief")
+    modeline = "# yaml-language-server: $schema=../schemas/pipeline.schema.json"
+    assert {printed.splitlines()[0], written.splitlines()[0], from_api.splitlines()[0]} == {
+        modeline
+    }
+    # a pipeline in pipelines/ next to schemas/ (this repository's layout) finds the schema
+    # `stepchain schema` prints
+    target = (REPO / "pipelines" / modeline.split("=", 1)[1]).resolve()
+    assert target.read_text(encoding="utf-8") == cli("schema").stdout
+
+
+def test_decompose_to_a_place_it_cannot_write_says_so(cli, fake, write):
+    fake.default = Reply.json(PLAN)
+    write("taken", "a file, not a folder")
+    result = cli("decompose", "Write an article brief", "-o", "taken/brief.yaml")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: cannot write taken/brief.yaml: ")
+    assert "hint: choose another -o" in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
 from stepchain.errors import PipelineInvalid, Problem, UsageError
 from stepchain.pipeline.checks import check_semantics
 from stepchain.pipeline.definition import (
@@ -105,6 +106,8 @@ def with_tools(pipeline: Pipeline | str | Path, tools: dict[str, Any] | list[Any
         raise PipelineInvalid(problems)
     built.path = path
     built.functions = functions
+    header = "# recorded with the tools given from Python (execute(..., tools=...))\n"
+    built.record_text = header + yaml.safe_dump(built.source.data, sort_keys=False)
     return built
 
 

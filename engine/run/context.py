@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -54,6 +57,11 @@ def default_run_id(pipeline: Pipeline) -> str:
     return f"{pipeline.name}-{stamp}-{token_hex(2)}"
 
 
+# The step a task is running (set by the scheduler in each step's task), for what happens
+# deep inside a step and concerns it, like an approval question.
+current_step: ContextVar[str | None] = ContextVar("stepchain_current_step", default=None)
+
+
 class Runtime:
     """Per-run state shared by the step kinds. Created by the executor, closed at the end."""
 
@@ -75,6 +83,15 @@ class Runtime:
         self._roots: dict[str, Any] | None = None  # the template context's fixed roots
         self.backend: Any = None  # a DaskBackend with --executor dask, else None (local)
         self.imports = True  # `plan` sets False: it imports no function tool's module
+        # the observer's `paused(step_id)`, if it has one: the live table leaves the terminal
+        # while a question is asked there
+        self.pause_display: Callable[[str | None], AbstractContextManager[None]] | None = None
+
+    def asking(self) -> AbstractContextManager[None]:
+        """Around a question on the terminal: the live display pauses, the step's clock too."""
+        if self.pause_display is None:
+            return nullcontext()
+        return self.pause_display(current_step.get())
 
     # -- checks before anything runs ------------------------------------------------------
     def preflight(self) -> None:
@@ -121,6 +138,7 @@ class Runtime:
             if default:
                 check_credentials()
             limits_from_env()  # a malformed STEPCHAIN_LIMITS fails here, not in a step
+            self.settings.answer_limit()  # and so does a malformed STEPCHAIN_MAX_ANSWER_BYTES
 
     @property
     def approve(self) -> bool:
@@ -303,6 +321,7 @@ class Runtime:
                 self.options.http_client,
                 limiters=self.limiters,
                 headers=provider.headers,
+                max_answer_bytes=self.settings.answer_limit(),
             )
             self._provider_clients[provider.name] = client
         return client, name, provider.api
@@ -312,7 +331,11 @@ class Runtime:
         if self._llm is None:
             from stepchain.llm.client import LLMClient
 
-            self._llm = LLMClient.from_env(self.options.http_client, limiters=self.limiters)
+            self._llm = LLMClient.from_env(
+                self.options.http_client,
+                limiters=self.limiters,
+                max_answer_bytes=self.settings.answer_limit(),
+            )
         return self._llm
 
     async def aclose(self) -> None:

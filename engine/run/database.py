@@ -122,6 +122,11 @@ class Storage:
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as exc:
+            if is_out_of_space(exc):
+                raise StepChainError(
+                    f"cannot open the run database {self.path}: {exc} (is the disk full?)",
+                    "free some space, then try again",
+                ) from None
             if not is_damaged(exc):
                 raise StepChainError(f"cannot open the run database {self.path}: {exc}") from None
             self._db = self._replace(exc)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 # Methods of StepChain 0.3's Executor that the engine no longer calls: overriding one would
 # silently do nothing, so a subclass that does is refused when it is defined.
 _NEVER_CALLED = ("execute_step", "run_step", "_execute_step")
+# Optional methods of an observer besides its events (see Executor.run)
+_OBSERVER_EXTRAS = ("watch_limits", "progress", "paused")
 
 
 class Executor:
@@ -92,6 +94,9 @@ class Executor:
                 except Exception:
                     log.exception("the on_step hook failed on step %s", step_id)
 
+        for name in _OBSERVER_EXTRAS:  # what the wrapped observer offers besides events
+            if hasattr(observer, name):
+                setattr(observe, name, getattr(observer, name))
         return observe
 
     def execute(
@@ -204,7 +209,10 @@ class Executor:
         The arguments are those of `execute`; `observer(event, step_id, result)` hears each
         step start, attempt and finish, and `waiting`/`resumed` around a wait for a rate limit
         (an observer with a `watch_limits(summary)` method is handed a callable giving one line
-        per model: requests and tokens per minute against its limits); `handle_signals` turns SIGINT/SIGTERM into a clean stop;
+        per model: requests and tokens per minute against its limits; one with
+        `progress(step_id, done, total)` hears a foreach step's items finish; one with
+        `paused(step_id)`, a context manager, is entered while a question is asked on the
+        terminal); `handle_signals` turns SIGINT/SIGTERM into a clean stop;
         `offline` refuses to start when any step would call a model, a tool or a command.
         """
         no_running_loop("Executor.run", "Executor.arun")
@@ -329,11 +337,12 @@ class Executor:
                 run_id,
                 name=pipeline.name,
                 path=str(pipeline.path.resolve()) if pipeline.path else None,
-                text=pipeline.text,
+                text=pipeline.record_text or pipeline.text,
                 text_hash=pipeline.hash,
                 inputs=runtime.mask(inputs),
             )
             storage.commit()
+            runtime.pause_display = getattr(observer, "paused", None)
             watch = getattr(observer, "watch_limits", None)
             if watch is not None and pipeline.has_llm_steps:  # e.g. the live table's rate line
                 watch(runtime.limiters.summary)

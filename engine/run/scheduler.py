@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from stepchain.cache import ResultCache
 from stepchain.cache.pending import PendingWrites
@@ -27,7 +27,7 @@ from stepchain.errors import (
 from stepchain.llm.limiter import Budget, budget
 from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import Step
-from stepchain.run.context import Runtime
+from stepchain.run.context import Runtime, current_step
 from stepchain.run.database import Storage
 from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.run.results import RunResult, RunStatus, StepResult, now
@@ -41,6 +41,7 @@ from stepchain.templates.render import render_value
 log = logging.getLogger(LOGGER_NAME)
 MAX_SERVER_WAIT = 600.0  # seconds a Retry-After may hold a step that has no timeout
 Observer = Callable[[str, str, StepResult | None], None]  # (event, step_id, result)
+_T = TypeVar("_T")
 
 
 class _Failed(Exception):
@@ -71,6 +72,8 @@ class Scheduler:
         self.cache = cache
         self.previous = previous
         self.observe = observer or (lambda *_: None)
+        # an observer's progress(step_id, done, total) hears a foreach step's items finish
+        self.progress: Callable[[str, int, int], None] | None = getattr(observer, "progress", None)
         self.results: dict[str, StepResult] = {}
         self.visible: dict[str, dict[str, Any]] = Vars()  # what templates see as `steps`
         self.writes = PendingWrites(cache)  # new cache entries, written in batches
@@ -199,6 +202,7 @@ class Scheduler:
 
     # -- one step -------------------------------------------------------------------------
     async def _run_step(self, step: Step) -> StepResult:
+        current_step.set(step.id)  # this task's own context: seen by what the step calls
         result = StepResult(step.id, "completed", started_at=now())
         try:
             prepared = prepare_step(step, self._context(), self.rt)
@@ -275,6 +279,8 @@ class Scheduler:
         if step.foreach is None:
             self._collect(prepared, result, [await runs[0]])
             return
+        if self.progress is not None:
+            runs = _counted(self.progress, step.id, runs)
         outcomes = await asyncio.gather(*runs, return_exceptions=True)
         failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
         for _, error in failures:
@@ -540,3 +546,23 @@ def _record_try(
             end = entry["finished_at"]
             entry["waits"] = [{**w, "finished_at": w.get("finished_at", end)} for w in waits]
         tries.append({**entry, **wait})
+
+
+def _counted(
+    progress: Callable[[str, int, int], None],
+    step_id: str,
+    runs: list[Coroutine[Any, Any, _T]],
+) -> list[Coroutine[Any, Any, _T]]:
+    """A foreach step's item runs, each telling `progress` when it is done."""
+    total, done = len(runs), 0
+    progress(step_id, 0, total)
+
+    async def counted(run: Coroutine[Any, Any, _T]) -> _T:
+        nonlocal done
+        try:
+            return await run
+        finally:
+            done += 1
+            progress(step_id, done, total)
+
+    return [counted(run) for run in runs]

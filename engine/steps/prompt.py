@@ -247,7 +247,7 @@ class _Toolbox:
             if not self.services.approve:
                 raise StepError(
                     f"hosted MCP server '{spec.name}' has require_approval: always",
-                    "review what it may do, then approve its calls with --approve",
+                    "review what it may do, then approve its calls with approve=True",
                 )
             definition["require_approval"] = "never"  # approved up front by --approve
         return definition

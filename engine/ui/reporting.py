@@ -55,7 +55,13 @@ def format_runnables(runs: list[Runnable]) -> list[str]:
         return []
     lines = ["", "runs programs or code:"]
     for r in runs:
-        note = "needs consent" if r.needs_consent else "in the pipeline's folder"
+        note = (
+            "needs consent"
+            if r.needs_consent
+            else "a trusted package"
+            if r.trusted_package
+            else "in the pipeline's folder"
+        )
         lines.append(f"  {r.describe()}  [{note}]")
     return lines
 

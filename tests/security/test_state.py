@@ -157,3 +157,47 @@ def test_a_full_disk_before_the_run_is_recorded_is_one_line(cli, write, isolated
     again = cli.proc("run", path, "--inputs-file", inputs, "--run-id", "none", "--json")
     assert again.returncode == 0, again.stderr  # space is back: it runs
     assert json.loads(again.stdout)["steps"]["second"]["output"] == "x" * 1_100_000 + "12"
+
+
+def _no_files():
+    """In the child: no file may grow at all (every write is EFBIG)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+def test_no_space_for_the_state_folder_is_one_line_for_every_command(cli, write, isolated_home):
+    path = write("p.yaml", PIPELINE)
+    db = isolated_home / "runs.db"
+    for args in (["run", path], ["runs", "list"]):
+        result = cli.proc(*args, preexec_fn=_no_files)
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [
+            f"error: cannot open the run database {db}: disk I/O error (is the disk full?)",
+            "  hint: free some space, then try again",
+        ]
+    store = isolated_home / "trusted.json"
+    for args in (["trust", path], ["trust", "--package", "yaml"]):
+        result = cli.proc(*args, preexec_fn=_no_files)
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [
+            f"error: cannot write {store}: File too large; nothing was trusted",
+            "  hint: free some space (or fix the folder's permissions), then try again",
+        ]
+    assert not store.exists() and not list(isolated_home.glob(".trusted.json.*"))
+
+
+def test_no_space_for_a_decomposed_file_is_one_line(cli, tmp_path):
+    from tests.support.fake_openai import FakeOpenAI, Reply
+
+    answer = {"version": 1, "name": "d", "steps": [{"id": "a", "template": "x"}]}
+    with FakeOpenAI() as fake:
+        fake.script(Reply.json(answer))
+        out = tmp_path / "d.yaml"
+        result = cli.proc("decompose", "a task", "-o", out, env=fake.env(), preexec_fn=_no_files)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-2:] == [
+        f"error: cannot write {out}: File too large",
+        "  hint: free some space (or raise the quota), then try again",
+    ]
+    assert list(tmp_path.glob("*d.yaml*")) == []  # no half-written file left
