@@ -119,11 +119,9 @@ def test_plan_names_the_provider_and_replays_after_a_run(servers, cli, tmp_path)
     path = pipeline(tmp_path, local, MIXED)
     cold = cli.json("plan", path)["steps"]
     assert cold["cheap"]["action"] == "run"
-    # where it would go, then why it runs (issue 14's reason)
-    assert (
-        cold["cheap"]["detail"]
-        == f"provider local at {local.base_url}; no cached result for this request"
-    )
+    # where it would go, and why it runs (issue 14's reason)
+    assert (cold["cheap"]["provider"], cold["cheap"]["base_url"]) == ("local", local.base_url)
+    assert cold["cheap"]["detail"] == "no cached result for this request"
     cli("run", path)
     warm = {sid: s["action"] for sid, s in cli.json("plan", path)["steps"].items()}
     assert warm == {"cheap": "replay", "hard": "replay"}
@@ -253,10 +251,11 @@ def test_plan_shows_where_every_llm_step_goes_when_it_runs_and_when_it_replays(
         assert (cheap["action"], hard["action"]) == actions
         assert (cheap["provider"], cheap["base_url"]) == ("local", local.base_url)
         assert (hard["provider"], hard["base_url"]) == (None, hosted.base_url)
-        assert cheap["detail"].startswith(f"provider local at {local.base_url}; ")
-        assert hard["detail"].startswith(f"default server at {hosted.base_url}; ")
         text = cli("plan", path).output
-        assert f"(provider local at {local.base_url}; " in text
+        assert f"cheap  prompt  [provider local at {local.base_url}]  (" in text
+        assert f"hard   prompt  [default server at {hosted.base_url}]  (" in text
+        markdown = cli("plan", path, "--format", "markdown").output
+        assert f"| provider local at {local.base_url}; " in markdown
         cli("run", path)
 
 

@@ -148,6 +148,18 @@ def test_a_429_with_retry_after_pauses_every_request_to_the_model(serve, tmp_pat
     assert all(r.received_at - first.received_at >= 0.5 for r in later)
 
 
+def test_a_herd_of_429s_to_requests_already_in_flight_pauses_the_model_once(serve, tmp_path):
+    fake = serve(responder=echo)
+    # all eight go out before the first 429 comes back; each says "retry in 0.2 s"
+    fake.script(*[Reply.rate_limit(retry_after=None, retry_after_ms=200, delay=0.3)] * 8)
+    body = fan_out(8).replace("model: gpt-test", "model: gpt-test\n    timeout: 3")
+    result = stepchain.Executor(8).run(pipeline(tmp_path, body))
+    step = result.steps["each"]
+    # one pause of 0.2 s, not one that grows with each 429 of the herd (past the 3 s timeout)
+    assert (result.status, step.attempts, step.error) == ("completed", 1, None)
+    assert [r.reply.status for r in fake.requests if r.reply] == [429] * 8 + [200] * 8
+
+
 def test_a_rate_limit_wait_past_the_timeout_fails_saying_so(serve, cli, tmp_path):
     fake = serve()
     fake.default = Reply.rate_limit(retry_after=30)

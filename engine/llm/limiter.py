@@ -126,7 +126,7 @@ class ModelLimiter:
         self.paused_until = 0.0
         self.window = INITIAL_WINDOW
         self.in_flight = 0
-        self.strikes = 0  # 429s since the last answer
+        self.strikes = 0  # pauses in a row (429s after a pause ended) since the last answer
         self.waiting = 0  # requests waiting for this limiter now
         self.rate_limited = 0  # 429s in all
         self._last_cut = -math.inf
@@ -245,7 +245,10 @@ class ModelLimiter:
     def throttled(self, retry_after: float | None, headers: Mapping[str, str], now: float) -> None:
         """A 429: pause every request to the model, and halve the window (once per pause)."""
         self.in_flight -= 1
-        self.strikes += 1
+        if now >= self.paused_until:
+            # a 429 of a request sent before the current pause began belongs to the same herd:
+            # only a 429 after a pause ended makes the next pause longer
+            self.strikes += 1
         self.rate_limited += 1
         self.learn(headers, now, 0)  # a 429's remaining already counts those ahead of it
         pause = retry_after

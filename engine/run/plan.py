@@ -37,6 +37,15 @@ class StepPlan:
     detail: str | None = None
     provider: str | None = None  # LLM steps: the named provider, or None for the default server
     base_url: str | None = None  # LLM steps: where their requests go
+
+    @property
+    def where(self) -> str | None:
+        """`provider NAME at URL` or `default server at URL` for an LLM step."""
+        if self.base_url is None:
+            return None
+        who = f"provider {self.provider}" if self.provider else "default server"
+        return f"{who} at {self.base_url}"
+
     cache_key: str | None = None  # the step's key, once its request can be rendered
     keys: list[str] = field(default_factory=list)  # each request's cache key
     output: Any = None  # the output a replay gives (not in to_dict)
@@ -169,7 +178,7 @@ def _resolve(
 
 def _where(planned: StepPlan, step: Step, outcome: Any, runtime: Runtime) -> None:
     """The provider and base URL of an LLM step's requests (from its rendered request, or from
-    its model as written when that is not a template), also said first in the detail."""
+    its model as written when that is not a template)."""
     if isinstance(outcome, PreparedStep) and outcome.requests:
         model = str(outcome.requests[0]["model"])
     else:
@@ -179,11 +188,8 @@ def _where(planned: StepPlan, step: Step, outcome: Any, runtime: Runtime) -> Non
     provider, _ = split_model(model, runtime.providers)
     if provider is not None:
         planned.provider, planned.base_url = provider.name, provider.base_url
-        where = f"provider {provider.name} at {provider.base_url}"
     else:
         planned.base_url = default_base_url()
-        where = f"default server at {planned.base_url}"
-    planned.detail = f"{where}; {planned.detail}" if planned.detail else where
 
 
 def _why_run(step: Step, servers: str) -> str:

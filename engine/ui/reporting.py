@@ -42,7 +42,8 @@ def format_plan(plan: Plan) -> str:
     for s in plan.steps:
         counts[s.action] = counts.get(s.action, 0) + 1
         detail = f"  ({s.detail})" if s.detail else ""
-        lines.append(f"  {s.action:<8} {s.step_id:<{width}}  {s.kind}{detail}")
+        where = f"  [{s.where}]" if s.where else ""
+        lines.append(f"  {s.action:<8} {s.step_id:<{width}}  {s.kind}{where}{detail}")
     summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
     lines += ["", f"plan: {summary}"]
     return "\n".join(lines + format_runnables(plan.runs))
