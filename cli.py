@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -11,11 +12,17 @@ from typing import Any
 
 import click
 from stepchain import __version__
-from stepchain.errors import PipelineInvalid, StepChainError, UsageError
+from stepchain.errors import PipelineInvalid, StepChainError, UsageError, for_command_line
 
 RUN_ID_FLAG = click.option("--run-id", help="Name the run (default: <name>-<UTC time>-<4 hex>).")
 RUN_FLAGS = [
-    click.option("--max-concurrent", type=click.IntRange(min=1), default=8, show_default=True),
+    click.option(
+        "--max-concurrent",
+        type=click.IntRange(min=1),
+        default=8,
+        show_default=True,
+        help="Steps and foreach items running at once.",
+    ),
     click.option("--fail-fast", is_flag=True, help="Start nothing new after the first failure."),
     click.option("--no-cache", is_flag=True, help="Ignore cache hits (results are still stored)."),
     click.option(
@@ -35,7 +42,11 @@ RUN_FLAGS = [
     ),
     click.option("--json", "as_json", is_flag=True, help="Print the run as one JSON document."),
     click.option(
-        "--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True
+        "--executor",
+        type=click.Choice(["local", "dask"]),
+        default="local",
+        show_default=True,
+        help="Where tools and commands run: here, or on a Dask cluster (needs --scheduler).",
     ),
     click.option("--scheduler", envvar="STEPCHAIN_DASK_SCHEDULER", help="Dask scheduler address."),
 ]
@@ -60,6 +71,19 @@ def input_flags(func: Any) -> Any:
 class StepChainGroup(click.Group):
     """Shows StepChain errors as a message and a hint, with each error's own exit code."""
 
+    group_class = type  # `runs`, `cache`, `bundle`: the same class, so the same help layout
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's first sentence in full, wrapped (click cuts them off at the width)."""
+        rows = [
+            (name, command.get_short_help_str(limit=1000))
+            for name in self.list_commands(ctx)
+            if (command := self.get_command(ctx, name)) is not None and not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -70,15 +94,22 @@ class StepChainGroup(click.Group):
         except StepChainError as exc:
             from stepchain.run.masking import printable
 
-            click.echo(f"error: {printable(exc.message)}", err=True)
+            click.echo(f"error: {printable(for_command_line(exc.message))}", err=True)
             if exc.hint:
-                click.echo(f"  hint: {printable(exc.hint)}", err=True)
+                click.echo(f"  hint: {printable(for_command_line(exc.hint))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"error: cannot write{where}: {exc.strerror or exc}", err=True)
+            click.echo("  hint: free some space (or raise the quota), then try again", err=True)
+            sys.exit(1)
         except Exception as exc:
             if os.environ.get("STEPCHAIN_DEBUG"):
                 raise
@@ -90,7 +121,24 @@ class StepChainGroup(click.Group):
             sys.exit(70)
 
 
-@click.group(cls=StepChainGroup)
+EPILOG = """\b
+Environment:
+  STEPCHAIN_HOME       cache and run records (default: ./.stepchain)
+  OPENAI_API_KEY       the LLM provider's key (for prompt steps)
+  OPENAI_BASE_URL      an OpenAI-compatible server: Ollama, vLLM, llama.cpp
+  STEPCHAIN_LOG_LEVEL  the same as --log-level
+
+\b
+Exit codes:
+  0    success
+  1    a run failed, a pipeline is invalid, or a check found a difference
+  2    usage error: a bad flag, input or file
+  70   internal error (a bug; STEPCHAIN_DEBUG=1 shows the traceback)
+  130  interrupted (Ctrl-C or SIGTERM); resume with `stepchain resume RUN_ID`
+"""
+
+
+@click.group(cls=StepChainGroup, epilog=EPILOG)
 @click.version_option(__version__, prog_name="stepchain")
 @click.option(
     "--log-level",
@@ -156,14 +204,33 @@ def _list_runnables(files: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path())
-def trust(files: tuple[str, ...]) -> None:
+@click.argument("files", nargs=-1, type=click.Path())
+@click.option(
+    "--package",
+    "packages",
+    multiple=True,
+    metavar="NAME",
+    help="Trust an installed package: its functions may be function tools in any pipeline.",
+)
+@click.option(
+    "--forget-package", "forget", multiple=True, metavar="NAME", help="Stop trusting a package."
+)
+def trust(files: tuple[str, ...], packages: tuple[str, ...], forget: tuple[str, ...]) -> None:
     """Approve FILE's commands, MCP servers and function tools for its current content."""
     from stepchain.pipeline.load import load_pipeline
     from stepchain.run.trust import trust as record
+    from stepchain.run.trust import trust_package
     from stepchain.settings import current_settings
     from stepchain.ui.reporting import format_runnables
 
+    if not (files or packages or forget):
+        raise UsageError("name a FILE to trust, or --package NAME", "see `stepchain trust --help`")
+    for name in packages:
+        trust_package(name, current_settings())
+        click.echo(f"trusted package {name}: its functions may be function tools in any pipeline")
+    for name in forget:
+        left = trust_package(name, current_settings(), forget=True)
+        click.echo(f"no longer trusted: {name} (trusted packages: {', '.join(left) or 'none'})")
     for file in files:
         pipeline = load_pipeline(file)
         allowed = record(pipeline, current_settings())
@@ -395,7 +462,9 @@ def _run(
             click.echo(f"{name}: {printable(text)}")
     failed = [r for r in result.results if r.status == "failed"]
     for r in failed:
-        click.echo(f"step {r.step_id} failed: {printable(r.error or '')}", err=True)
+        click.echo(
+            f"step {r.step_id} failed: {printable(for_command_line(r.error or ''))}", err=True
+        )
     click.echo(f"run {result.run_id} {result.status}", err=True)
     if result.status != "completed":
         click.echo(f"  resume with: stepchain resume {result.run_id}", err=True)
@@ -417,7 +486,9 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest runs shown."
+)
 def runs_list(as_json: bool, limit: int) -> None:
     """List recent runs."""
     from stepchain.run.database import Storage
@@ -498,7 +569,13 @@ def cache_clear() -> None:
 @click.option(
     "--tools", "tools_file", type=click.Path(dir_okay=False), help="YAML/JSON of named tools."
 )
-@click.option("--max-steps", type=click.IntRange(1, 50), default=10, show_default=True)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(1, 50),
+    default=10,
+    show_default=True,
+    help="At most this many steps in the pipeline.",
+)
 @click.option("--model", help="Model for the decomposer.")
 @click.option(
     "--temperature",
@@ -518,20 +595,27 @@ def decompose(
     """Write a pipeline for TASK (YAML only, for review; nothing is run)."""
     from stepchain.decomposer import decompose_to_yaml
 
-    schema_ref = None
-    local_schema = Path("schemas/pipeline.schema.json")
-    if output and local_schema.exists():  # in a checkout: point the modeline at the repo's schema
-        schema_ref = os.path.relpath(local_schema.resolve(), Path(output).resolve().parent)
     text = decompose_to_yaml(
         task,
         tools=tools_file,
         max_steps=max_steps,
         model=model,
         temperature=temperature,
-        schema_ref=schema_ref,
     )
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        partial = Path(output).with_name(f".{Path(output).name}.{os.getpid()}")
+        try:  # all or nothing: never half a pipeline where the file was
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, output)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                exc.filename = output
+                raise  # a full disk: one line, exit 1, like every other write
+            raise UsageError(
+                f"cannot write {output}: {exc.strerror}", "choose another -o"
+            ) from None
         click.echo(f"wrote {output}; review it, then: stepchain validate {output}", err=True)
     else:
         click.echo(text, nl=False)

@@ -51,7 +51,7 @@ def pipeline(steps: int, chars: int) -> str:
 def main() -> None:
     args = arguments(__doc__, steps=2000, output_chars=2000)
     report = Report(
-        f"report of a {args.steps:,}-step run",
+        f"Run report of a {args.steps:,}-step run",
         "`stepchain report` as a whole command; the file opened in headless chromium",
     )
     folder = work_dir("report")

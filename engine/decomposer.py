@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,15 +32,18 @@ from stepchain.errors import (
     PipelineInvalid,
     Problem,
     RetryableStepError,
+    StepChainError,
     UsageError,
     no_running_loop,
 )
 from stepchain.llm.client import LLMClient, ModelCall
-from stepchain.llm.limiter import limits_from_env
+from stepchain.llm.limiter import Budget, Limiters, Limits, budget, declared_limits
+from stepchain.llm.providers import check_provider_credentials, parse_providers, split_model
 from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import DEFAULT_MODEL, Pipeline
 from stepchain.pipeline.load import check_text, load_pipeline_text, read_text
 from stepchain.pipeline.schema import pipeline_schema
+from stepchain.pipeline.user_settings import load_user_settings
 from stepchain.pipeline.v03_tools import tools_from_v03
 from stepchain.pipeline.yaml_source import load_source
 from stepchain.settings import LOGGER_NAME, Settings, current_settings
@@ -51,6 +55,7 @@ log = logging.getLogger(LOGGER_NAME)
 MAX_STEPS_LIMIT = 50
 FILE = "decomposed.yaml"  # the name positions in repair feedback refer to
 CALL_TIMEOUT = 180.0
+MAX_ANSWER_CHARS = 1_000_000  # 50 steps with long prompts are a few hundred kB
 TRANSIENT_ATTEMPTS = 3
 _TOP_ORDER = (
     "version",
@@ -65,7 +70,7 @@ _TOP_ORDER = (
     "outputs",
 )
 _STEP_ORDER = ("id", "name", "description", "needs", "when", "foreach", "prompt", "tool", "run",
-               "template", "system", "model", "temperature", "max_output_tokens", "output_schema",
+               "template", "system", "model", "provider", "temperature", "max_output_tokens", "output_schema",
                "tools", "max_tool_calls", "api", "with", "retries", "backoff", "timeout", "cache",
                "continue_on_error")  # fmt: skip
 _SPACED_KEYS = ("tools:", "steps:", "outputs:")
@@ -207,7 +212,8 @@ def decompose_to_yaml(
 ) -> str:
     """Like decompose(), but the YAML text with its header comment (what `-o FILE` writes).
 
-    `schema_ref` is the `$schema` of the yaml-language-server modeline (default: the schema's $id).
+    `schema_ref` is the `$schema` of the yaml-language-server modeline (default
+    `../schemas/pipeline.schema.json`, as in every pipeline of this project).
     """
     no_running_loop("decompose_to_yaml", "adecompose_to_yaml")
     return asyncio.run(
@@ -251,9 +257,16 @@ async def adecompose_to_yaml(
     return header(task, model, schema_ref) + body
 
 
+# The modeline of every pipeline this project writes (SPEC §2, pipelines/*.yaml): pipelines in
+# `pipelines/`, the schema in `schemas/` (`stepchain schema > schemas/pipeline.schema.json`).
+# One relative reference, the same wherever and however the file is written: the schema's $id
+# names no server that serves it, and a path computed from the working directory moves.
+SCHEMA_MODELINE = "../schemas/pipeline.schema.json"
+
+
 def header(task: str, model: str, schema_ref: str | None = None) -> str:
     """The comment block on top of a decomposed pipeline: modeline, task, model, date."""
-    ref = schema_ref or pipeline_schema().get("$id", "pipeline.schema.json")
+    ref = schema_ref or SCHEMA_MODELINE
     task_lines = task.strip().splitlines() or [""]
     lines = [
         f"# yaml-language-server: $schema={ref}",
@@ -346,6 +359,8 @@ def _check(answer: str, given: dict[str, Any], max_steps: int) -> tuple[str, lis
             FILE, 1, 1, "", f"the answer is not valid JSON: {exc.msg} at char {exc.pos}"
         )
         return answer, [problem]
+    except RecursionError:
+        return answer, [Problem(FILE, 1, 1, "", "the answer is nested too deeply to read")]
     if not isinstance(doc, dict):
         return answer, [Problem(FILE, 1, 1, "", "the answer must be one JSON object: the pipeline")]
     doc.pop("$schema", None)  # the header's modeline says it
@@ -383,32 +398,66 @@ class _Asker:
         http_client: DefaultAsyncHttpxClient | None = None,
     ) -> None:
         self.model, self.temperature, self.system = model, temperature, ""
+        # a PROVIDER/MODEL names a provider of the user settings, as in a pipeline step
+        user = load_user_settings(settings)
+        self.provider, self.name = split_model(model, parse_providers(user.providers))
+        self.limiters = Limiters(declared_limits(user.limits), self._provider_limits())
         self.cache = ResultCache(settings)
+        self.settings = settings
         self.no_cache = no_cache
         self.http_client = http_client
         self.client: LLMClient | None = None
         self.usage: dict[str, int] = {}
 
+    def _provider_limits(self) -> dict[tuple[str, str], Limits]:
+        if self.provider is None:
+            return {}
+        return {(self.provider.base_url, m): lim for m, lim in self.provider.limits.items()}
+
+    def _client(self) -> LLMClient:
+        """The client of the model's provider (or OPENAI_*), sharing the loop's rate limiters."""
+        if self.provider is None:
+            return LLMClient.from_env(
+                self.http_client,
+                limiters=self.limiters,
+                max_answer_bytes=self.settings.answer_limit(),
+            )
+        check_provider_credentials(self.provider)
+        return LLMClient(
+            os.environ[self.provider.api_key_env],
+            self.provider.base_url,
+            self.http_client,
+            limiters=self.limiters,
+            headers=self.provider.headers,
+            max_answer_bytes=self.settings.answer_limit(),
+        )
+
     async def ask(self, messages: list[dict[str, Any]]) -> str:
         call = ModelCall(
-            model=self.model,
+            model=self.name,
             messages=[dict(m) for m in messages],
             system=self.system,
             temperature=self.temperature,
             output_format={"type": "json_object"},
+            api=self.provider.api if self.provider is not None else "auto",
             timeout=CALL_TIMEOUT,
         )
         request = {
             k: getattr(call, k)
             for k in ("model", "messages", "system", "temperature", "output_format", "api")
         }
+        if self.provider is not None:  # where the request goes is part of it, as for steps
+            request.update(model=self.model, base_url=self.provider.base_url)
         key = cache_key("decompose", request)
         entry = None if self.no_cache else self.cache.get(key)
         if entry is not None and isinstance(entry["output"], str):
             return entry["output"]
         if self.client is None:
-            self.client = LLMClient.from_env(self.http_client, limits_from_env())
+            self.client = self._client()
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            # 429s are waited out (the limiter's pause) up to the call's own timeout
+            deadline = asyncio.get_running_loop().time() + CALL_TIMEOUT
+            token = budget.set(Budget(deadline, CALL_TIMEOUT))
             try:
                 turn = await self.client.complete(call)
                 break
@@ -418,7 +467,16 @@ class _Asker:
                 delay = exc.retry_after if exc.retry_after is not None else 2.0 ** (attempt - 1)
                 log.info("decompose: %s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
+            finally:
+                budget.reset(token)
         add_usage(self.usage, turn.usage)
+        if len(turn.text) > MAX_ANSWER_CHARS:  # not worth a repair, nor a place in the cache
+            raise StepChainError(
+                f"the model's answer is {len(turn.text):,} characters, larger than any pipeline "
+                f"of at most {MAX_STEPS_LIMIT} steps needs ({MAX_ANSWER_CHARS:,}); nothing was "
+                "written",
+                "try again, or another model",
+            )
         self.cache.put(key, turn.text, turn.usage, None)
         return turn.text
 

@@ -19,6 +19,17 @@ class StepChainError(Exception):
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
 
 
+# Hints name the Python API's arguments; the command line shows each as its flag instead.
+CLI_FLAGS = {"approve=True": "--approve", "allow_run=True": "--allow-run"}
+
+
+def for_command_line(text: str) -> str:
+    """A message or hint as the command line says it: `--approve`, not `approve=True`."""
+    for argument, flag in CLI_FLAGS.items():
+        text = text.replace(argument, flag)
+    return text
+
+
 class UsageError(StepChainError):
     """Bad command-line usage: a missing file, a malformed -i flag."""
 
@@ -90,7 +101,7 @@ class CommandsNotAllowed(StepChainError):
 class StepError(StepChainError):
     """A step failed. `retryable` says whether another attempt may succeed; `kind` says what
     failed (`StepResult.error_kind`): rate_limit, timeout, server, connection, auth, bad_request,
-    not_found, malformed, schema, refused, tool, template, command, approval, step."""
+    not_found, malformed, too_large, schema, refused, tool, template, command, approval, step."""
 
     retryable = False
     kind = "step"

@@ -11,20 +11,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOGGER_NAME = "stepchain"
+MAX_ANSWER_ENV = "STEPCHAIN_MAX_ANSWER_BYTES"
+DEFAULT_MAX_ANSWER_BYTES = 32 * 2**20  # generous: a long model answer is well under 1 MiB
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The state folder (cache, run records, locks) and the log level."""
+    """The state folder (cache, run records, locks), the log level, and the largest answer an
+    LLM server may send (None: $STEPCHAIN_MAX_ANSWER_BYTES, else 32 MiB)."""
 
     home: Path
     log_level: str = "WARNING"
+    max_answer_bytes: int | None = None
 
     @classmethod
     def from_env(cls, storage_path: str | Path | None = None) -> Settings:
         """storage_path, else $STEPCHAIN_HOME, else .stepchain/ in the working directory."""
         home = storage_path or os.environ.get("STEPCHAIN_HOME") or Path.cwd() / ".stepchain"
         return cls(home=Path(home).expanduser().resolve())
+
+    @property
+    def user_file(self) -> Path:
+        """The user settings (providers, account limits): $STEPCHAIN_SETTINGS, else
+        settings.yaml in the state folder."""
+        named = os.environ.get("STEPCHAIN_SETTINGS")
+        return Path(named).expanduser() if named else self.home / "settings.yaml"
 
     def ensure_home(self) -> Path:
         """Create the state folder, private to the user (0700)."""
@@ -39,6 +60,40 @@ class Settings:
                 "set STEPCHAIN_HOME (or storage_path= in setup_stepchain()) to a writable folder",
             ) from None
         return self.home
+
+    def answer_limit(self) -> int:
+        """The largest answer, in bytes, an LLM server may send (after decompression).
+
+        Raises:
+            UsageError: $STEPCHAIN_MAX_ANSWER_BYTES is not a size such as 33554432 or 32MiB.
+        """
+        if self.max_answer_bytes is not None:
+            return self.max_answer_bytes
+        text = os.environ.get(MAX_ANSWER_ENV, "").strip()
+        if not text:
+            return DEFAULT_MAX_ANSWER_BYTES
+        number = text.rstrip("bBiIkKmMgG ")
+        unit = text[len(number) :].strip().lower()
+        try:
+            size = int(number) * _UNITS[unit]
+        except (KeyError, ValueError):
+            size = 0
+        if size <= 0:
+            from stepchain.errors import UsageError
+
+            raise UsageError(
+                f"{MAX_ANSWER_ENV} is not a size: {text!r}",
+                "set it to a number of bytes, or with a unit: 64MiB, 512KiB, 1GiB, 100MB",
+            )
+        return size
+
+
+def format_size(size: int) -> str:
+    """Bytes for a person: 32 MiB, 1.5 GiB, 900 bytes."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size:,} bytes"
 
 
 # The one process default, set only by setup_stepchain() for users of the 0.3 API.

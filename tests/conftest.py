@@ -28,6 +28,8 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "OPENAI_BASE_URL",
         "STEPCHAIN_ALLOW_RUN",
         "STEPCHAIN_DASK_SCHEDULER",
+        "STEPCHAIN_LIMITS",
+        "STEPCHAIN_SETTINGS",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("STEPCHAIN_DEBUG", "1")  # a bug surfaces as a traceback in tests

@@ -485,3 +485,35 @@ def test_sigint_cancels_the_cluster_work_and_leaves_a_resumable_run(
     assert resumed.status == "completed"
     assert resumed.steps["quick"].cached
     assert resumed.steps["slow"].output == "resumed\n"
+
+
+def test_llm_calls_stay_in_the_coordinator_under_one_limiter_per_run(
+    pipeline, scheduler, monkeypatch
+):
+    from tests.support.fake_openai import FakeOpenAI, Reply, request_text
+
+    def echo(body: dict) -> Reply:
+        return Reply.text(f"done {request_text(body)}")
+
+    path = pipeline(
+        """
+        limits:
+          gpt-test: {rpm: 480}
+        steps:
+          - id: each
+            foreach: "range(25) | list"
+            prompt: "item {{ item }}"
+            model: gpt-test
+            retries: 0
+          - {id: where, tool: pid}
+        """
+    )
+    with FakeOpenAI(rpm=600, responder=echo) as fake:  # the server allows 10 a second
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        result = dask(scheduler, max_concurrent=25).run(path)
+        rejected = fake.limits.rejected if fake.limits is not None else None
+    assert result.status == "completed"
+    assert result.steps["each"].output == [f"done item {i}" for i in range(25)]
+    assert result.steps["where"].output != os.getpid()  # tools did go to the workers
+    assert rejected == 0  # one limiter for the run held the declared limit

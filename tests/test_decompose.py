@@ -53,10 +53,7 @@ def test_valid_answer_becomes_reviewable_yaml_with_a_header(fake):
     fake.script(Reply.json(GOOD))
     text = decompose_to_yaml(TASK, model="gpt-test")
     lines = text.splitlines()
-    assert (
-        lines[0]
-        == "# yaml-language-server: $schema=https://stepchain.dev/schemas/pipeline.schema.json"
-    )
+    assert lines[0] == "# yaml-language-server: $schema=../schemas/pipeline.schema.json"
     assert f"# task: {TASK}" in lines
     assert "# model: gpt-test" in lines
     assert any(re.fullmatch(r"# date: \d{4}-\d{2}-\d{2}", line) for line in lines)

@@ -12,6 +12,8 @@ import subprocess
 import pytest
 from conftest import REPO
 
+from tests.support.fake_openai import FakeOpenAI, Reply
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Ada",
     "GIT_AUTHOR_EMAIL": "ada@example.org",
@@ -210,3 +212,83 @@ def test_command_templates_that_cannot_be_rendered_up_front_are_refused(cli, wri
         "tools.git.command[3]" in line and "secrets cannot go in a command line" in line
         for line in lines
     ), result.output
+
+
+# -- prompt steps that offer live tools -----------------------------------------------------
+@pytest.fixture
+def fake(monkeypatch):
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        yield server
+
+
+CLOCK = """
+version: 1
+name: clock
+tools:
+  now: {{type: function, function: "clock:now", cache: {policy}}}
+steps:
+  - id: ask
+    prompt: What time is it? Use the tool.
+    tools: [now]
+"""
+
+
+def test_a_prompt_offering_an_uncached_tool_is_not_replayed(cli, write, fake):
+    write("clock.py", "import time\n\ndef now() -> float:\n    return time.time()\n")
+    path = write("p.yaml", CLOCK.format(policy="false"))
+    fake.responder = lambda request: (
+        Reply.text("it is late")
+        if any(i.get("type") == "function_call_output" for i in request.get("input", []))
+        else Reply.tool_call("now", {})
+    )
+    first = cli.json("run", path)
+    assert first["steps"]["ask"]["output"] == "it is late"
+    plan = cli.json("plan", path)["steps"]["ask"]
+    assert plan["action"] == "run"
+    assert plan["detail"] == "cache: false, from tools.now.cache, a tool the step offers"
+    second = cli.json("run", path)
+    assert second["steps"]["ask"]["cached"] is False
+    assert len(fake.requests) == 4  # the model asked twice per run: the clock ran again
+
+    path.write_text(CLOCK.format(policy="1h"), encoding="utf-8")  # a TTL: kept that long
+    cli.json("run", path)
+    plan = cli.json("plan", path)["steps"]["ask"]
+    assert plan["action"] == "replay"
+    assert plan["detail"] == (
+        "cached result of the same request; cache policy (entries kept 3600s) from tools.now.cache"
+    )
+    assert cli.json("run", path)["steps"]["ask"]["cached"] is True
+
+
+def test_a_prompt_offering_mcp_tools_is_cached_only_if_the_server_allows_all(cli, tmp_path, fake):
+    fake.default = Reply.text("two tables")
+    path = sales(tmp_path)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(
+        text.split("steps:")[0] + "steps:\n  - id: ask\n    prompt: Which tables?\n"
+        "    tools: [db]\n",
+        encoding="utf-8",
+    )
+    cli.json("run", path)
+    plan = cli.json("plan", path)["steps"]["ask"]
+    assert plan["action"] == "run"
+    assert plan["detail"].endswith(
+        "not cached: it offers tools.db, which set no cache:, so its answer is cached only if "
+        "the servers mark every tool offered read-only and closed-world"
+    )
+    assert cli.json("run", path)["steps"]["ask"]["cached"] is False  # whoami: no annotations
+
+    # offered only list_tables, which the server marks read-only and closed-world: cached
+    path.write_text(
+        path.read_text(encoding="utf-8").replace("[whoami, list_tables]", "[list_tables]"),
+        encoding="utf-8",
+    )
+    cli.json("run", path)
+    plan = cli.json("plan", path)["steps"]["ask"]
+    assert plan["action"] == "replay"
+    assert plan["detail"] == (
+        "cached: the servers mark every tool offered read-only and closed-world (tools.db)"
+    )
+    assert cli.json("run", path)["steps"]["ask"]["cached"] is True

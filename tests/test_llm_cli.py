@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 
 import pytest
+from conftest import REPO
 
 from tests.support.fake_openai import FakeOpenAI, Reply
 
@@ -182,3 +185,54 @@ def test_every_option_has_a_description(cli):
     assert "text: FILE:LINE:COL lines" in cli("validate", "--help").stdout
     assert "repeat for more steps" in cli("run", "--help").stdout
     assert "--log-format" in cli("--help").stdout
+
+
+def test_help_lists_whole_command_summaries_the_environment_and_exit_codes(cli):
+    text = cli("--help").stdout
+    assert "..." not in text.split("Commands:")[1]  # no summary cut off
+    assert "print every problem as FILE:LINE:COL: PATH:\n" in text
+    assert "MESSAGE." in text
+    for name in ("STEPCHAIN_HOME", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        assert name in text
+    codes = text.split("Exit codes:")[1].split()
+    assert {"0", "1", "2", "70", "130"} <= set(codes)
+    assert "timings, tokens." in cli("runs", "--help").stdout.split("Commands:")[1]
+    for command in (["run"], ["resume"], ["runs", "list"], ["decompose"]):
+        lines = [*cli(*command, "--help").stdout.splitlines(), ""]
+        bare = [
+            line.split()[0]
+            for line, after in itertools.pairwise(lines)
+            if line.startswith("  -")
+            and not re.fullmatch(r"  -\S.*?\s{2,}[A-Z].*", line)  # help beside the flag
+            and not re.match(r" {30,}[A-Z]", after)  # or on the next line
+        ]
+        assert not bare, (command, bare)  # every option says what it does
+    assert "Sampling temperature" in cli("decompose", "--help").stdout
+
+
+def test_decompose_writes_one_schema_modeline_wherever_the_file_goes(cli, fake, tmp_path):
+    """The SPEC's modeline: the same for stdout, any -o folder and the API, and it resolves."""
+    from stepchain.decomposer import decompose_to_yaml
+
+    fake.default = Reply.json(PLAN)
+    printed = cli("decompose", "Write an article brief").stdout
+    cli("decompose", "Write an article brief", "-o", "deep/er/brief.yaml")
+    written = (tmp_path / "deep" / "er" / "brief.yaml").read_text(encoding="utf-8")
+    from_api = decompose_to_yaml("Write an article brief")
+    modeline = "# yaml-language-server: $schema=../schemas/pipeline.schema.json"
+    assert {printed.splitlines()[0], written.splitlines()[0], from_api.splitlines()[0]} == {
+        modeline
+    }
+    # a pipeline in pipelines/ next to schemas/ (this repository's layout) finds the schema
+    # `stepchain schema` prints
+    target = (REPO / "pipelines" / modeline.split("=", 1)[1]).resolve()
+    assert target.read_text(encoding="utf-8") == cli("schema").stdout
+
+
+def test_decompose_to_a_place_it_cannot_write_says_so(cli, fake, write):
+    fake.default = Reply.json(PLAN)
+    write("taken", "a file, not a folder")
+    result = cli("decompose", "Write an article brief", "-o", "taken/brief.yaml")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: cannot write taken/brief.yaml: ")
+    assert "hint: choose another -o" in result.stderr

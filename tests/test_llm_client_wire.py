@@ -440,6 +440,8 @@ MALFORMED_RESPONSES = [
     '{"output": [{"type": "message", "content": "not a list"}]}',
     '{"output": [{"type": "message", "content": [{"type": "output_text", "text": 5}]}]}',
     '{"output": [{"type": "function_call", "call_id": "c", "arguments": "{}"}]}',
+    '{"output": []}',
+    '{"output": [{"type": "message", "content": [{"type": "output_text"}]}]}',
 ]
 MALFORMED_CHAT = [
     "{}",
@@ -449,6 +451,7 @@ MALFORMED_CHAT = [
     '{"choices": [{"message": {"role": "assistant", "content": 5}}]}',
     '{"choices": [{"message": {"content": null, "tool_calls": [{"type": "function"}]}}]}',
     '{"choices": [{"message": {"content": null, "tool_calls": "x"}}]}',
+    '{"choices": [{"message": {"role": "assistant", "content": null}}]}',
 ]
 
 

@@ -280,6 +280,17 @@ def test_missing_server_command_fails_to_start_for_good(run: Run) -> None:
     assert not failed.value.retryable
 
 
+def test_server_program_that_is_not_executable_fails_to_start_for_good(
+    run: Run, tmp_path: Path
+) -> None:
+    script = tmp_path / "server.py"
+    script.write_text("print('never run')\n")
+    connection = McpConnection(stdio_spec("noexec", [str(script)]))
+    with pytest.raises(StepError, match=r"'noexec' failed to start: .*Permission denied") as failed:
+        run(connection.start())
+    assert not failed.value.retryable
+
+
 def test_unreachable_http_server_fails_to_start_retryably(run: Run) -> None:
     spec = McpServerSpec("web", None, f"http://127.0.0.1:{free_port()}/mcp", {}, None, None)
     with pytest.raises(RetryableStepError, match="MCP server 'web' failed to start"):

@@ -3,6 +3,7 @@ OpenAI server's request and token buckets (tests/support/rate_buckets.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
@@ -106,6 +107,15 @@ def test_limits_declared_in_the_environment_hold_too(serve, cli, tmp_path, monke
     assert fake.limits is not None and fake.limits.rejected == 0
 
 
+def test_limits_declared_in_the_user_settings_hold_too(serve, cli, tmp_path, isolated_home):
+    fake = serve(rpm=600, responder=echo)
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "settings.yaml").write_text("limits:\n  gpt-test: {rpm: 480}\n")
+    doc = run_json(cli, pipeline(tmp_path, fan_out(25)), "--max-concurrent", "25")
+    assert doc["status"] == "completed"
+    assert fake.limits is not None and fake.limits.rejected == 0
+
+
 def test_a_malformed_stepchain_limits_fails_before_any_step(serve, cli, tmp_path, monkeypatch):
     fake = serve()
     monkeypatch.setenv("STEPCHAIN_LIMITS", '{"gpt-test": {"rpm": -1}}')
@@ -136,6 +146,18 @@ def test_a_429_with_retry_after_pauses_every_request_to_the_model(serve, tmp_pat
     later = fake.requests[4:]  # everything sent after the first four went out together
     assert len(later) == 5  # four more items, and the one that got the 429, once more
     assert all(r.received_at - first.received_at >= 0.5 for r in later)
+
+
+def test_a_herd_of_429s_to_requests_already_in_flight_pauses_the_model_once(serve, tmp_path):
+    fake = serve(responder=echo)
+    # all eight go out before the first 429 comes back; each says "retry in 0.2 s"
+    fake.script(*[Reply.rate_limit(retry_after=None, retry_after_ms=200, delay=0.3)] * 8)
+    body = fan_out(8).replace("model: gpt-test", "model: gpt-test\n    timeout: 3")
+    result = stepchain.Executor(8).run(pipeline(tmp_path, body))
+    step = result.steps["each"]
+    # one pause of 0.2 s, not one that grows with each 429 of the herd (past the 3 s timeout)
+    assert (result.status, step.attempts, step.error) == ("completed", 1, None)
+    assert [r.reply.status for r in fake.requests if r.reply] == [429] * 8 + [200] * 8
 
 
 def test_a_rate_limit_wait_past_the_timeout_fails_saying_so(serve, cli, tmp_path):
@@ -212,3 +234,65 @@ def test_steps_waiting_for_a_rate_limit_are_reported_as_waiting(serve, tmp_path)
     console = Console(file=io.StringIO(), width=120)
     console.print(table.table())
     assert "gpt-test: 4/120 requests/min" in console.file.getvalue()
+
+
+# -- the decomposer -------------------------------------------------------------------------
+PLAN = {"version": 1, "name": "drafted", "steps": [{"id": "a", "prompt": "Do the work."}]}
+
+
+def pipelines_or_text(body: dict) -> Reply:
+    """A pipeline for the decomposer (JSON mode), a short text for steps."""
+    wants_json = "json_object" in json.dumps(body.get("text") or body.get("response_format"))
+    return Reply.json(PLAN) if wants_json else Reply.text("fine")
+
+
+def test_the_decomposer_waits_for_the_same_limiter_as_a_run_in_the_same_process(serve, tmp_path):
+    fake = serve(responder=pipelines_or_text)
+    fake.script(Reply.rate_limit(retry_after=None, retry_after_ms=1500))
+    pipe = stepchain.load_pipeline(pipeline(tmp_path, fan_out(1)))
+
+    async def both() -> tuple[list, stepchain.Pipeline]:
+        run = asyncio.create_task(stepchain.aexecute(pipe, run_id="r"))
+        for _ in range(500):  # until the run's first request got its 429 (bounded)
+            if any(r.reply is not None and r.reply.status == 429 for r in fake.requests):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the run's client has read the 429 and paused the model
+        drafted = await stepchain.adecompose("Do the work.", model="gpt-test")
+        return await run, drafted
+
+    results, drafted = asyncio.run(both())
+    assert [r.status for r in results] == ["completed"]
+    assert [s.id for s in drafted.steps] == ["a"]
+    limited = next(r for r in fake.requests if r.reply is not None and r.reply.status == 429)
+    asked = next(r for r in fake.requests if "json_object" in r.body.decode())
+    # the decomposer's request waited out the pause the run's 429 set for gpt-test
+    assert asked.received_at - limited.received_at >= 1.0
+    assert len(fake.requests) == 3  # the 429, the step sent again, the decomposer
+
+
+def test_decompose_sends_a_provider_model_to_the_provider_of_the_user_settings(
+    serve, cli, tmp_path, isolated_home, monkeypatch
+):
+    hosted = serve(responder=pipelines_or_text)
+    local = serve(responses_api=False, responder=pipelines_or_text)
+    monkeypatch.setenv("OPENAI_BASE_URL", hosted.base_url)
+    monkeypatch.setenv("LOCAL_KEY", "local-key")
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "settings.yaml").write_text(
+        f'providers:\n  local: {{base_url: "{local.base_url}", api_key_env: LOCAL_KEY, '
+        "api: chat, limits: {llama3: {rpm: 600}}}\n"
+    )
+    out = tmp_path / "drafted.yaml"
+    result = cli("decompose", "Do the work.", "--model", "local/llama3", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "# model: local/llama3" in out.read_text()
+    (asked,) = local.chat_requests
+    assert asked.json["model"] == "llama3"
+    assert asked.headers["authorization"] == "Bearer local-key"
+    assert hosted.requests == []
+    monkeypatch.delenv("LOCAL_KEY")
+    again = cli("decompose", "Another task.", "--model", "local/llama3")
+    assert again.exit_code == 2
+    assert "needs credentials: set LOCAL_KEY" in again.output
+    assert len(local.requests) == 1

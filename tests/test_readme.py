@@ -65,3 +65,63 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     recorded = {r.step_id: r.status for r in namespace["state"].results}
     assert recorded == {r.step_id: r.status for r in namespace["results"]}
     assert (tmp_path / ".stepchain").is_dir()
+
+
+# every name the StepChain 0.3 best-practices guide's examples use
+GUIDE_NAMES = (
+    "decompose(task)",
+    "max_steps",
+    "model=",
+    "temperature",
+    '"web_search"',
+    '"code_interpreter"',
+    "server_label",
+    "server_url",
+    "allowed_tools",
+    '["*"]',
+    "require_approval",
+    '"env"',
+    "cache_ttl",
+    "implementation",
+    "ValueError",
+    "execute(plan)",
+    "run_id",
+    "resume=True",
+    "r.step_id",
+    "r.status",
+    "r.output",
+    "r.error",
+    '"rate_limit" in str(step.error)',
+    "r.started_at",
+    "r.completed_at",
+    "total_seconds()",
+    "len(str(result.output)) / 4",
+    "Executor()",
+    "Executor(max_concurrent=5)",
+    "execute_step",
+    "SIGTERM",
+    "setup_stepchain",
+    "storage_path",
+    "log_level",
+    "OPENAI_API_KEY",
+    'logging.getLogger("stepchain")',
+    "Storage().load_run_state",
+    "state.plan",
+    "state.results",
+    "plan.steps",
+    "step.id",
+    "step.description",
+    "step.tool",
+    "step.tool_input",
+    "step.dependencies",
+    "plan.task_description",
+    "max_retries",
+    "dependencies",
+)
+
+
+def test_readme_maps_every_name_of_the_03_guide():
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Coming from StepChain 0.3")[1].split("\n## ")[0]
+    missing = [name for name in GUIDE_NAMES if name not in section]
+    assert not missing

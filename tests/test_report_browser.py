@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.fake_openai import FakeOpenAI, Reply
+
 PIPELINE = (Path(__file__).parent / "pipelines" / "report_shop.yaml").read_text()
 CHROMIUM_ARGS = [
     "--headless",
@@ -129,6 +131,52 @@ def test_attempts_and_waits_are_drawn_on_the_timeline(cli, write, tmp_path, chro
             assert _box(page.locator(f'#timeline .track[data-step="s1"] .s-{state}').first) > (0, 0)
         page.locator("#timeline .label", has_text="shaky (3 attempts)").click()
         assert page.locator("#s1 table.tries tr").count() == 4  # a header and three attempts
+
+
+def test_a_foreach_row_unfolds_on_click_into_its_items_and_their_rate_limit_waits(
+    cli, write, tmp_path, chromium, monkeypatch
+):
+    with FakeOpenAI() as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        fake.default = Reply.text("ok")
+        pipeline = write(
+            "fan.yaml",
+            """
+            version: 1
+            name: fan
+            limits:
+              gpt-test: {rpm: 120}  # two a second: items beyond the first two wait
+            steps:
+              - id: each
+                foreach: "range(4) | list"
+                prompt: "item {{ item }}"
+                model: gpt-test
+            """,
+        )
+        assert cli("run", pipeline, "--run-id", "fan").exit_code == 0
+    page_file = tmp_path / "fan.html"
+    assert cli("report", "fan", "-o", page_file).exit_code == 0
+
+    with opened(chromium, page_file) as page:
+        items = page.locator('#timeline .label.item[data-parent="s0"]')
+        assert items.count() == 4
+        assert all(not items.nth(i).is_visible() for i in range(4))  # folded
+        page.locator('#timeline button.fold[data-fold="s0"]').click()
+        assert page.locator('button.fold[data-fold="s0"]').get_attribute("aria-expanded") == "true"
+        for i in range(4):
+            assert items.nth(i).is_visible() and _box(items.nth(i)) > (0, 0)
+        tracks = page.locator('#timeline .track.item[data-parent="s0"]')
+        assert tracks.count() == 4 and _box(tracks.first) > (0, 0)
+        waits = page.locator('#timeline .track.item[data-parent="s0"] .s-ratelimit')
+        assert waits.count() >= 2 and _box(waits.first) > (0, 0)
+        # unfolding does not open the step's details; clicking the row's name does
+        assert page.locator("#s0").get_attribute("open") is None
+        page.locator('#timeline .label[data-step="s0"]').click(position={"x": 40, "y": 5})
+        assert page.locator("#s0").get_attribute("open") is not None
+        page.locator('#timeline button.fold[data-fold="s0"]').click()
+        assert not items.first.is_visible()  # folded again
+        page.locator('#timeline button.fold[data-fold="s0"]').click()  # unfolded in the screenshot
 
 
 def _box(locator: Any) -> tuple[float, float]:

@@ -110,12 +110,14 @@ def test_a_database_from_the_future_is_refused_in_one_line(cli, v0_home):
     assert path.read_bytes() == before  # not touched
 
 
-def test_a_damaged_run_database_is_a_clear_error(cli, isolated_home):
+def test_a_damaged_run_database_is_moved_aside_with_a_warning(cli, isolated_home):
     isolated_home.mkdir(mode=0o700)
     (isolated_home / "runs.db").write_bytes(b"not a database" * 500)
     result = cli.proc("runs", "list")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: cannot open the run database")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"run database {isolated_home / 'runs.db'} cannot be read")
+    (aside,) = isolated_home.glob("runs.damaged-*.db")  # more in tests/security/test_state.py
+    assert aside.read_bytes() == b"not a database" * 500
 
 
 def test_version_1_is_the_schema_from_before_versioning(tmp_path):

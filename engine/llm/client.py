@@ -8,10 +8,14 @@ get back a `Turn`; `llm.wire` converts it into either API's input and reads the 
   with the request as keyword arguments, then `.parse()`. The raw response keeps the HTTP
   headers, which the `Turn` carries (`x-ratelimit-*`, `x-request-id`).
 - HTTP, TLS and proxies are the SDK's: its default HTTP client honours `HTTPS_PROXY`/
-  `HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` and `SSL_CERT_FILE`/`SSL_CERT_DIR`. A caller may pass
-  its own `http_client` (an `openai.DefaultAsyncHttpxClient`); it stays the caller's, and
-  `aclose()` leaves it open. Like any async HTTP client, it belongs to the event loop it is
+  `HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` and `SSL_CERT_FILE`/`SSL_CERT_DIR`. The client made here
+  is one with an answer-size limit (`llm.answer_size`: `max_answer_bytes`, 32 MiB by default,
+  decompressed size included). A caller may pass its own `http_client` (an
+  `openai.DefaultAsyncHttpxClient`); it stays the caller's, unlimited, and `aclose()` leaves
+  it open. Like any async HTTP client, it belongs to the event loop it is
   used in: its kept-alive connections cannot serve a later `asyncio.run`.
+- A request with a `timeout` has that long in all (a server dripping its answer a byte at a
+  time cannot stretch it); the step's own timeout, slightly shorter, normally speaks first.
 - Stateless: every request carries the whole conversation, `store=False`, and never a
   `previous_response_id`. Reasoning items and hosted-tool call items of earlier turns are not
   resent (without storage the provider cannot resolve them); their effect is in the text.
@@ -49,7 +53,9 @@ from openai import Omit, not_given, omit
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 from stepchain.errors import CredentialsMissing, RateLimited, RetryableStepError, StepError
+from stepchain.llm.answer_size import bounded_http_client
 from stepchain.llm.limiter import Limiters, Limits, budget, estimate_tokens
+from stepchain.llm.providers import DEFAULT_BASE_URL, default_base_url
 from stepchain.llm.wire import (
     MalformedAnswer,
     ModelCall,
@@ -61,6 +67,7 @@ from stepchain.llm.wire import (
     responses_input,
     responses_turn,
 )
+from stepchain.settings import DEFAULT_MAX_ANSWER_BYTES
 
 __all__ = [
     "LLMClient",
@@ -71,7 +78,6 @@ __all__ = [
     "check_credentials",
 ]
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 API_MODES = ("auto", "responses", "chat")
 RESENDS_WITHOUT_DEADLINE = 10
 _T = TypeVar("_T")
@@ -89,7 +95,7 @@ def check_credentials() -> None:
 
 def base_url_from_env() -> str:
     """OPENAI_BASE_URL, or OpenAI's own API; without a trailing slash."""
-    return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    return default_base_url()
 
 
 class LLMClient:
@@ -103,11 +109,14 @@ class LLMClient:
         limits: Mapping[str, Limits] | None = None,
         limiters: Limiters | None = None,
         headers: Mapping[str, str] | None = None,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         # one limiter per (base URL, model): this client's own, or those the caller shares
         self.limiters = limiters if limiters is not None else Limiters(limits)
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self._owns_http_client = http_client is None  # a caller's client is theirs to close
+        if http_client is None:
+            http_client = bounded_http_client(max_answer_bytes, self.base_url)
         self._sdk = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=self.base_url,
@@ -123,6 +132,7 @@ class LLMClient:
         http_client: openai.DefaultAsyncHttpxClient | None = None,
         limits: Mapping[str, Limits] | None = None,
         limiters: Limiters | None = None,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> LLMClient:
         """From OPENAI_API_KEY and OPENAI_BASE_URL, with declared rate limits per model.
 
@@ -131,7 +141,14 @@ class LLMClient:
         """
         check_credentials()
         key = os.environ["OPENAI_API_KEY"]
-        return cls(key, base_url_from_env(), http_client, limits, limiters)
+        return cls(
+            key,
+            base_url_from_env(),
+            http_client,
+            limits,
+            limiters,
+            max_answer_bytes=max_answer_bytes,
+        )
 
     async def aclose(self) -> None:
         """Close the HTTP client StepChain made; a caller's own stays open."""
@@ -156,7 +173,7 @@ class LLMClient:
         while True:
             await limiter.acquire(cost)
             try:
-                turn = await self._complete(call)
+                turn = await self._within(call.timeout, self._complete(call))
             except RateLimited as exc:
                 limiter.throttled(exc.retry_after, exc.headers, loop.time())
                 current = budget.get()
@@ -171,6 +188,16 @@ class LLMClient:
                 raise
             limiter.answered(cost, _counted(turn.usage, call), turn.headers, loop.time())
             return turn
+
+    async def _within(self, timeout: float | None, request: Awaitable[Turn]) -> Turn:
+        """The request, given `timeout` seconds in all (not per read)."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await request
+        except TimeoutError:
+            raise RetryableStepError(
+                f"the LLM request to {self.base_url} timed out", kind="timeout"
+            ) from None
 
     async def _complete(self, call: ModelCall) -> Turn:
         api = call.api if call.api != "auto" else self._api_by_url.get(self.base_url, "auto")

@@ -1,7 +1,10 @@
 """Rate limits: one limiter per (base URL, model), shared by every request to that model.
 
 Every request `LLMClient.complete` sends (a step, a `foreach` item, a tool-loop turn, the
-decomposer) first waits for its model's limiter, then reports how the answer went:
+decomposer) first waits for its model's limiter, then reports how the answer went. The
+limiters belong to the event loop, so runs and decomposer calls that overlap in one process
+share them (`Limiters`); a run's LLM calls stay in its coordinating process, also with
+`--executor dask`.
 
 - Requests and tokens per minute are token buckets that refill continuously and hold about one
   second's worth (`BURST_SECONDS`), as providers enforce per-minute limits in short intervals. A
@@ -123,7 +126,7 @@ class ModelLimiter:
         self.paused_until = 0.0
         self.window = INITIAL_WINDOW
         self.in_flight = 0
-        self.strikes = 0  # 429s since the last answer
+        self.strikes = 0  # pauses in a row (429s after a pause ended) since the last answer
         self.waiting = 0  # requests waiting for this limiter now
         self.rate_limited = 0  # 429s in all
         self._last_cut = -math.inf
@@ -204,6 +207,23 @@ class ModelLimiter:
         if self._released is not None and not self._released.done():
             self._released.set_result(None)
 
+    def declare(self, limits: Limits, now: float) -> None:
+        """Also hold the limits another owner declared: the lower of each wins."""
+        merged = Limits(lower(self.declared.rpm, limits.rpm), lower(self.declared.tpm, limits.tpm))
+        if merged == self.declared:
+            return
+        self.declared = merged
+        for kind, per_minute in (("requests", merged.rpm), ("tokens", merged.tpm)):
+            if per_minute is None:
+                continue
+            bucket = self.requests if kind == "requests" else self.tokens
+            if bucket is None:
+                setattr(self, kind, _Bucket(per_minute, now))
+            else:
+                bucket.refill(now)
+                bucket.per_minute = min(bucket.per_minute, per_minute)
+                bucket.level = min(bucket.level, bucket.capacity)
+
     # -- outcomes -----------------------------------------------------------------------------
     def answered(self, cost: int, used: int | None, headers: Mapping[str, str], now: float) -> None:
         """An answer came: learn from its headers, correct the token estimate, widen."""
@@ -225,7 +245,10 @@ class ModelLimiter:
     def throttled(self, retry_after: float | None, headers: Mapping[str, str], now: float) -> None:
         """A 429: pause every request to the model, and halve the window (once per pause)."""
         self.in_flight -= 1
-        self.strikes += 1
+        if now >= self.paused_until:
+            # a 429 of a request sent before the current pause began belongs to the same herd:
+            # only a 429 after a pause ended makes the next pause longer
+            self.strikes += 1
         self.rate_limited += 1
         self.learn(headers, now, 0)  # a 429's remaining already counts those ahead of it
         pause = retry_after
@@ -289,7 +312,13 @@ class ModelLimiter:
 
 
 class Limiters:
-    """The limiters of one client: one per (base URL, model), made on first use."""
+    """One run's (or one decomposer call's) view of the limiters, with what it declared.
+
+    The limiters themselves belong to the event loop: every run, `foreach` item, tool-loop turn
+    and decomposer request in one loop that talks to the same (base URL, model) shares one
+    limiter (`_loop_limiters`), so two runs of an `asyncio.gather` never double the rate. A
+    limiter made by one owner also holds the limits another owner declares (the lower wins).
+    """
 
     def __init__(
         self,
@@ -298,26 +327,48 @@ class Limiters:
     ) -> None:
         self.declared = dict(declared or {})  # model -> limits, at any base URL
         self.declared_at = dict(declared_at or {})  # (base URL, model) -> a provider's limits
-        self._by_key: dict[tuple[str, str], ModelLimiter] = {}
+        self._used: dict[tuple[str, str], ModelLimiter] = {}  # the ones this owner used
 
     def get(self, base_url: str, model: str) -> ModelLimiter:
         key = (base_url, model)
-        limiter = self._by_key.get(key)
+        limiter = self._used.get(key)
         if limiter is None:
             now = asyncio.get_running_loop().time()
             anywhere = self.declared.get(model, Limits())
             here = self.declared_at.get(key, Limits())
             declared = Limits(lower(anywhere.rpm, here.rpm), lower(anywhere.tpm, here.tpm))
-            limiter = self._by_key[key] = ModelLimiter(model, declared, now)
+            shared = _loop_limiters()
+            limiter = shared.get(key)
+            if limiter is None:
+                limiter = shared[key] = ModelLimiter(model, declared, now)
+            else:
+                limiter.declare(declared, now)
+            self._used[key] = limiter
         return limiter
 
     def all(self) -> list[ModelLimiter]:
-        return list(self._by_key.values())
+        return list(self._used.values())
 
     def summary(self) -> list[str]:
         """A line per model used so far (see ModelLimiter.summary); safe from another thread."""
         now = time.monotonic()  # the event loop's clock
-        return [limiter.summary(now) for limiter in list(self._by_key.values())]
+        return [limiter.summary(now) for limiter in list(self._used.values())]
+
+
+# The limiters of each live event loop. A limiter's lock and futures belong to its loop, so
+# limiters are shared within a loop (the process's runs and decomposer calls that can overlap),
+# and a closed loop's are dropped when a new loop registers.
+_BY_LOOP: dict[int, tuple[asyncio.AbstractEventLoop, dict[tuple[str, str], ModelLimiter]]] = {}
+
+
+def _loop_limiters() -> dict[tuple[str, str], ModelLimiter]:
+    loop = asyncio.get_running_loop()
+    entry = _BY_LOOP.get(id(loop))
+    if entry is None or entry[0] is not loop:
+        for key in [k for k, (other, _) in _BY_LOOP.items() if other.is_closed()]:
+            del _BY_LOOP[key]
+        entry = _BY_LOOP[id(loop)] = (loop, {})
+    return entry[1]
 
 
 def _number(value: str | None) -> float | None:

@@ -1,5 +1,6 @@
-"""Declared rate limits: `limits: {MODEL: {rpm: N, tpm: N}}` in a pipeline (or a provider), and
-the `STEPCHAIN_LIMITS` environment variable in the same shape (JSON) for the user's account."""
+"""Declared rate limits: `limits: {MODEL: {rpm: N, tpm: N}}` in a pipeline (or a provider), in
+the user settings file, and the `STEPCHAIN_LIMITS` environment variable in the same shape (JSON)
+for the user's account."""
 
 from __future__ import annotations
 
@@ -39,12 +40,14 @@ def limits_from_env() -> dict[str, Limits]:
         ) from None
 
 
-def declared_limits(pipeline: Mapping[str, Any] | None = None) -> dict[str, Limits]:
-    """The pipeline's `limits:` and `STEPCHAIN_LIMITS` together; the lower of two wins."""
+def declared_limits(*declared: Mapping[str, Any] | None) -> dict[str, Limits]:
+    """`STEPCHAIN_LIMITS` and each `limits:` section given (the pipeline's, the user
+    settings'), together; for each model the lowest of each limit wins."""
     merged = limits_from_env()
-    for model, limits in parse_limits(dict(pipeline or {})).items():
-        other = merged.get(model, Limits())
-        merged[model] = Limits(lower(limits.rpm, other.rpm), lower(limits.tpm, other.tpm))
+    for section in declared:
+        for model, limits in parse_limits(dict(section or {})).items():
+            other = merged.get(model, Limits())
+            merged[model] = Limits(lower(limits.rpm, other.rpm), lower(limits.tpm, other.tpm))
     return merged
 
 

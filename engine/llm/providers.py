@@ -1,6 +1,7 @@
-"""Named providers: `providers: {NAME: {base_url, api_key_env, api, headers}}` in a pipeline.
+"""Named providers: `providers: {NAME: {base_url, api_key_env, api, headers, limits}}` in a
+pipeline or in the user settings (a pipeline's definition of a name wins).
 
-A step picks one with `model: NAME/MODEL`; a model whose part before the first `/` is not a
+A step picks one with `model: NAME/MODEL` or `provider: NAME`; a model whose part before the first `/` is not a
 declared provider's name is sent as written (model names such as `meta-llama/Llama-3-8B` keep
 their slash) to the default server (`OPENAI_BASE_URL`, `OPENAI_API_KEY`). Keys are only ever read
 from the environment variable the provider names.
@@ -16,7 +17,17 @@ from typing import Any
 from stepchain.errors import CredentialsMissing
 from stepchain.llm.limits import Limits, parse_limits
 
-__all__ = ["Provider", "check_provider_credentials", "parse_providers", "split_model"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "Provider",
+    "check_provider_credentials",
+    "default_base_url",
+    "parse_providers",
+    "qualified",
+    "split_model",
+]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,16 @@ def split_model(model: str, providers: Mapping[str, Provider]) -> tuple[Provider
     if slash and rest and name in providers:
         return providers[name], rest
     return None, model
+
+
+def qualified(model: str, provider: str | None) -> str:
+    """The model as `PROVIDER/MODEL` when the step names its provider in `provider:`."""
+    return f"{provider}/{model}" if provider else model
+
+
+def default_base_url() -> str:
+    """Where a model without a provider goes: OPENAI_BASE_URL, or OpenAI's own API."""
+    return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
 
 
 def check_provider_credentials(provider: Provider) -> None:

@@ -5,8 +5,9 @@ Callers speak a neutral conversation (`user`, `assistant` with tool calls, `tool
 `input` items or Chat Completions' `messages`, and reads either API's answer (text, tool calls,
 refusal, truncation, token usage) from the JSON object the server sent, as the SDK's `to_dict()`
 gives it. An answer without what its API always sends (`output` items, a `choices[0].message`,
-a named function call) raises `MalformedAnswer`: it is never read as an empty output. Nothing
-here needs the `openai` package.
+a named function call, the `text` of an `output_text`), or with nothing to read (neither text,
+nor a refusal, nor a call, and not cut off), raises `MalformedAnswer`: it is never read as an
+empty output. Nothing here needs the `openai` package.
 """
 
 from __future__ import annotations
@@ -61,18 +62,27 @@ def responses_turn(response: dict[str, Any]) -> Turn:
     """The turn in a Responses API answer; MalformedAnswer without its `output` items."""
     turn = Turn(text="", usage=_usage(response.get("usage"), "responses"))
     texts = []
+    answered = False  # a text (even ""), a refusal or a call: something to read
     for item in _objects(response.get("output"), "output"):
         kind = item.get("type")
         if kind == "message":
             for part in _objects(item.get("content"), "message content"):
                 if part.get("type") == "output_text":
-                    texts.append(_text(part.get("text"), "output_text"))
+                    text = part.get("text")
+                    if not isinstance(text, str):
+                        raise MalformedAnswer("an output_text without its text")
+                    texts.append(text)
+                    answered = True
                 elif part.get("type") == "refusal":
                     turn.refusal = _text(part.get("refusal"), "refusal") or None
+                    answered = True
         elif kind == "function_call":
             turn.calls.append(_tool_call(item.get("call_id"), item))
+            answered = True
     turn.text = "".join(texts)
     turn.truncated = _field(response.get("incomplete_details"), "reason") == "max_output_tokens"
+    if not answered and not turn.truncated:
+        raise MalformedAnswer("no message and no function call in output")
     return turn
 
 
@@ -94,6 +104,8 @@ def chat_turn(completion: dict[str, Any]) -> Turn:
             if not isinstance(function, dict):
                 raise MalformedAnswer("a tool call without its function")
             turn.calls.append(_tool_call(tc.get("id"), function))
+    if message.get("content") is None and not (turn.calls or turn.refusal or turn.truncated):
+        raise MalformedAnswer("a message without content, refusal or tool calls")
     return turn
 
 

@@ -14,6 +14,7 @@ from stepchain.errors import Problem
 from stepchain.pipeline.consent import function_problems
 from stepchain.pipeline.definition import KINDS, LLM_FIELDS
 from stepchain.pipeline.schema import did_you_mean, type_message, user_schema_problems
+from stepchain.pipeline.user_settings import load_user_settings
 from stepchain.pipeline.yaml_source import Path, Source
 from stepchain.templates import FILTER, ROOTS, TEST, Reference, environment, references
 
@@ -81,9 +82,14 @@ def check_semantics(source: Source) -> Checked:
             _check_template(source, path, text, False, handed, checked)
         _check_kind_fields(source, i, step, checked)
         _check_tool_use(source, i, step, tools, checked)
+        if "prompt" in step:
+            _check_provider(source, ("steps", i, "provider"), step.get("provider"), data, checked)
         checked.problems += user_schema_problems(
             source, ("steps", i, "output_schema"), step.get("output_schema"), "output_schema"
         )
+    defaults = data.get("defaults")
+    if isinstance(defaults, dict):
+        _check_provider(source, ("defaults", "provider"), defaults.get("provider"), data, checked)
     tool_scope = replace(scope, steps_allowed=False, secrets_allowed=True)
     for name, tool in tools.items():
         for field_name in ("env", "headers"):
@@ -424,6 +430,20 @@ def _check_tool_use(
                 checked.problems.append(
                     source.problem(("steps", i, "tools", j), _unknown_tool(name, tools))
                 )
+
+
+def _check_provider(source: Source, path: Path, name: Any, data: dict, checked: Checked) -> None:
+    """`provider:` names a provider of the pipeline or of the user settings."""
+    if not isinstance(name, str):
+        return  # absent, or the schema's problem
+    declared = data.get("providers")
+    known = set(declared) if isinstance(declared, dict) else set()
+    if name in known:
+        return
+    known |= set(load_user_settings().providers)
+    if name not in known:
+        todo = "declare it under `providers:` (or in the user settings file)"
+        checked.problems.append(source.problem(path, _unknown("provider", name, known, todo)))
 
 
 def _unknown_tool(name: str, tools: dict) -> str:

@@ -14,6 +14,7 @@ KINDS: tuple[StepKind, ...] = ("prompt", "tool", "run", "template")
 LLM_FIELDS = (
     "system",
     "model",
+    "provider",
     "temperature",
     "max_output_tokens",
     "output_schema",
@@ -135,6 +136,12 @@ class Pipeline:
     source: Any = field(
         default=None, repr=False, compare=False
     )  # yaml_source.Source, for positions
+    # function tools given as Python callables (`execute(..., tools={"name": func})`): the
+    # caller's own code, already imported, so run as given and needing no consent
+    functions: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # what a run record keeps instead of `text` when tools were given from Python: the whole
+    # pipeline with them written in, so the record loads again (`Storage().load_run_state`)
+    record_text: str | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def by_id(self) -> dict[str, Step]:

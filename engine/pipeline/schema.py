@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -82,6 +83,11 @@ def schema_problems(source: Source) -> list[Problem]:
         for error in errors:
             problems.extend(_translate(source, error, ("steps", i), step))
     return problems
+
+
+def translate_errors(source: Source, errors: Iterable[ValidationError]) -> list[Problem]:
+    """Schema errors of the whole document as problems at their positions."""
+    return [p for e in errors for p in _translate(source, e, (), source.data)]
 
 
 def _shape(step: Any) -> str | None:

@@ -26,7 +26,7 @@ def tools_from_v03(tools: list[Any] | dict[str, Any]) -> dict[str, Any]:
     """
     if isinstance(tools, dict):
         return {
-            name: _function(value, name) if callable(value) else value
+            name: _entry(name, value)[1] if _is_v03(value) else value
             for name, value in tools.items()
         }
     converted: dict[str, Any] = {}
@@ -36,15 +36,38 @@ def tools_from_v03(tools: list[Any] | dict[str, Any]) -> dict[str, Any]:
     return converted
 
 
-def _entry(index: int, entry: Any) -> tuple[str, dict[str, Any]]:
+def callables_of(tools: list[Any] | dict[str, Any]) -> dict[str, Callable[..., Any]]:
+    """The Python callables among the tools, by the name each tool gets."""
+    items = tools.items() if isinstance(tools, dict) else ((None, e) for e in tools)
+    found: dict[str, Callable[..., Any]] = {}
+    for name, entry in items:
+        func = entry.get("implementation") if isinstance(entry, dict) else entry
+        if not callable(func):
+            continue
+        given = entry.get("function") if isinstance(entry, dict) else None
+        named = given.get("name") if isinstance(given, dict) else None
+        found[name or named or func.__name__] = func
+    return found
+
+
+def _is_v03(value: Any) -> bool:
+    """A callable, or a 0.3 dict (an MCP tool named by server_label, a function with code)."""
+    return callable(value) or (
+        isinstance(value, dict)
+        and ("implementation" in value or (value.get("type") == "mcp" and "cache_ttl" in value))
+    )
+
+
+def _entry(index: int | str, entry: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(entry, str) and entry in HOSTED:
         return entry, {"type": entry}
     if callable(entry):
-        return entry.__name__, _function(entry, entry.__name__)
+        name = index if isinstance(index, str) else entry.__name__
+        return name, _function(entry, name)
     if isinstance(entry, dict) and entry.get("type") == "mcp":
-        name = entry.get("server_label")
+        name = index if isinstance(index, str) else entry.get("server_label")
         if not isinstance(name, str):
-            raise UsageError(f"tools[{index}]: an MCP tool needs a server_label to name it")
+            raise UsageError(f"tools[{index!r}]: an MCP tool needs a server_label to name it")
         definition = {"type": "mcp", **{k: entry[k] for k in _MCP_KEYS if k in entry}}
         if entry.get("require_approval") in ("always", "never"):
             definition["require_approval"] = entry["require_approval"]
@@ -55,10 +78,14 @@ def _entry(index: int, entry: Any) -> tuple[str, dict[str, Any]]:
         given = entry.get("function")
         function: dict[str, Any] = given if isinstance(given, dict) else {}
         implementation = entry.get("implementation")
-        name = function.get("name") or getattr(implementation, "__name__", None)
+        name = (
+            index
+            if isinstance(index, str)
+            else function.get("name") or getattr(implementation, "__name__", None)
+        )
         if not callable(implementation) or not isinstance(name, str):
             raise UsageError(
-                f"tools[{index}]: a function tool needs an `implementation` callable",
+                f"tools[{index!r}]: a function tool needs an `implementation` callable",
                 "or declare it as {type: function, function: 'module:name'} under tools:",
             )
         definition = _function(implementation, name)
@@ -68,7 +95,7 @@ def _entry(index: int, entry: Any) -> tuple[str, dict[str, Any]]:
             definition["parameters"] = function["parameters"]
         return name, definition
     raise UsageError(
-        f"tools[{index}]: {entry!r} is not a tool StepChain knows",
+        f"tools[{index!r}]: {entry!r} is not a tool StepChain knows",
         f"use one of {', '.join(HOSTED)}, an MCP or function tool dict, or a Python function",
     )
 

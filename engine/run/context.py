@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -12,11 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from stepchain.errors import StepChainError, StepError
 from stepchain.pipeline.definition import Pipeline, Step
+from stepchain.pipeline.user_settings import UserSettings, load_user_settings
 from stepchain.run.masking import MIN_SECRET, Masker, printable
 from stepchain.settings import Settings
 from stepchain.templates import Vars
 from stepchain.templates.sandbox import max_render_size
-from stepchain.tools.functions import FunctionTool, NotImported, load_function_tool
+from stepchain.tools.functions import (
+    FunctionTool,
+    NotImported,
+    given_function_tool,
+    load_function_tool,
+)
 from stepchain.tools.source import source_fingerprint, static_definition
 
 if TYPE_CHECKING:  # openai is imported only by runs with LLM steps
@@ -49,6 +58,11 @@ def default_run_id(pipeline: Pipeline) -> str:
     return f"{pipeline.name}-{stamp}-{token_hex(2)}"
 
 
+# The step a task is running (set by the scheduler in each step's task), for what happens
+# deep inside a step and concerns it, like an approval question.
+current_step: ContextVar[str | None] = ContextVar("stepchain_current_step", default=None)
+
+
 class Runtime:
     """Per-run state shared by the step kinds. Created by the executor, closed at the end."""
 
@@ -70,6 +84,15 @@ class Runtime:
         self._roots: dict[str, Any] | None = None  # the template context's fixed roots
         self.backend: Any = None  # a DaskBackend with --executor dask, else None (local)
         self.imports = True  # `plan` sets False: it imports no function tool's module
+        # the observer's `paused(step_id)`, if it has one: the live table leaves the terminal
+        # while a question is asked there
+        self.pause_display: Callable[[str | None], AbstractContextManager[None]] | None = None
+
+    def asking(self) -> AbstractContextManager[None]:
+        """Around a question on the terminal: the live display pauses, the step's clock too."""
+        if self.pause_display is None:
+            return nullcontext()
+        return self.pause_display(current_step.get())
 
     # -- checks before anything runs ------------------------------------------------------
     def preflight(self) -> None:
@@ -97,26 +120,29 @@ class Runtime:
                 self.function_tool(name)
         if any(t.type == "mcp" for t in self.pipeline.tools.values()):
             from stepchain.run.mcp_servers import check_approval_possible
+            from stepchain.tools.mcp.stdio import max_message_from_env
 
             check_approval_possible(self)
+            max_message_from_env()  # a malformed STEPCHAIN_MAX_MCP_RESULT_BYTES fails here
         if self.pipeline.has_llm_steps and not self.options.offline:
             from stepchain.llm.client import check_credentials
             from stepchain.llm.limiter import limits_from_env
-            from stepchain.llm.providers import check_provider_credentials, split_model
+            from stepchain.llm.providers import check_provider_credentials, qualified, split_model
 
             default = False  # does a step use the default server (or a templated model)?
             for step in self.pipeline.steps:
                 if step.kind != "prompt":
                     continue
-                model = str(step.get("model") or "")
+                model = qualified(str(step.get("model") or ""), step.get("provider"))
                 provider, _ = split_model(model, self.providers)
-                if provider is not None and "{" not in model:
+                if provider is not None:
                     check_provider_credentials(provider)
-                else:
+                else:  # the default server, or a model only its rendering tells
                     default = True
             if default:
                 check_credentials()
             limits_from_env()  # a malformed STEPCHAIN_LIMITS fails here, not in a step
+            self.settings.answer_limit()  # and so does a malformed STEPCHAIN_MAX_ANSWER_BYTES
 
     @property
     def approve(self) -> bool:
@@ -149,14 +175,17 @@ class Runtime:
     # -- tools ----------------------------------------------------------------------------
     def function_tool(self, name: str) -> FunctionTool:
         if name not in self._function_tools:
-            if not self.imports:
+            spec, given = self.pipeline.tools[name], self.pipeline.functions.get(name)
+            if given is None and not self.imports:
                 raise NotImported(
                     f"tool '{name}': its definition is known only by importing it, "
                     "which plan does not do",
                     "give the tool `parameters:` (and `description:`) in the pipeline",
                 )
-            self._function_tools[name] = load_function_tool(
-                self.pipeline.tools[name], self.pipeline.base_dir
+            self._function_tools[name] = (
+                given_function_tool(spec, given)
+                if given is not None
+                else load_function_tool(spec, self.pipeline.base_dir)
             )
         return self._function_tools[name]
 
@@ -202,6 +231,24 @@ class Runtime:
         """Whether the server's annotations let `server.tool`'s answer be cached."""
         return any(t["name"] == tool and t["replay_safe"] for t in await self.mcp_tools(server))
 
+    async def replay_safe(self, step: Step, request: dict[str, Any]) -> bool:
+        """Whether MCP servers with no `cache:` written let this request's result be cached.
+
+        A tool step: the tool it called. A prompt step: every MCP tool it offered the model,
+        since the answer may carry any of their results.
+        """
+        if step.kind == "tool":
+            return await self.mcp_replay_safe(request["tool"], request["remote"])
+        for identity in request.get("tools") or []:
+            spec = self.pipeline.tools.get(identity["name"])
+            if spec is None or spec.type != "mcp" or spec.hosted or spec.cache is not None:
+                continue
+            for tool in await self.mcp_tools(spec.name):
+                offered = spec.allowed_tools is None or tool["name"] in spec.allowed_tools
+                if offered and not tool["replay_safe"]:
+                    return False
+        return True
+
     async def run_command(self, request: dict[str, Any], cwd: str) -> tuple[int, bytes, bytes]:
         """A `run` step's command: here, or on a Dask worker with --executor dask."""
         if self.backend is not None:
@@ -241,13 +288,20 @@ class Runtime:
             for provider in self.providers.values()
             for model, limits in provider.limits.items()
         }
-        return Limiters(declared_limits(self.pipeline.limits), at)
+        declared = declared_limits(self.pipeline.limits, self.user_settings.limits)
+        return Limiters(declared, at)
+
+    @cached_property
+    def user_settings(self) -> UserSettings:
+        """Providers and account limits from the user settings file (see pipeline.user_settings)."""
+        return load_user_settings(self.settings)
 
     @cached_property
     def providers(self) -> dict[str, Any]:
+        """Named providers: the user settings', then the pipeline's (which win by name)."""
         from stepchain.llm.providers import parse_providers
 
-        return parse_providers(self.pipeline.providers)
+        return parse_providers({**self.user_settings.providers, **self.pipeline.providers})
 
     def llm_for(self, model: str) -> tuple[Any, str, str | None]:
         """(the client, the model name it knows, the provider's api) for `model`, which may be
@@ -271,6 +325,7 @@ class Runtime:
                 self.options.http_client,
                 limiters=self.limiters,
                 headers=provider.headers,
+                max_answer_bytes=self.settings.answer_limit(),
             )
             self._provider_clients[provider.name] = client
         return client, name, provider.api
@@ -280,7 +335,11 @@ class Runtime:
         if self._llm is None:
             from stepchain.llm.client import LLMClient
 
-            self._llm = LLMClient.from_env(self.options.http_client, limiters=self.limiters)
+            self._llm = LLMClient.from_env(
+                self.options.http_client,
+                limiters=self.limiters,
+                max_answer_bytes=self.settings.answer_limit(),
+            )
         return self._llm
 
     async def aclose(self) -> None:

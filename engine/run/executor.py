@@ -15,9 +15,9 @@ from stepchain.cache import ResultCache
 from stepchain.errors import StepChainError, UsageError, no_running_loop
 from stepchain.pipeline.definition import Pipeline
 from stepchain.pipeline.inputs import resolve_inputs
-from stepchain.pipeline.load import load_pipeline, load_pipeline_text
+from stepchain.pipeline.load import load_pipeline, load_pipeline_text, with_tools
 from stepchain.run.context import RunOptions, Runtime, default_run_id
-from stepchain.run.database import Storage
+from stepchain.run.database import OutOfSpace, Storage
 from stepchain.run.results import RunResult, StepResult
 from stepchain.run.scheduler import Observer, Scheduler
 from stepchain.run.step_log import run_finished
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 # Methods of StepChain 0.3's Executor that the engine no longer calls: overriding one would
 # silently do nothing, so a subclass that does is refused when it is defined.
 _NEVER_CALLED = ("execute_step", "run_step", "_execute_step")
+# Optional methods of an observer besides its events (see Executor.run)
+_OBSERVER_EXTRAS = ("watch_limits", "progress", "paused")
 
 
 class Executor:
@@ -93,6 +95,9 @@ class Executor:
                 except Exception:
                     log.exception("the on_step hook failed on step %s", step_id)
 
+        for name in _OBSERVER_EXTRAS:  # what the wrapped observer offers besides events
+            if hasattr(observer, name):
+                setattr(observe, name, getattr(observer, name))
         return observe
 
     def execute(
@@ -107,6 +112,7 @@ class Executor:
         refresh: Iterable[str] = (),
         allow_run: bool | None = None,
         approve: bool = False,
+        tools: dict[str, Any] | list[Any] | None = None,
         http_client: DefaultAsyncHttpxClient | None = None,
     ) -> list[StepResult]:
         """Run (or resume) a pipeline; one StepResult per step, in pipeline order.
@@ -121,6 +127,9 @@ class Executor:
             refresh: ids of steps to recompute whatever the cache holds.
             allow_run: allow `run` steps to start commands (None: STEPCHAIN_ALLOW_RUN decides).
             approve: approve MCP tools that have `require_approval: always`.
+            tools: tools added to the pipeline's `tools:` (same names replaced): names mapped
+                to Python callables (function tools, run as given, no consent needed) or tool
+                definitions, or a StepChain 0.3 tool list. Pass them again on resume.
             http_client: the HTTP client for LLM calls (an `openai.DefaultAsyncHttpxClient`),
                 e.g. with a proxy, client certificates or HTTP/2; StepChain does not close it.
                 An async client belongs to one event loop: give each `execute()` call its own
@@ -141,6 +150,7 @@ class Executor:
             refresh=refresh,
             allow_run=allow_run,
             approve=approve,
+            tools=tools,
             http_client=http_client,
         ).results
 
@@ -189,6 +199,7 @@ class Executor:
         refresh: Iterable[str] = (),
         allow_run: bool | None = None,
         approve: bool = False,
+        tools: dict[str, Any] | list[Any] | None = None,
         http_client: DefaultAsyncHttpxClient | None = None,
         observer: Observer | None = None,
         handle_signals: bool = False,
@@ -199,7 +210,10 @@ class Executor:
         The arguments are those of `execute`; `observer(event, step_id, result)` hears each
         step start, attempt and finish, and `waiting`/`resumed` around a wait for a rate limit
         (an observer with a `watch_limits(summary)` method is handed a callable giving one line
-        per model: requests and tokens per minute against its limits); `handle_signals` turns SIGINT/SIGTERM into a clean stop;
+        per model: requests and tokens per minute against its limits; one with
+        `progress(step_id, done, total)` hears a foreach step's items finish; one with
+        `paused(step_id)`, a context manager, is entered while a question is asked on the
+        terminal); `handle_signals` turns SIGINT/SIGTERM into a clean stop;
         `offline` refuses to start when any step would call a model, a tool or a command.
         """
         no_running_loop("Executor.run", "Executor.arun")
@@ -216,6 +230,8 @@ class Executor:
             handle_signals=handle_signals,
             offline=offline,
         )
+        if tools is not None:
+            pipeline = with_tools(pipeline, tools)
         return asyncio.run(self.run_with(pipeline, options, observer))
 
     async def arun(
@@ -230,6 +246,7 @@ class Executor:
         refresh: Iterable[str] = (),
         allow_run: bool | None = None,
         approve: bool = False,
+        tools: dict[str, Any] | list[Any] | None = None,
         http_client: DefaultAsyncHttpxClient | None = None,
         observer: Observer | None = None,
     ) -> RunResult:
@@ -245,6 +262,8 @@ class Executor:
             approve=approve,
             http_client=http_client,
         )
+        if tools is not None:
+            pipeline = with_tools(pipeline, tools)
         return await self.run_with(pipeline, options, observer)
 
     async def run_with(
@@ -259,9 +278,26 @@ class Executor:
         storage = Storage(settings)
         try:
             with storage.lock(run_id):
-                return await self._drive(
-                    pipeline, options, run_id, storage, cache, settings, self._observer(observer)
-                )
+                try:
+                    return await self._drive(
+                        pipeline,
+                        options,
+                        run_id,
+                        storage,
+                        cache,
+                        settings,
+                        self._observer(observer),
+                    )
+                except OutOfSpace as exc:
+                    if storage.mark_failed(run_id, exc.message):
+                        done, then = "stopped and is marked failed", f"`stepchain resume {run_id}`"
+                    elif storage.exists(run_id):  # left `running`: listed as interrupted
+                        done, then = "stopped", f"`stepchain resume {run_id}`"
+                    else:
+                        done, then = "was not recorded", "run it again"
+                    raise OutOfSpace(
+                        f"{exc.message}; run '{run_id}' {done}", f"free some space, then {then}"
+                    ) from None
         finally:
             storage.close()
             cache.close()
@@ -302,11 +338,12 @@ class Executor:
                 run_id,
                 name=pipeline.name,
                 path=str(pipeline.path.resolve()) if pipeline.path else None,
-                text=pipeline.text,
+                text=pipeline.record_text or pipeline.text,
                 text_hash=pipeline.hash,
                 inputs=runtime.mask(inputs),
             )
             storage.commit()
+            runtime.pause_display = getattr(observer, "paused", None)
             watch = getattr(observer, "watch_limits", None)
             if watch is not None and pipeline.has_llm_steps:  # e.g. the live table's rate line
                 watch(runtime.limiters.summary)
@@ -350,6 +387,7 @@ def execute(
     refresh: Iterable[str] = (),
     allow_run: bool | None = None,
     approve: bool = False,
+    tools: dict[str, Any] | list[Any] | None = None,
     http_client: DefaultAsyncHttpxClient | None = None,
 ) -> list[StepResult]:
     """Run (or resume) a pipeline and return one StepResult per step.
@@ -371,6 +409,7 @@ def execute(
         refresh=refresh,
         allow_run=allow_run,
         approve=approve,
+        tools=tools,
         http_client=http_client,
     )
 
@@ -387,6 +426,7 @@ async def aexecute(
     refresh: Iterable[str] = (),
     allow_run: bool | None = None,
     approve: bool = False,
+    tools: dict[str, Any] | list[Any] | None = None,
     http_client: DefaultAsyncHttpxClient | None = None,
 ) -> list[StepResult]:
     """`execute` for async code: await it inside a running event loop.
@@ -404,6 +444,7 @@ async def aexecute(
         refresh=refresh,
         allow_run=allow_run,
         approve=approve,
+        tools=tools,
         http_client=http_client,
     )
     return result.results

@@ -10,6 +10,7 @@ from stepchain.pipeline.definition import ToolSpec
 from stepchain.templates.render import render_value
 from stepchain.tools.blocking import run_in_thread
 from stepchain.tools.mcp.client import McpPool, McpServerSpec
+from stepchain.tools.mcp.stdio import max_message_from_env
 
 if TYPE_CHECKING:
     from stepchain.run.context import Runtime
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 def make_pool(runtime: Runtime) -> McpPool:
     """One pool per run: every engine-run (stdio or HTTP) MCP server of the pipeline."""
     context = runtime.base_context()
+    max_message = max_message_from_env()  # a malformed setting fails before anything starts
     specs = {}
     for name, tool in runtime.pipeline.tools.items():
         if tool.type != "mcp" or tool.hosted:
@@ -30,6 +32,7 @@ def make_pool(runtime: Runtime) -> McpPool:
             env={k: str(v) for k, v in env.items()},
             cwd=str(runtime.pipeline.base_dir),
             allowed_tools=tool.allowed_tools,
+            max_message_bytes=max_message,
         )
     return McpPool(specs)
 
@@ -80,14 +83,14 @@ def check_approval_possible(runtime: Runtime) -> None:
         raise StepChainError(
             f"hosted MCP server(s) {', '.join(hosted)} require approval for every call, "
             "which the provider would ask for in the middle of a request",
-            "review what they may do, then approve their calls up front with --approve",
+            "review what they may do, then approve their calls up front with approve=True",
         )
     servers = approval_servers(runtime)
     if servers and not runtime.options.approve and not _interactive():
         raise StepChainError(
             f"MCP server(s) {', '.join(servers)} require approval for every call, "
             "and there is no terminal to ask on",
-            "review the pipeline's tool calls, then pass --approve",
+            "review the pipeline's tool calls, then pass approve=True",
         )
 
 
@@ -115,13 +118,14 @@ async def _ask(runtime: Runtime, server: str, tool: str, arguments: dict[str, An
     if not _interactive():
         raise StepError(
             f"MCP tool '{server}.{tool}' requires approval and there is no terminal to ask on",
-            "pass --approve (approve=True from Python) after reviewing the pipeline",
+            "pass approve=True after reviewing the pipeline",
             kind="approval",
         )
     async with runtime.approval_lock:  # one question at a time, even when steps run in parallel
         shown = runtime.mask(arguments)
         question = f"\nAllow MCP tool {server}.{tool} with arguments {shown}? [y/N] "
-        answer = await run_in_thread(_prompt, question=question)
+        with runtime.asking():  # the live table leaves the terminal while a person answers
+            answer = await run_in_thread(_prompt, question=question)
     if answer.strip().lower() not in ("y", "yes"):
         raise StepError(f"MCP tool '{server}.{tool}' was not approved", kind="approval")
 

@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from stepchain.cache import ResultCache
 from stepchain.errors import StepChainError
+from stepchain.llm.providers import default_base_url, qualified, split_model
 from stepchain.pipeline.consent import Runnable, what_runs
-from stepchain.pipeline.definition import Pipeline, Step
+from stepchain.pipeline.definition import DEFAULT_MODEL, Pipeline, Step
 from stepchain.pipeline.graph import layers_and_critical_path
 from stepchain.pipeline.inputs import resolve_inputs
 from stepchain.run.context import RunOptions, Runtime
@@ -34,6 +35,17 @@ class StepPlan:
     layer: int
     needs: list[str]
     detail: str | None = None
+    provider: str | None = None  # LLM steps: the named provider, or None for the default server
+    base_url: str | None = None  # LLM steps: where their requests go
+
+    @property
+    def where(self) -> str | None:
+        """`provider NAME at URL` or `default server at URL` for an LLM step."""
+        if self.base_url is None:
+            return None
+        who = f"provider {self.provider}" if self.provider else "default server"
+        return f"{who} at {self.base_url}"
+
     cache_key: str | None = None  # the step's key, once its request can be rendered
     keys: list[str] = field(default_factory=list)  # each request's cache key
     output: Any = None  # the output a replay gives (not in to_dict)
@@ -108,6 +120,8 @@ def _plan(
                     else outcome
                 )
                 planned = StepPlan(step.id, step.kind, action, number, sorted(step.needs), detail)
+                if step.kind == "prompt":
+                    _where(planned, step, outcome, runtime)
                 if isinstance(outcome, PreparedStep):
                     planned.cache_key, planned.keys = outcome.cache_key, outcome.keys
                     if dict.__contains__(known, step.id):  # Vars: a step may be named `get`
@@ -156,35 +170,66 @@ def _resolve(
         if step.kind == "template":  # pure: its output is known without running anything
             outputs = [request["output"] for request in prepared.requests]
             known[step.id] = {"output": prepared.output_of(outputs), "status": "completed"}
-        where = prepared.requests[0].get("base_url") if prepared.requests else None
-        why = _why_run(step)
-        notes = [f"provider at {where}" if where else None, why]
-        return "run", "; ".join(n for n in notes if n) or None
+        return "run", _why_run(step, _servers(prepared))
     outputs = [entry["output"] for entry in hits]
     known[step.id] = {"output": prepared.output_of(outputs), "status": "completed"}
-    return "replay", _why_replay(step)
+    return "replay", _why_replay(step, _servers(prepared))
 
 
-def _why_run(step: Step) -> str:
+def _where(planned: StepPlan, step: Step, outcome: Any, runtime: Runtime) -> None:
+    """The provider and base URL of an LLM step's requests (from its rendered request, or from
+    its model as written when that is not a template)."""
+    if isinstance(outcome, PreparedStep) and outcome.requests:
+        model = str(outcome.requests[0]["model"])
+    else:
+        model = qualified(str(step.get("model") or DEFAULT_MODEL), step.get("provider"))
+        if "{" in model:
+            return
+    provider, _ = split_model(model, runtime.providers)
+    if provider is not None:
+        planned.provider, planned.base_url = provider.name, provider.base_url
+    else:
+        planned.base_url = default_base_url()
+
+
+def _why_run(step: Step, servers: str) -> str:
     """Why a step must run: its cache policy and where that policy is written."""
     if not step.cache:
         return f"cache: false, from {step.cache_source}"
+    if step.cache_by_server and step.kind == "prompt":
+        return (
+            f"not cached: it offers {servers}, which set no cache:, so its answer is "
+            "cached only if the servers mark every tool offered read-only and closed-world"
+        )
     if step.cache_by_server:
         server, _, tool = step.get("tool").partition(".")
         return (
             f"not cached: tools.{server} sets no cache:, so {tool} is cached only if the server "
             "marks it read-only and closed-world"
         )
+    if step.cache_ttl is not None:
+        return (
+            f"no cached result for this request (entries kept {step.cache_ttl:g}s, "
+            f"from {step.cache_source})"
+        )
     return "no cached result for this request"
 
 
-def _why_replay(step: Step) -> str:
+def _why_replay(step: Step, servers: str) -> str:
     """Why a step replays: a cached result of the same request, and the policy allowing it."""
     ttl = f" (entries kept {step.cache_ttl:g}s)" if step.cache_ttl is not None else ""
+    if step.cache_by_server and step.kind == "prompt":
+        return f"cached: the servers mark every tool offered read-only and closed-world ({servers})"
     if step.cache_by_server:
         server, _, tool = step.get("tool").partition(".")
         return f"cached: the server marks {tool} read-only and closed-world (tools.{server})"
     return f"cached result of the same request; cache policy{ttl} from {step.cache_source}"
+
+
+def _servers(prepared: PreparedStep) -> str:
+    """The MCP servers (run by the engine) a prompt step offers, as `tools.NAME`."""
+    identities = prepared.requests[0].get("tools") or [] if prepared.requests else []
+    return ", ".join(f"tools.{i['name']}" for i in identities if i.get("type") == "mcp")
 
 
 def _known_false(step: Step, context: dict[str, Any], runtime: Runtime) -> bool:

@@ -28,6 +28,8 @@ class StepResult:
     reason: str | None = None  # why a step was skipped or interrupted
     request: Any = None  # the rendered request, masked (a list for foreach; none for templates)
     tries: list[dict[str, Any]] = field(default_factory=list)  # each attempt's times and end
+    # a foreach step's tries, one list per item (empty: from the cache); None for other steps
+    item_tries: list[list[dict[str, Any]]] | None = None
     # what failed, from the error's class: rate_limit, timeout, server, auth, bad_request,
     # schema, tool, template, command, ... (see stepchain.errors.StepError); None if none did
     error_kind: str | None = None

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from stepchain.cache import ResultCache
 from stepchain.cache.pending import PendingWrites
@@ -27,7 +27,7 @@ from stepchain.errors import (
 from stepchain.llm.limiter import Budget, budget
 from stepchain.llm.usage import add_usage
 from stepchain.pipeline.definition import Step
-from stepchain.run.context import Runtime
+from stepchain.run.context import Runtime, current_step
 from stepchain.run.database import Storage
 from stepchain.run.prepare import PreparedStep, prepare_step
 from stepchain.run.results import RunResult, RunStatus, StepResult, now
@@ -42,6 +42,7 @@ from stepchain.templates.sandbox import RenderInterrupted
 log = logging.getLogger(LOGGER_NAME)
 MAX_SERVER_WAIT = 600.0  # seconds a Retry-After may hold a step that has no timeout
 Observer = Callable[[str, str, StepResult | None], None]  # (event, step_id, result)
+_T = TypeVar("_T")
 
 
 class _Failed(Exception):
@@ -72,6 +73,8 @@ class Scheduler:
         self.cache = cache
         self.previous = previous
         self.observe = observer or (lambda *_: None)
+        # an observer's progress(step_id, done, total) hears a foreach step's items finish
+        self.progress: Callable[[str, int, int], None] | None = getattr(observer, "progress", None)
         self.results: dict[str, StepResult] = {}
         self.visible: dict[str, dict[str, Any]] = Vars()  # what templates see as `steps`
         self.writes = PendingWrites(cache)  # new cache entries, written in batches
@@ -94,30 +97,38 @@ class Scheduler:
             for need in step.needs:
                 dependents[need].append(step.id)
         ready = [s.id for s in self.pipeline.steps if not waiting[s.id]]
-        while ready or self.running:
-            finished = self._start_ready(ready)  # skipped and inline steps finish at once
-            ready = []
-            if finished or not self.running:  # do not block: what they release may start now
-                if finished:  # but let started tasks and signal handlers (interrupt) run
-                    await asyncio.sleep(0)
-                done: set[asyncio.Task] | list[asyncio.Task] = [
-                    task for task in self.running if task.done()
-                ]
-            else:
-                done, _ = await asyncio.wait(
-                    self.running, timeout=self.writes.due_in(), return_when=asyncio.FIRST_COMPLETED
-                )
-            for task in done:
-                sid = self.running.pop(task)
-                self._finish(_result_of(task, sid))
-                finished.append(sid)
-            for sid in finished:
-                for dep in dependents[sid]:
-                    waiting[dep].discard(sid)
-                    if not waiting[dep]:
-                        ready.append(dep)
-            self.storage.commit()  # durable before any dependent starts
-            self.writes.flush()  # when due or full; the wait above wakes for it, mostly idle
+        try:
+            while ready or self.running:
+                finished = self._start_ready(ready)  # skipped and inline steps finish at once
+                ready = []
+                if finished or not self.running:  # do not block: what they release may start now
+                    if finished:  # but let started tasks and signal handlers (interrupt) run
+                        await asyncio.sleep(0)
+                    done: set[asyncio.Task] | list[asyncio.Task] = [
+                        task for task in self.running if task.done()
+                    ]
+                else:
+                    done, _ = await asyncio.wait(
+                        self.running,
+                        timeout=self.writes.due_in(),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                for task in done:
+                    sid = self.running.pop(task)
+                    self._finish(_result_of(task, sid))
+                    finished.append(sid)
+                for sid in finished:
+                    for dep in dependents[sid]:
+                        waiting[dep].discard(sid)
+                        if not waiting[dep]:
+                            ready.append(dep)
+                self.storage.commit()  # durable before any dependent starts
+                self.writes.flush()  # when due or full; the wait above wakes for it, mostly idle
+        except BaseException:  # e.g. a record that could not be written: end what is in flight
+            for task in self.running:
+                task.cancel()
+            await asyncio.gather(*self.running, return_exceptions=True)
+            raise
         self._mark_not_started()
         self.storage.commit()
         self.writes.flush(force=True)
@@ -192,6 +203,7 @@ class Scheduler:
 
     # -- one step -------------------------------------------------------------------------
     async def _run_step(self, step: Step) -> StepResult:
+        current_step.set(step.id)  # this task's own context: seen by what the step calls
         result = StepResult(step.id, "completed", started_at=now())
         try:
             prepared = prepare_step(step, self._context(), self.rt)
@@ -247,15 +259,25 @@ class Scheduler:
     async def _execute(self, prepared: PreparedStep, result: StepResult) -> None:
         """Each request from the cache or executed; a foreach step's items side by side."""
         step = prepared.step
-        # a template step's one try is its rendering; a foreach step's items' tries are too many
-        tries = result.tries if step.foreach is None and step.kind != "template" else None
+        # a template step's one try is its rendering; a foreach item's tries are its own
+        # (result.item_tries, one list per item, empty for an item from the cache)
+        per_item: list[list[dict[str, Any]] | None]
+        if step.kind == "template":
+            per_item = [None] * len(prepared.requests)
+        elif step.foreach is None:
+            per_item = [result.tries]
+        else:
+            result.item_tries = [[] for _ in prepared.requests]
+            per_item = list(result.item_tries)
         runs = [
             self._cached_or_executed(step, request, key, tries)
-            for request, key in zip(prepared.requests, prepared.keys, strict=True)
+            for request, key, tries in zip(prepared.requests, prepared.keys, per_item, strict=True)
         ]
         if step.foreach is None:
             self._collect(prepared, result, [await runs[0]])
             return
+        if self.progress is not None:
+            runs = _counted(self.progress, step.id, runs)
         outcomes = await asyncio.gather(*runs, return_exceptions=True)
         failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
         for _, error in failures:
@@ -298,14 +320,19 @@ class Scheduler:
                 return Outcome(entry["output"], entry.get("usage") or {}), 0, True
         outcome, attempts = await self._attempts(step, request, tries)
         cacheable = step.cache
-        if cacheable and step.cache_by_server:  # no policy written down: the server's word
-            cacheable = await self.rt.mcp_replay_safe(request["tool"], request["remote"])
+        if cacheable and step.cache_by_server:  # no policy written down: the servers' word
+            cacheable = await self.rt.replay_safe(step, request)
         self._executed(step, key, outcome, cacheable)
         return outcome, attempts, False
 
-    def _waiting(self, step_id: str, limiter: str | None) -> None:
-        """Tell the observer a request of the step waits for a rate limit (or stopped)."""
+    def _waiting(
+        self, step_id: str, limiter: str | None, waits: list[dict[str, Any]] | None = None
+    ) -> None:
+        """A request of the step waits for a rate limit (or stopped): tell the observer, and
+        note the wait in the attempt's `waits` for the run record."""
         self.observe("waiting" if limiter else "resumed", step_id, None)
+        if waits is not None:
+            _note_wait(waits, limiter)
 
     def _use_cache(self, step: Step) -> bool:
         return step.cache and not self.options.no_cache and step.id not in self.options.refresh
@@ -328,8 +355,11 @@ class Scheduler:
         began = now()
         while True:
             attempt += 1
+            waits: list[dict[str, Any]] = []  # this attempt's waits for a rate limit
             # the attempt's deadline, which waits for an LLM rate limit may not pass
-            allowance = Budget(None, step.timeout, notify=partial(self._waiting, step.id))
+            allowance = Budget(
+                None, step.timeout, notify=partial(self._waiting, step.id, waits=waits)
+            )
             try:
                 async with self.slots:
                     began = now()
@@ -344,7 +374,7 @@ class Scheduler:
                         budget.reset(token)
                 if spent:
                     outcome.usage = add_usage(dict(outcome.usage), spent)
-                _record_try(tries, began, "completed")
+                _record_try(tries, began, "completed", waits=waits)
                 return outcome, attempt
             except TimeoutError:
                 if allowance.waiting is not None:  # the timeout struck while waiting for a limit
@@ -355,6 +385,7 @@ class Scheduler:
                         "raise the step's timeout:, lower --max-concurrent, or declare the "
                         "account's limits (limits: {MODEL: {rpm: N, tpm: N}})",
                     )
+                    _record_try(tries, began, "failed", self.rt.describe_error(late), waits=waits)
                     raise _Failed(late, attempt, spent) from None
                 error: RetryableStepError = StepTimeout(f"timed out after {step.timeout:g}s")
             except RetryableStepError as exc:
@@ -362,14 +393,14 @@ class Scheduler:
             except StepError as exc:
                 add_usage(spent, getattr(exc, "usage", None))
                 add_usage(self.spent, spent)
-                _record_try(tries, began, "failed", self.rt.describe_error(exc))
+                _record_try(tries, began, "failed", self.rt.describe_error(exc), waits=waits)
                 raise _Failed(exc, attempt, spent) from None
             add_usage(spent, getattr(error, "usage", None))
             message = self.rt.describe_error(error)
             if attempt > step.retries:
                 suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
                 add_usage(self.spent, spent)
-                _record_try(tries, began, "failed", message)
+                _record_try(tries, began, "failed", message, waits=waits)
                 raise _Failed(StepError(f"{error}{suffix}", kind=error.kind), attempt, spent)
             feedback = getattr(error, "feedback", None)
             delay = (
@@ -379,7 +410,9 @@ class Scheduler:
                 else (step.backoff.delay(attempt) * random.uniform(0.5, 1.0))
             )
             wait = "retry-after" if error.retry_after is not None else "backoff"
-            _record_try(tries, began, "failed", message, wait=wait, wait_s=round(delay, 3))
+            _record_try(
+                tries, began, "failed", message, waits=waits, wait=wait, wait_s=round(delay, 3)
+            )
             log.info(
                 "step %s attempt %d failed (%s); retrying in %.2fs",
                 step.id,
@@ -479,6 +512,20 @@ class Scheduler:
         return self.rt.mask(outputs)
 
 
+MAX_WAITS = 20  # waits for a rate limit recorded per try; later ones are only counted
+
+
+def _note_wait(waits: list[dict[str, Any]], limiter: str | None) -> None:
+    """A wait for limiter `limiter` begins (a name) or the current one ends (None)."""
+    if limiter is not None:
+        if len(waits) < MAX_WAITS:
+            waits.append({"started_at": now().isoformat(), "limiter": limiter})
+        elif waits:
+            waits[-1]["more"] = waits[-1].get("more", 0) + 1
+    elif waits and "finished_at" not in waits[-1]:
+        waits[-1]["finished_at"] = now().isoformat()
+
+
 def _result_of(task: asyncio.Task, step_id: str) -> StepResult:
     """A step task's result; a task cancelled before it began (an interrupt in the tick that
     started it) never ran `_run_step`, which would have recorded it as interrupted."""
@@ -500,13 +547,40 @@ def _record_try(
     began: datetime,
     status: str,
     error: str | None = None,
+    waits: list[dict[str, Any]] | None = None,
     **wait: Any,
 ) -> None:
-    """One try of a request for the run record: when it ran, how it ended, how long it waited."""
+    """One try of a request for the run record: when it ran, how it ended, the waits for a
+    rate limit within it (`waits`), and the wait for a retry after it (`wait`, `wait_s`)."""
     if tries is not None:
-        entry = {
+        entry: dict[str, Any] = {
             "started_at": began.isoformat(),
             "finished_at": now().isoformat(),
             "status": status,
         }
-        tries.append({**entry, **({"error": error} if error else {}), **wait})
+        if error:
+            entry["error"] = error
+        if waits:
+            end = entry["finished_at"]
+            entry["waits"] = [{**w, "finished_at": w.get("finished_at", end)} for w in waits]
+        tries.append({**entry, **wait})
+
+
+def _counted(
+    progress: Callable[[str, int, int], None],
+    step_id: str,
+    runs: list[Coroutine[Any, Any, _T]],
+) -> list[Coroutine[Any, Any, _T]]:
+    """A foreach step's item runs, each telling `progress` when it is done."""
+    total, done = len(runs), 0
+    progress(step_id, 0, total)
+
+    async def counted(run: Coroutine[Any, Any, _T]) -> _T:
+        nonlocal done
+        try:
+            return await run
+        finally:
+            done += 1
+            progress(step_id, done, total)
+
+    return [counted(run) for run in runs]

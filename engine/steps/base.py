@@ -14,6 +14,7 @@ from stepchain.pipeline.definition import Pipeline, Step
 
 if TYPE_CHECKING:
     from stepchain.llm.client import LLMClient
+    from stepchain.llm.providers import Provider
     from stepchain.tools.functions import FunctionTool
 
 
@@ -38,6 +39,11 @@ class RunServices(Protocol):
 
     @property
     def llm(self) -> LLMClient: ...
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        """Named providers: the user settings' and the pipeline's (which win by name)."""
+        ...
 
     def llm_for(self, model: str) -> tuple[LLMClient, str, str | None]:
         """(client, model name, provider api) for a model that may be `PROVIDER/MODEL`."""

@@ -18,7 +18,7 @@ from jsonschema import validators
 from jsonschema.exceptions import best_match
 from stepchain.errors import RetryableStepError, StepError
 from stepchain.llm.output_format import json_schema_format, strict_compatible
-from stepchain.llm.providers import parse_providers, split_model
+from stepchain.llm.providers import qualified, split_model
 from stepchain.llm.usage import add_usage
 from stepchain.llm.wire import ModelCall, ToolCall
 from stepchain.pipeline.definition import DEFAULT_MODEL, Step, ToolSpec
@@ -53,9 +53,8 @@ def render_request(step: Step, context: dict[str, Any], run: RunServices) -> dic
             return None
         return render_text(value, context, run.path_of(step, name), run.locate)
 
-    model = text("model") or DEFAULT_MODEL
-    named = run.pipeline.providers
-    provider = split_model(model, parse_providers(named))[0] if named else None
+    model = qualified(text("model") or DEFAULT_MODEL, step.get("provider"))
+    provider = split_model(model, run.providers)[0] if run.providers else None
     where = {"base_url": provider.base_url} if provider is not None else {}  # in the cache key
     return {
         **where,
@@ -248,7 +247,7 @@ class _Toolbox:
             if not self.services.approve:
                 raise StepError(
                     f"hosted MCP server '{spec.name}' has require_approval: always",
-                    "review what it may do, then approve its calls with --approve",
+                    "review what it may do, then approve its calls with approve=True",
                 )
             definition["require_approval"] = "never"  # approved up front by --approve
         return definition

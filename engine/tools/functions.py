@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import sys
@@ -107,6 +108,11 @@ def load_function_tool(spec: ToolSpec, base_dir: Path) -> FunctionTool:
     if not callable(func):
         raise StepChainError(f"tool '{spec.name}': {spec.function} is not callable")
     _check_defined_here(spec, func, base_dir)
+    return given_function_tool(spec, func)
+
+
+def given_function_tool(spec: ToolSpec, func: Callable[..., Any]) -> FunctionTool:
+    """A function tool for a callable in hand (imported here, or given from Python)."""
     return FunctionTool(
         name=spec.name,
         target=spec.function or "",
@@ -122,8 +128,10 @@ def _check_defined_here(spec: ToolSpec, func: Callable[..., Any], base_dir: Path
 
     `tools:os.system` (a module that imported os) would otherwise reach any callable.
     """
-    if local_module_file((spec.function or "").partition(":")[0], base_dir) is None:
-        return  # a package the user trusted (consent is checked before the run)
+    module = (spec.function or "").partition(":")[0]
+    if local_module_file(module, base_dir) is None:
+        _check_defined_in_package(spec, func, module.split(".")[0])
+        return
     code = getattr(inspect.unwrap(func), "__code__", None)
     file = Path(code.co_filename).resolve() if code is not None else None
     if file is None or not file.is_relative_to(base_dir.resolve()):
@@ -131,6 +139,36 @@ def _check_defined_here(spec: ToolSpec, func: Callable[..., Any], base_dir: Path
         raise StepChainError(
             f"tool '{spec.name}': {spec.function} is defined outside the pipeline's folder ({where})",
             "a function tool must be a function written in the pipeline's folder",
+        )
+
+
+def _check_defined_in_package(spec: ToolSpec, func: Callable[..., Any], top: str) -> None:
+    """A package's tool must be a function of that package (trusted, or consented to).
+
+    `json:codecs.open` would otherwise reach whatever the package imported.
+    """
+    unwrapped = inspect.unwrap(func)
+    code = getattr(unwrapped, "__code__", None)
+    if code is None:  # a builtin (C) function: its own module says where it is from
+        inside = str(getattr(unwrapped, "__module__", None) or "").split(".")[0] == top
+        where = f"in module {getattr(unwrapped, '__module__', None)}"
+    elif code.co_filename.startswith("<frozen "):
+        inside = code.co_filename[len("<frozen ") : -1].split(".")[0] == top
+        where = f"in {code.co_filename}"
+    else:
+        package = importlib.util.find_spec(top)  # imported already: nothing runs here
+        roots: list[Path] = []
+        if package is not None:
+            roots = [Path(p).resolve() for p in (package.submodule_search_locations or [])]
+            if not roots and package.origin:
+                roots = [Path(package.origin).resolve()]
+        file = Path(code.co_filename).resolve()
+        inside = any(file == root or file.is_relative_to(root) for root in roots)
+        where = f"in {file}"
+    if not inside:
+        raise StepChainError(
+            f"tool '{spec.name}': {spec.function} is defined outside package '{top}' ({where})",
+            f"a function tool must be a function of the package it names ({top})",
         )
 
 

@@ -69,7 +69,7 @@ def format_plan_markdown(
     lines += ["|---:|---|---|---|---|---|"]
     for s in plan.steps:
         why = ", ".join(changed.get(s.step_id, [])) or ""
-        note = _cell(s.detail or "")
+        note = _cell("; ".join(n for n in (s.where, s.detail) if n))
         lines.append(
             f"| {s.layer} | `{s.step_id}` | {s.kind} | **{s.action}** | {_cell(why)} | {note} |"
         )

@@ -14,6 +14,7 @@ from stepchain.run.results import StepResult
 OUTPUT_LIMIT = 64 * 1024  # characters of one output (or definition) embedded, at most
 REPORT_BUDGET = 3 * 512 * 1024  # characters shared by the outputs and definitions of a run
 MIN_OUTPUT_LIMIT = 256
+NOT_RECORDED = ("running", "pending")  # the states of steps a run in progress has not recorded
 
 
 @dataclass
@@ -40,7 +41,11 @@ class StepView:
     request: Text | None  # the rendered request, where the run record has it
     output: Text | None
     items: int | None  # a foreach step's item count
-    change: str  # against the previous run: new, same, changed, replayed ...
+    # against the previous run: ran, replayed, ran again (request changed) ...; in a run in
+    # progress, a step not recorded yet is `running` (its dependencies completed: it runs or
+    # waits for a slot) or `pending` (waiting for its dependencies)
+    change: str
+    since: datetime | None = None  # a `running` step: when its last dependency completed
 
     @property
     def step_id(self) -> str:
@@ -91,10 +96,37 @@ class RunReport:
         return sum(s.result.cached for s in done) / len(done)
 
     def counts(self) -> dict[str, int]:
+        """Steps per state: completed (ran), cached, failed, skipped, interrupted; in a run in
+        progress, running and pending (not recorded yet)."""
         counts: dict[str, int] = {}
         for view in self.steps:
-            state = "cached" if view.result.cached else view.result.status
+            if view.change in NOT_RECORDED:
+                state = view.change
+            else:
+                state = "cached" if view.result.cached else view.result.status
             counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def rate_limit_waits(self) -> tuple[int, float]:
+        """How many times the run's requests waited for a rate limit, and for how long in all
+        (waits of requests side by side add up)."""
+        count, spent = 0, 0.0
+        for view in self.steps:
+            for tries in [view.result.tries, *(view.result.item_tries or [])]:
+                for attempt in tries:
+                    for wait in attempt.get("waits") or []:
+                        count += 1 + int(wait.get("more", 0))
+                        began = _parse(wait.get("started_at"))
+                        ended = _parse(wait.get("finished_at"))
+                        if began and ended:
+                            spent += max(0.0, (ended - began).total_seconds())
+        return count, spent
+
+    def changes(self) -> dict[str, int]:
+        """Steps per change against the previous run (replayed, ran again, ...)."""
+        counts: dict[str, int] = {}
+        for view in self.steps:
+            counts[view.change] = counts.get(view.change, 0) + 1
         return counts
 
 
@@ -108,12 +140,21 @@ def load_report(run_id: str, storage: Storage | None = None) -> RunReport:
     storage = storage or Storage()
     try:
         state = storage.load_run_state(run_id)
+        gone = state.status == "running" and not storage.is_driven(state.run_id)
         previous_id = storage.previous_run(state.run_id, state.pipeline_name, state.started_at)
         previous = storage.load_run_state(previous_id) if previous_id else None
     finally:
         if own:
             storage.close()
-    return build_report(state, previous)
+    if gone:  # marked running, but no process drives it: killed before it could record its end
+        state.status = "interrupted"
+    report = build_report(state, previous)
+    if gone:
+        report.notes.append(
+            "the process running this run is gone (killed before it could record its end): "
+            f"shown as interrupted; `stepchain resume {state.run_id}` runs the rest"
+        )
+    return report
 
 
 def build_report(state: RunState, previous: RunState | None = None) -> RunReport:
@@ -138,9 +179,28 @@ def build_report(state: RunState, previous: RunState | None = None) -> RunReport
     before = {r.step_id: r for r in previous.results} if previous else {}
     views = []
     for sid in order:
-        result = recorded.get(sid) or StepResult(sid, "skipped", reason="not recorded yet")
         kind, spec, needs = specs.get(sid, ("unknown", {}, []))
-        pending = sid not in recorded
+        change, since = "", None
+        if sid in recorded:
+            result = recorded[sid]
+            change = _change(result, before.get(sid), previous)
+            if not _readable(result):
+                notes.append(
+                    f"the attempts of step {sid} in the run record are unreadable; the step is "
+                    "drawn without them"
+                )
+                result.tries, result.item_tries = [], None
+        elif state.status == "running" and all(
+            n in recorded and recorded[n].status == "completed" for n in needs
+        ):
+            ends = [e for e in (recorded[n].completed_at for n in needs) if e is not None]
+            since = max(ends) if ends else _parse(state.started_at)
+            change = "running"
+            why = "running or waiting for a slot: a step is recorded when it finishes"
+            result = StepResult(sid, "skipped", reason=why)
+        else:
+            change = "pending"
+            result = StepResult(sid, "skipped", reason="not recorded yet")
         views.append(
             StepView(
                 result=result,
@@ -150,8 +210,9 @@ def build_report(state: RunState, previous: RunState | None = None) -> RunReport
                 definition=_definition(spec, limit),
                 request=None if result.request is None else as_text(result.request, limit),
                 output=None if result.output is None else as_text(result.output, limit),
-                items=len(result.output) if spec.get("foreach") and _is_list(result) else None,
-                change="pending" if pending else _change(result, before.get(sid), previous),
+                items=_item_count(result, spec),
+                change=change,
+                since=since,
             )
         )
     return RunReport(state, views, layers, previous.run_id if previous else None, notes)
@@ -167,8 +228,47 @@ def _definition(spec: dict[str, Any], limit: int) -> Text | None:
     return as_text(fields, limit) if fields else None
 
 
-def _is_list(result: StepResult) -> bool:
-    return isinstance(result.output, list)
+def _readable(result: StepResult) -> bool:
+    """Whether the step's tries (and its items') are as this StepChain records them."""
+    if result.item_tries is not None and not isinstance(result.item_tries, list):
+        return False
+    return all(_readable_tries(tries) for tries in [result.tries, *(result.item_tries or [])])
+
+
+def _readable_tries(tries: Any) -> bool:
+    if not isinstance(tries, list):
+        return False
+    for attempt in tries:
+        if not isinstance(attempt, dict) or not _times(attempt):
+            return False
+        if attempt.get("status", "completed") not in ("completed", "failed"):
+            return False
+        if not isinstance(attempt.get("wait_s", 0), int | float):
+            return False
+        waits = attempt.get("waits") or []
+        if not isinstance(waits, list) or not all(
+            isinstance(w, dict) and _times(w) and isinstance(w.get("more", 0), int) for w in waits
+        ):
+            return False
+    return True
+
+
+def _times(entry: dict[str, Any]) -> bool:
+    try:
+        datetime.fromisoformat(entry["started_at"])
+        datetime.fromisoformat(entry["finished_at"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _item_count(result: StepResult, spec: dict[str, Any]) -> int | None:
+    """A foreach step's items: those it tried (a failed step's output may miss some)."""
+    if result.item_tries is not None:
+        return len(result.item_tries)
+    if spec.get("foreach") and isinstance(result.output, list):
+        return len(result.output)
+    return None
 
 
 def _output_limit(steps: int) -> int:

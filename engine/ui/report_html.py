@@ -31,14 +31,19 @@ main{padding:0 24px 40px}
 .s-skipped,.s-skipped rect{background:#8c959f;fill:#8c959f}
 .s-interrupted,.s-interrupted rect{background:#bc4c00;fill:#bc4c00}
 .s-pending,.s-pending rect{background:#bf8700;fill:#bf8700}
+.s-running,.s-running rect{background:#4ac26b;fill:#4ac26b}
 .s-queued{background:repeating-linear-gradient(45deg,#d0d7de 0 3px,#f6f8fa 3px 6px)}
 .s-waiting{background:repeating-linear-gradient(45deg,#bf8700 0 3px,#fff8c5 3px 6px)}
+.s-ratelimit{background:repeating-linear-gradient(45deg,#8250df 0 3px,#fbefff 3px 6px)}
 #timeline{display:grid;grid-template-columns:minmax(120px,max-content) 1fr;gap:2px 8px;padding:8px}
 #timeline .label{font:12px ui-monospace,monospace;white-space:nowrap;cursor:pointer}
 #timeline .track{position:relative;height:16px;background:#f6f8fa;border-radius:3px}
 #timeline .bar{position:absolute;top:2px;height:12px;min-width:3px;border-radius:3px}
 #timeline .axis{display:flex;justify-content:space-between;font-size:11px}
 #timeline .mark{position:absolute;top:0;font-size:11px;color:#59636e}
+#timeline .label.item{padding-left:22px;color:#59636e}#timeline .track.item{height:12px}
+#timeline .track.item .bar{top:1px;height:10px}
+.fold{border:0;background:none;cursor:pointer;padding:0 4px 0 0;font:inherit}
 .legend span{margin-right:12px;font-size:12px}.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px}
 details.step{border:1px solid #d0d7de;border-radius:6px;margin:6px 0;padding:4px 10px}
 details.step>summary{cursor:pointer;font-family:ui-monospace,monospace}
@@ -58,6 +63,16 @@ JS = """
     el.addEventListener('click',function(){show(el.getAttribute('data-step'));});
     el.addEventListener('keydown',function(e){if(e.key==='Enter')show(el.getAttribute('data-step'));});
   });
+  document.querySelectorAll('button.fold').forEach(function(b){
+    b.addEventListener('click',function(e){
+      e.stopPropagation();
+      var open=b.getAttribute('aria-expanded')!=='true';
+      b.setAttribute('aria-expanded',open?'true':'false');
+      b.textContent=open?'\u25be':'\u25b8';
+      var rows=document.querySelectorAll('[data-parent="'+b.getAttribute('data-fold')+'"]');
+      rows.forEach(function(el){el.hidden=!open;});
+    });
+  });
   var all=document.getElementById('expand-all');
   if(all) all.addEventListener('click',function(){
     var open=all.getAttribute('data-open')!=='1';
@@ -69,7 +84,18 @@ JS = """
 })();
 """
 
-STATES = ("completed", "cached", "failed", "skipped", "interrupted", "pending", "queued", "waiting")
+STATES = {  # CSS class suffix: what the legend calls it
+    "completed": "completed",
+    "cached": "cached",
+    "failed": "failed",
+    "skipped": "skipped",
+    "interrupted": "interrupted",
+    "running": "running",
+    "pending": "pending",
+    "queued": "queued",
+    "ratelimit": "waiting for a rate limit",
+    "waiting": "waiting to retry",
+}
 
 
 def render_html(report: RunReport) -> str:
@@ -121,6 +147,9 @@ def _header(report: RunReport) -> str:
         ("cache hit rate", "-" if rate is None else f"{rate:.0%}"),
         ("steps", ", ".join(f"{n} {s}" for s, n in sorted(report.counts().items()))),
     ]
+    waits, waited = report.rate_limit_waits()
+    if waits:
+        facts.append(("rate-limit waits", f"{waits} ({seconds(waited)})"))
     items = "".join(f"<div><dt>{escape(k)}</dt><dd>{escape(v)}</dd></div>" for k, v in facts)
     error = f'<p class="error">{escape(state.error)}</p>' if state.error else ""
     return (
@@ -131,18 +160,16 @@ def _header(report: RunReport) -> str:
 
 
 def _legend() -> str:
-    keys = "".join(f'<span><i class="s-{s}"></i>{s}</span>' for s in STATES)
+    keys = "".join(f'<span><i class="s-{s}"></i>{name}</span>' for s, name in STATES.items())
     return f'<p class="legend">{keys}</p>'
 
 
 def _changes(report: RunReport) -> str:
     if report.previous_run is None:
         return "<h2>Changes</h2><p class='muted'>No earlier run of this pipeline is recorded.</p>"
-    counts: dict[str, int] = {}
-    for view in report.steps:
-        counts[view.change] = counts.get(view.change, 0) + 1
     rows = "".join(
-        f"<tr><td>{escape(change)}</td><td>{n}</td></tr>" for change, n in sorted(counts.items())
+        f"<tr><td>{escape(change)}</td><td>{n}</td></tr>"
+        for change, n in sorted(report.changes().items())
     )
     changed = [v.step_id for v in report.steps if "changed" in v.change or "new" in v.change]
     detail = (

@@ -13,8 +13,8 @@ LABEL_CHARS = 20
 
 def state_of(view: StepView) -> str:
     """The state a step is drawn in: a CSS class suffix."""
-    if view.change == "pending":
-        return "pending"
+    if view.change in ("running", "pending"):  # not recorded yet, in a run in progress
+        return view.change
     return "cached" if view.result.cached else view.result.status
 
 

@@ -42,7 +42,8 @@ def format_plan(plan: Plan) -> str:
     for s in plan.steps:
         counts[s.action] = counts.get(s.action, 0) + 1
         detail = f"  ({s.detail})" if s.detail else ""
-        lines.append(f"  {s.action:<8} {s.step_id:<{width}}  {s.kind}{detail}")
+        where = f"  [{s.where}]" if s.where else ""
+        lines.append(f"  {s.action:<8} {s.step_id:<{width}}  {s.kind}{where}{detail}")
     summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
     lines += ["", f"plan: {summary}"]
     return "\n".join(lines + format_runnables(plan.runs))
@@ -54,7 +55,13 @@ def format_runnables(runs: list[Runnable]) -> list[str]:
         return []
     lines = ["", "runs programs or code:"]
     for r in runs:
-        note = "needs consent" if r.needs_consent else "in the pipeline's folder"
+        note = (
+            "needs consent"
+            if r.needs_consent
+            else "a trusted package"
+            if r.trusted_package
+            else "in the pipeline's folder"
+        )
         lines.append(f"  {r.describe()}  [{note}]")
     return lines
 

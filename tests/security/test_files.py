@@ -64,3 +64,24 @@ def test_a_deeply_nested_inputs_file_is_a_clear_error(cli, tmp_path, pipeline):
     assert result.exit_code == 2
     assert f"error: {deep}: nested too deeply to read" in result.stderr
     assert "no runs recorded yet" in cli("runs", "list").stdout
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "run", "trust"])
+def test_every_command_reading_a_pipeline_refuses_bad_files_in_one_line(cli, tmp_path, command):
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x01" * 100)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    expected = {
+        loop: "Too many levels of symbolic links",
+        binary: f"{binary} is not UTF-8 text: invalid start byte at byte 0",
+        deep: f"{deep}:1:1001: nested more than 200 levels deep: flatten the structure",
+    }
+    for path, message in expected.items():
+        result = cli(command, path)
+        assert result.exit_code in (1, 2), (path, result.output)
+        assert message in result.stderr + result.stdout
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert "no runs recorded yet" in cli("runs", "list").stdout

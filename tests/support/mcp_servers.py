@@ -22,6 +22,7 @@ TOOLS = {
     "hang": "Never answers (the server keeps serving other requests).",
     "garbage": "Answers with a line that is not JSON.",
     "bad_result": "Answers with a result that is not a valid tool result.",
+    "flood": "Sends a 3 MB notification (no request id) instead of an answer.",
 }
 
 
@@ -57,6 +58,9 @@ def answer(request: dict[str, Any]) -> dict[str, Any] | str | None:
         os._exit(1)
     elif method == "tools/call" and tool == "garbage":
         return "this is not JSON-RPC"
+    elif method == "tools/call" and tool == "flood":
+        log = {"level": "info", "data": "x" * 3_000_000}
+        return json.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": log})
     elif method == "tools/call":
         result = {"content": "not a list of content blocks"}
     else:  # e.g. server/discover: unknown to a pre-2026 server, so the client falls back

@@ -7,7 +7,10 @@ scripted answer, in order across connections:
 * ``trickle(data)``: the same, one byte at a time (each its own TCP segment);
 * ``then_close(data)``: ``data`` sent, then the connection closed (no ``Connection: close``);
 * ``CLOSE``: the connection closed without an answer;
-* ``HANG``: no answer until the client closes the connection (or the server stops).
+* ``HANG``: no answer until the client closes the connection (or the server stops);
+* ``stream(chunks, pause=, reset=)``: each chunk of an iterable (endless, if need be) sent in
+  turn, ``pause`` seconds apart, until it ends, the client closes or the server stops; then the
+  connection is closed, or reset (RST) with ``reset=True``.
 
 The server counts the connections it accepts and those the client closes, and keeps every
 request's raw bytes. Plain TCP, or TLS with an ``ssl.SSLContext``. Standard library only.
@@ -18,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-__all__ = ["CLOSE", "HANG", "RawServer", "then_close", "trickle"]
+__all__ = ["CLOSE", "HANG", "RawServer", "stream", "then_close", "trickle"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,18 @@ HANG = object()
 @dataclass(frozen=True)
 class _Trickle:
     data: bytes
+
+
+@dataclass(frozen=True)
+class _Stream:
+    chunks: Iterable[bytes]
+    pause: float
+    reset: bool
+
+
+def stream(chunks: Iterable[bytes], *, pause: float = 0.0, reset: bool = False) -> _Stream:
+    """Send each chunk in turn, `pause` seconds apart; then close (or reset) the connection."""
+    return _Stream(chunks, pause, reset)
 
 
 def then_close(data: bytes) -> _Close:
@@ -148,6 +164,15 @@ class RawServer:
                     time.sleep(0.0005)  # let the client read each byte on its own
             elif isinstance(answer, _Close):
                 sock.sendall(answer.data)
+                return
+            elif isinstance(answer, _Stream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for chunk in answer.chunks:
+                    if self._stopped.wait(answer.pause) if answer.pause else self._stopped.is_set():
+                        return
+                    sock.sendall(chunk)
+                if answer.reset:  # SO_LINGER 0: close() sends a RST instead of a FIN
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return
             else:  # HANG: until the client closes the connection
                 while sock.recv(65536):

@@ -20,12 +20,14 @@ from jsonschema.exceptions import best_match
 from mcp import Client, MCPError
 from pydantic import ValidationError
 from stepchain.errors import RetryableStepError, StepError, StepTimeout
+from stepchain.tools.mcp.http import TOO_LARGE_MARK
 from stepchain.tools.mcp.session import (
     NETWORK_ERRORS,
     McpServerSpec,
     McpSession,
     describe_error,
 )
+from stepchain.tools.mcp.stdio import MAX_MESSAGE_ENV, TOO_LARGE, format_size
 
 __all__ = ["START_TIMEOUT", "McpConnection", "McpPool", "McpServerSpec", "replay_safe"]
 
@@ -51,8 +53,32 @@ def replay_safe(annotations: mcp_types.ToolAnnotations | None) -> bool:
     )
 
 
+def _over_http_limit(exc: MCPError) -> bool:
+    """Whether the SDK resolved a request with an error because its HTTP reply (JSON, or a
+    server-sent event) was over the size limit."""
+    if exc.code == mcp_types.PARSE_ERROR:
+        return TOO_LARGE_MARK in str(exc)
+    text = str(exc)
+    return exc.code == mcp_types.CONNECTION_CLOSED and "exceeded the" in text and "limit" in text
+
+
+class ServerLost(RetryableStepError):
+    """The server crashed, hung up or sent garbage during a call; `shared` if other calls
+    were in flight on it too, so this call may not be the one that broke it."""
+
+    def __init__(self, message: str, hint: str, *, shared: bool) -> None:
+        super().__init__(message, hint, kind="server")
+        self.shared = shared
+
+
 class McpConnection:
-    """One live session to one server, shared by all steps of a run."""
+    """One live session to one server, shared by all steps of a run.
+
+    A server lost while several calls were in flight does not say which call broke it: each
+    of those calls is sent once more, alone, to a fresh server of its own (one such server at a
+    time). The call that crashes it again fails (and its step retries per `retries:`); the
+    others get their answers. No call is resent twice, so a crashing server cannot loop.
+    """
 
     def __init__(self, spec: McpServerSpec, *, start_timeout: float = START_TIMEOUT) -> None:
         self.spec = spec
@@ -61,6 +87,7 @@ class McpConnection:
         self._retiring: set[McpSession] = set()
         self._lock = asyncio.Lock()
         self._tools: dict[str, mcp_types.Tool] | None = None
+        self._alone = asyncio.Lock()  # one resend on a server of its own at a time
 
     async def start(self) -> None:
         """Start the server (or reconnect) unless a usable session is already up.
@@ -125,8 +152,28 @@ class McpConnection:
         self._validate(tool, available[tool]["input_schema"], arguments)
         link = await self._live_link()
         call = partial(Client.call_tool, name=tool, arguments=arguments)
-        result = await self._request(link, f"tool {tool!r}", timeout, call)
+        try:
+            result = await self._request(link, f"tool {tool!r}", timeout, call)
+        except ServerLost as lost:
+            if not lost.shared:
+                raise
+            log.debug("resending tool %r to a fresh server %r of its own", tool, name)
+            result = await self._alone_on_fresh_server(f"tool {tool!r}", timeout, call)
         return self._output(tool, result)
+
+    async def _alone_on_fresh_server(
+        self, what: str, timeout: float | None, send: Callable[[Client], Awaitable[_T]]
+    ) -> _T:
+        async with self._alone:
+            link = McpSession(self.spec)
+            self._retiring.add(link)  # close() stops it if the run ends meanwhile
+            try:
+                await self._ready(link)
+                return await self._request(link, what, timeout, send)
+            finally:
+                link.retired = True
+                link.stop(force=link.failure is not None)
+                await link.join()
 
     async def close(self) -> None:
         """Stop every session this connection started; safe to call twice."""
@@ -148,25 +195,32 @@ class McpConnection:
             if link is not None:
                 self._retire(link)
             self._link = link = McpSession(self.spec)
-            log.debug("starting MCP server %r", self.spec.name)
             try:
-                await asyncio.wait_for(asyncio.shield(link.ready), self.start_timeout)
-            except BaseException as exc:  # also a cancelled caller: never leave a server behind
+                await self._ready(link)
+            except BaseException:
                 self._link = None
-                if isinstance(exc, TimeoutError):
-                    link.failure = f"no answer to the handshake within {self.start_timeout:g}s"
-                link.failure = link.failure or "the start was interrupted"
-                self._retire(link)
-                await link.join()
-                if not isinstance(exc, TimeoutError | StepError):
-                    raise
-                error = RetryableStepError if link.transient else StepError
-                raise error(
-                    f"MCP server {self.spec.name!r} failed to start: {link.failure}"
-                    + self._stderr_note(link),
-                    f"check `command`/`url` of tools.{self.spec.name} and run it by hand",
-                ) from None
+                raise
             return link
+
+    async def _ready(self, link: McpSession) -> None:
+        """Wait for a new session's handshake; on any failure, stop it and say why."""
+        log.debug("starting MCP server %r", self.spec.name)
+        try:
+            await asyncio.wait_for(asyncio.shield(link.ready), self.start_timeout)
+        except BaseException as exc:  # also a cancelled caller: never leave a server behind
+            if isinstance(exc, TimeoutError):
+                link.failure = f"no answer to the handshake within {self.start_timeout:g}s"
+            link.failure = link.failure or "the start was interrupted"
+            self._retire(link)
+            await link.join()
+            if not isinstance(exc, TimeoutError | StepError):
+                raise
+            error = RetryableStepError if link.transient else StepError
+            raise error(
+                f"MCP server {self.spec.name!r} failed to start: {link.failure}"
+                + self._stderr_note(link),
+                f"check `command`/`url` of tools.{self.spec.name} and run it by hand",
+            ) from None
 
     def _retire(self, link: McpSession) -> None:
         """Stop a link once its last in-flight request is done; close() waits for it."""
@@ -194,6 +248,13 @@ class McpConnection:
                 "the server is restarted on the next call; raise the step's timeout if it is slow",
             )
         except MCPError as exc:
+            if exc.code == TOO_LARGE or _over_http_limit(exc):  # a reply dropped unread
+                limit = format_size(self.spec.max_message_bytes)
+                raise StepError(
+                    f"MCP server {name!r} answered {what} with more than {limit}, the limit; "
+                    f"set {MAX_MESSAGE_ENV} to allow larger results",
+                    kind="too_large",
+                ) from None
             if exc.code == mcp_types.CONNECTION_CLOSED or link.failure is not None:
                 link.failure = link.failure or "closed the connection"
                 raise self._lost(link, what) from None
@@ -220,13 +281,15 @@ class McpConnection:
             self._link = None
             self._retire(link)
 
-    def _lost(self, link: McpSession, what: str) -> RetryableStepError:
+    def _lost(self, link: McpSession, what: str) -> ServerLost:
+        if link.inflight_at_loss is None:  # the first call to hear of it counts them all
+            link.inflight_at_loss = link.inflight
         self._retire_if_current(link)
-        return RetryableStepError(
+        return ServerLost(
             f"MCP server {self.spec.name!r} {link.failure} (during {what})"
             + self._stderr_note(link),
             "the server is restarted on the next attempt",
-            kind="server",
+            shared=link.inflight_at_loss > 1,
         )
 
     def _validate(self, tool: str, schema: dict[str, Any], arguments: dict[str, Any]) -> None:
@@ -283,10 +346,11 @@ class McpPool:
         self._connections: dict[str, McpConnection] = {}
 
     async def get(self, name: str) -> McpConnection:
-        """The started connection to server `name`.
+        """The connection to server `name`; its server starts (or restarts) on the first request
+        that needs it, so asking for a tool list already known starts nothing.
 
         Raises:
-            StepError: No server of that name, or it failed to start.
+            StepError: No server of that name.
         """
         if name not in self._specs:
             known = ", ".join(sorted(self._specs)) or "none"
@@ -295,7 +359,6 @@ class McpPool:
         if connection is None:
             connection = McpConnection(self._specs[name], start_timeout=self._start_timeout)
             self._connections[name] = connection
-        await connection.start()
         return connection
 
     async def close_all(self) -> None:

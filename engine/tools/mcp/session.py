@@ -3,7 +3,7 @@
 The SDK's `async with Client(...)` must be entered and exited in one task, so each session
 lives in a task of its own (a `McpSession`) that owns it; steps in any task send requests
 through it (see `mcp_client`). Stdio servers inherit only a minimal environment plus their
-`env`, and their stderr goes to a temp file whose tail is quoted in errors.
+`env`; the last bytes of their stderr are kept (see `stdio`) and quoted in errors.
 """
 
 from __future__ import annotations
@@ -12,26 +12,32 @@ import asyncio
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import anyio
 import httpx2
 import mcp_types
 from mcp import Client, MCPError
-from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
+from mcp.client.stdio import get_default_environment
 from pydantic import ValidationError
 from stepchain import __version__
 from stepchain.errors import StepError
+from stepchain.tools.mcp.http import http_transport
+from stepchain.tools.mcp.stdio import (
+    DEFAULT_MAX_MESSAGE,
+    MAX_MESSAGE_ENV,
+    MessageTooLarge,
+    StderrTail,
+    stdio_transport,
+)
 
 log = logging.getLogger("stepchain.mcp")
 
 _STOP_GRACE = 10.0  # seconds a stopping session gets before it is cancelled outright
-_STDERR_TAIL = 2000  # characters of a server's stderr quoted in errors
+_STDERR_TAIL = 2000  # bytes of the end of a server's stderr quoted in errors
 # Besides the SDK's minimal set (HOME, PATH, ...), stdio servers see these and their own `env`.
 _INHERITED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
 
@@ -46,6 +52,7 @@ class McpServerSpec:
     env: dict[str, str]  # rendered; values may be secrets, so never log them
     cwd: str | None  # the pipeline's folder: stdio servers start there
     allowed_tools: tuple[str, ...] | None  # None: every tool is allowed
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE  # the largest message a server may send
 
     def __post_init__(self) -> None:
         if (self.command is None) == (self.url is None):
@@ -61,13 +68,13 @@ class McpSession:
         self.failure: str | None = None  # why this link must not be used again
         self.transient = False  # whether it failed the way a network hiccup does
         self.inflight = 0
+        self.inflight_at_loss: int | None = None  # calls in flight when the server was lost
         self.retired = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._stop = asyncio.Event()
         self._scope = anyio.CancelScope()  # cancelled to stop a session that will not stop politely
-        # Closed when the session ends; the server writes its stderr here, not to our terminal.
-        self._stderr: IO[bytes] | None = tempfile.TemporaryFile() if spec.command else None  # noqa: SIM115
-        self._stderr_tail = ""
+        # The server's stderr goes here, not to our terminal: its last bytes, quoted in errors.
+        self._stderr = StderrTail(_STDERR_TAIL)
         self.task = asyncio.create_task(self._serve(), name=f"mcp-{spec.name}")
 
     def require(self) -> Client:
@@ -93,15 +100,18 @@ class McpSession:
     def _transport(self) -> Any:
         spec = self.spec
         if spec.url is not None:
-            return streamable_http_client(spec.url)
+            return http_transport(spec.url, max_bytes=spec.max_message_bytes)
         program, *args = spec.command or []
         if program in ("python", "python3"):
             program = sys.executable  # the engine's interpreter, with the engine's packages
         inherited = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
-        params = StdioServerParameters(
-            command=program, args=args, env=inherited | spec.env, cwd=spec.cwd
+        return stdio_transport(
+            [program, *args],
+            env=get_default_environment() | inherited | spec.env,
+            cwd=spec.cwd,
+            stderr=self._stderr,
+            max_bytes=spec.max_message_bytes,
         )
-        return stdio_client(params, errlog=self._stderr)  # type: ignore[arg-type]
 
     async def _serve(self) -> None:
         try:
@@ -123,20 +133,19 @@ class McpSession:
                 self.failure = describe_error(leaf)
                 if is_closed(leaf) and not self.ready.done():
                     self.failure = "it closed the connection before answering (did it exit?)"
-            log.debug("MCP server %r session ended: %s", self.spec.name, self.failure)
+            log.debug("MCP server %r session ended", self.spec.name)  # failure: server text
         finally:
             self.client = None
             self.failure = self.failure or "the session ended"
             if not self.ready.done():
                 self.ready.set_exception(StepError(self.failure))
                 self.ready.exception()  # retrieved here: nobody may be waiting any more
-            self._stderr_tail = self.stderr_tail()
-            if self._stderr is not None:
-                self._stderr.close()
-                self._stderr = None
 
     async def _on_message(self, message: object) -> None:
-        if isinstance(message, Exception):  # the transport could not parse what the server sent
+        if isinstance(message, MessageTooLarge):  # too large to say which request it answers
+            self.failure = f"{message} (raise {MAX_MESSAGE_ENV} if that is expected)"
+            self.stop(force=True)
+        elif isinstance(message, Exception):  # the transport could not parse what the server sent
             self.failure = f"sent something that is not JSON-RPC: {describe_error(message)}"
             self.stop(force=True)
 
@@ -155,11 +164,7 @@ class McpSession:
             await asyncio.shield(self.task)
 
     def stderr_tail(self) -> str:
-        if self._stderr is None:
-            return self._stderr_tail
-        size = os.fstat(self._stderr.fileno()).st_size
-        data = os.pread(self._stderr.fileno(), _STDERR_TAIL, max(0, size - _STDERR_TAIL))
-        return data.decode("utf-8", "replace").strip()
+        return self._stderr.text()
 
 
 class _EndWatch:
@@ -217,7 +222,10 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ValidationError) and exc.errors():
         error = exc.errors()[0]
         if error["type"] == "json_invalid":  # quote the offending line itself
-            return repr(str(error["input"])[:200])
+            line = error["input"]
+            if isinstance(line, bytes):
+                line = line[:200].decode("utf-8", "replace")
+            return repr(str(line)[:200])
         where = ".".join(str(part) for part in error["loc"])
         return f"{where}: {error['msg']}" if where else error["msg"]
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
