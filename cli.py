@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -609,7 +610,8 @@ def decompose(
             partial.write_text(text, encoding="utf-8")
             os.replace(partial, output)
         except OSError as exc:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. its folder is a file
+                partial.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
                 exc.filename = output
                 raise  # a full disk: one line, exit 1, like every other write
