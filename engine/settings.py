@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -13,16 +14,9 @@ from pathlib import Path
 LOGGER_NAME = "stepchain"
 MAX_ANSWER_ENV = "STEPCHAIN_MAX_ANSWER_BYTES"
 DEFAULT_MAX_ANSWER_BYTES = 32 * 2**20  # generous: a long model answer is well under 1 MiB
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-}
+_SIZE = re.compile(r"(\d+)\s*(|b|kib|mib|gib|kb|mb|gb)", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6}
+_UNITS["gb"] = 10**9
 
 
 @dataclass(frozen=True)
@@ -69,23 +63,30 @@ class Settings:
         """
         if self.max_answer_bytes is not None:
             return self.max_answer_bytes
-        text = os.environ.get(MAX_ANSWER_ENV, "").strip()
-        if not text:
-            return DEFAULT_MAX_ANSWER_BYTES
-        number = text.rstrip("bBiIkKmMgG ")
-        unit = text[len(number) :].strip().lower()
-        try:
-            size = int(number) * _UNITS[unit]
-        except (KeyError, ValueError):
-            size = 0
-        if size <= 0:
-            from stepchain.errors import UsageError
+        return size_from_env(MAX_ANSWER_ENV, DEFAULT_MAX_ANSWER_BYTES)
 
-            raise UsageError(
-                f"{MAX_ANSWER_ENV} is not a size: {text!r}",
-                "set it to a number of bytes, or with a unit: 64MiB, 512KiB, 1GiB, 100MB",
-            )
-        return size
+
+def size_from_env(name: str, default: int, minimum: int = 1024) -> int:
+    """A size in bytes from environment variable `name` (33554432, 32MiB, 512KiB, 100MB), else
+    `default`.
+
+    Raises:
+        UsageError: The variable is set but is not such a size, or is below `minimum`.
+    """
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    found = _SIZE.fullmatch(text)
+    size = int(found.group(1)) * _UNITS[found.group(2).lower()] if found else 0
+    if size < minimum:
+        from stepchain.errors import UsageError
+
+        raise UsageError(
+            f"{name}={text[:40]!r} is not a size of at least {format_size(minimum)}",
+            "set it to a number of bytes, or with a unit: 64MiB, 512KiB, 1GiB, 100MB "
+            f"(default: {format_size(default)})",
+        )
+    return size
 
 
 def format_size(size: int) -> str:

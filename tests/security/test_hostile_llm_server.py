@@ -264,8 +264,9 @@ def test_a_limit_that_is_not_a_size_fails_before_any_request(run, server):
     ran = run(STEPCHAIN_MAX_ANSWER_BYTES="lots")
     assert ran.exit_code == 2
     assert ran.stderr.startswith(
-        "error: STEPCHAIN_MAX_ANSWER_BYTES is not a size: 'lots'\n"
-        "  hint: set it to a number of bytes, or with a unit: 64MiB, 512KiB, 1GiB, 100MB\n"
+        "error: STEPCHAIN_MAX_ANSWER_BYTES='lots' is not a size of at least 1 KiB\n"
+        "  hint: set it to a number of bytes, or with a unit: 64MiB, 512KiB, 1GiB, 100MB "
+        "(default: 32 MiB)\n"
     )
     assert server.requests == []
 

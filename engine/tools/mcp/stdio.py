@@ -38,7 +38,7 @@ from anyio.abc import ByteReceiveStream, Process
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.message import SessionMessage
-from stepchain.errors import UsageError
+from stepchain.settings import format_size, size_from_env
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
@@ -83,36 +83,13 @@ class StderrTail:
         return bytes(self._data[-self._size :]).decode("utf-8", "replace").strip()
 
 
-_SIZE = re.compile(r"(\d+)\s*(|b|kib|mib|gib|kb|mb|gb)", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6}
-_UNITS["gb"] = 10**9
-
-
 def max_message_from_env() -> int:
     """The largest message a stdio MCP server may send: $STEPCHAIN_MAX_MCP_RESULT_BYTES.
 
     Raises:
         UsageError: The variable is set but is not a size such as 16777216 or 16MiB.
     """
-    text = os.environ.get(MAX_MESSAGE_ENV, "").strip()
-    if not text:
-        return DEFAULT_MAX_MESSAGE
-    found = _SIZE.fullmatch(text)
-    size = int(found.group(1)) * _UNITS[found.group(2).lower()] if found else 0
-    if size < 1024:
-        raise UsageError(
-            f"{MAX_MESSAGE_ENV}={text[:40]!r} is not a size of at least 1 KiB",
-            f"set it to a number of bytes or a size such as 64MiB (default: "
-            f"{format_size(DEFAULT_MAX_MESSAGE)})",
-        )
-    return size
-
-
-def format_size(size: int) -> str:
-    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor} {unit}"
-    return f"{size} bytes"
+    return size_from_env(MAX_MESSAGE_ENV, DEFAULT_MAX_MESSAGE)
 
 
 @asynccontextmanager
