@@ -30,6 +30,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "STEPCHAIN_DASK_SCHEDULER",
         "STEPCHAIN_LIMITS",
         "STEPCHAIN_SETTINGS",
+        "STEPCHAIN_LOG_LEVEL",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("STEPCHAIN_DEBUG", "1")  # a bug surfaces as a traceback in tests
@@ -37,6 +38,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     token = settings_module._configured.set(None)
     yield home
     settings_module._configured.reset(token)
+    settings_module.reset_logging()  # setup_stepchain(log_level=...) lasts for the process
 
 
 @pytest.fixture
