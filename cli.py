@@ -128,6 +128,11 @@ Environment:
   OPENAI_API_KEY       the LLM provider's key (for prompt steps)
   OPENAI_BASE_URL      an OpenAI-compatible server: Ollama, vLLM, llama.cpp
   STEPCHAIN_LOG_LEVEL  the same as --log-level
+  STEPCHAIN_ALLOW_RUN  1: the same as --allow-run
+  STEPCHAIN_SETTINGS   providers and limits file (default: STEPCHAIN_HOME/settings.yaml)
+  STEPCHAIN_LIMITS     rate limits, JSON: {"MODEL": {"rpm": N, "tpm": N}}
+  STEPCHAIN_MAX_ANSWER_BYTES, STEPCHAIN_MAX_MCP_RESULT_BYTES, STEPCHAIN_MAX_RENDER_SIZE
+                       size limits (README, "Security")
 
 \b
 Exit codes:

@@ -192,7 +192,16 @@ def test_help_lists_whole_command_summaries_the_environment_and_exit_codes(cli):
     assert "..." not in text.split("Commands:")[1]  # no summary cut off
     assert "print every problem as FILE:LINE:COL: PATH:\n" in text
     assert "MESSAGE." in text
-    for name in ("STEPCHAIN_HOME", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+    for name in (
+        "STEPCHAIN_HOME",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "STEPCHAIN_SETTINGS",
+        "STEPCHAIN_LIMITS",
+        "STEPCHAIN_MAX_ANSWER_BYTES",
+        "STEPCHAIN_MAX_MCP_RESULT_BYTES",
+        "STEPCHAIN_MAX_RENDER_SIZE",
+    ):
         assert name in text
     codes = text.split("Exit codes:")[1].split()
     assert {"0", "1", "2", "70", "130"} <= set(codes)
