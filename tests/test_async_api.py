@@ -340,3 +340,40 @@ def test_hints_name_the_python_argument_in_the_api_and_the_flag_on_the_cli(write
     assert "hint: review the pipeline's tool calls, then pass --approve" in unapproved.stderr
     assert "=True" not in refused.stderr + unapproved.stderr
     assert recorded_runs() == []  # refused before anything ran
+
+
+SCRIPT = '''
+import json
+import stepchain
+
+
+def shout(text: str) -> str:
+    """Say it louder."""
+    return text.upper() + "!"
+
+
+results = stepchain.execute("p.yaml", tools={"shout": shout, "yell": shout})
+print(json.dumps([[r.step_id, r.status, r.output, r.cached] for r in results]))
+'''
+
+
+def test_a_function_of_the_running_script_is_a_tool_and_editing_it_runs_again(write, tmp_path):
+    """The 0.3 habit: tools defined in the script itself (`__main__`), run as given; the
+    script's source is in the cache key, so an edit is not answered from the cache."""
+    import json
+    import subprocess
+
+    write("p.yaml", SHOUTING)
+    script = write("script.py", SCRIPT)
+
+    def run() -> list:
+        done = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    assert run() == [["loud", "completed", "HI!", False], ["louder", "completed", "HI!!", False]]
+    assert run() == [["loud", "completed", "HI!", True], ["louder", "completed", "HI!!", True]]
+    script.write_text(SCRIPT.replace('"!"', '"?"'))
+    assert run() == [["loud", "completed", "HI?", False], ["louder", "completed", "HI??", False]]

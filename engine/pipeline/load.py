@@ -96,7 +96,7 @@ def with_tools(pipeline: Pipeline | str | Path, tools: dict[str, Any] | list[Any
             f"got {type(tools).__name__}",
             'e.g. tools={"add": add}, or tools=["web_search", add]',
         )
-    definitions, functions = tools_from_v03(tools), callables_of(tools)
+    definitions, functions = tools_from_v03(tools, in_hand=True), callables_of(tools)
     if isinstance(pipeline, Pipeline):
         path, text = pipeline.path, pipeline.text
     else:

@@ -17,21 +17,24 @@ HOSTED = ("web_search", "file_search", "code_interpreter")
 _MCP_KEYS = ("command", "url", "server_url", "server_label", "env", "headers", "allowed_tools")
 
 
-def tools_from_v03(tools: list[Any] | dict[str, Any]) -> dict[str, Any]:
+def tools_from_v03(tools: list[Any] | dict[str, Any], in_hand: bool = False) -> dict[str, Any]:
     """The `tools:` mapping for a 0.3 list (or a mapping whose values may be callables).
 
+    `in_hand`: the callables are run as given (execute(..., tools=...)), so a top-level function
+    of the running script (`__main__`) will do; otherwise (a file for later) it must be importable.
+
     Raises:
-        UsageError: an entry of a kind 0.3 did not have, or a callable that cannot be imported
-            by name (a lambda, a function defined in __main__ or inside another function).
+        UsageError: an entry of a kind 0.3 did not have, or a callable that cannot be named
+            (a lambda, a function defined inside another function, or in __main__ unless in hand).
     """
     if isinstance(tools, dict):
         return {
-            name: _entry(name, value)[1] if _is_v03(value) else value
+            name: _entry(name, value, in_hand)[1] if _is_v03(value) else value
             for name, value in tools.items()
         }
     converted: dict[str, Any] = {}
     for index, entry in enumerate(tools):
-        name, definition = _entry(index, entry)
+        name, definition = _entry(index, entry, in_hand)
         converted[name] = definition
     return converted
 
@@ -58,12 +61,12 @@ def _is_v03(value: Any) -> bool:
     )
 
 
-def _entry(index: int | str, entry: Any) -> tuple[str, dict[str, Any]]:
+def _entry(index: int | str, entry: Any, in_hand: bool) -> tuple[str, dict[str, Any]]:
     if isinstance(entry, str) and entry in HOSTED:
         return entry, {"type": entry}
     if callable(entry):
         name = index if isinstance(index, str) else entry.__name__
-        return name, _function(entry, name)
+        return name, _function(entry, name, in_hand)
     if isinstance(entry, dict) and entry.get("type") == "mcp":
         name = index if isinstance(index, str) else entry.get("server_label")
         if not isinstance(name, str):
@@ -88,7 +91,7 @@ def _entry(index: int | str, entry: Any) -> tuple[str, dict[str, Any]]:
                 f"tools[{index!r}]: a function tool needs an `implementation` callable",
                 "or declare it as {type: function, function: 'module:name'} under tools:",
             )
-        definition = _function(implementation, name)
+        definition = _function(implementation, name, in_hand)
         if function.get("description"):
             definition["description"] = function["description"]
         if isinstance(function.get("parameters"), dict):
@@ -100,14 +103,15 @@ def _entry(index: int | str, entry: Any) -> tuple[str, dict[str, Any]]:
     )
 
 
-def _function(func: Callable[..., Any], name: str) -> dict[str, Any]:
+def _function(func: Callable[..., Any], name: str, in_hand: bool) -> dict[str, Any]:
     """`type: function` for a Python callable, by the import path a pipeline can name."""
     module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", "")
-    if not module or module == "__main__" or "<" in qualname:
+    if not module or (module == "__main__" and not in_hand) or "<" in qualname:
         raise UsageError(
             f"tool {name!r}: {qualname or func!r} cannot be imported by name "
             f"(module {module or 'unknown'})",
-            "define it at the top level of a module next to the pipeline, not in __main__",
+            "define it with def at the top level of a module"
+            + ("" if in_hand else " next to the pipeline, not in __main__"),
         )
     definition: dict[str, Any] = {"type": "function", "function": f"{module}:{qualname}"}
     doc = inspect.getdoc(func)

@@ -26,7 +26,7 @@ from stepchain.tools.functions import (
     given_function_tool,
     load_function_tool,
 )
-from stepchain.tools.source import source_fingerprint, static_definition
+from stepchain.tools.source import callable_fingerprint, source_fingerprint, static_definition
 
 if TYPE_CHECKING:  # openai is imported only by runs with LLM steps
     from openai import DefaultAsyncHttpxClient
@@ -191,11 +191,13 @@ class Runtime:
 
     def function_identity(self, name: str) -> dict[str, Any]:
         """What identifies a function tool in cache keys: its target and its module's source."""
-        spec = self.pipeline.tools[name]
-        return {
-            "function": spec.function or "",
-            "code": source_fingerprint(spec, self.pipeline.base_dir),
-        }
+        spec, given = self.pipeline.tools[name], self.pipeline.functions.get(name)
+        code = (
+            callable_fingerprint(given)
+            if given is not None
+            else source_fingerprint(spec, self.pipeline.base_dir)
+        )
+        return {"function": spec.function or "", "code": code}
 
     def function_definition(self, name: str) -> dict[str, Any]:
         """The tool as offered to a model, read from its source without importing it."""

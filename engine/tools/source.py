@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,22 @@ def source_fingerprint(spec: ToolSpec, base_dir: Path) -> str:
         content = path.read_bytes() if path else b""
     except OSError:
         content = b""
+    return hashlib.sha256(content).hexdigest()[:16]
+
+
+def callable_fingerprint(func: Callable[..., Any]) -> str:
+    """For a callable given from Python: the SHA-256 of the file defining it (a script's too, where
+    the module cannot be found by name), else of its own source, else of its name."""
+    try:
+        path = inspect.getsourcefile(func)
+        content = Path(path).read_bytes() if path else b""
+    except (OSError, TypeError):
+        content = b""
+    if not content:
+        try:
+            content = inspect.getsource(func).encode()
+        except (OSError, TypeError):
+            content = getattr(func, "__qualname__", repr(func)).encode()
     return hashlib.sha256(content).hexdigest()[:16]
 
 
