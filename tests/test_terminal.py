@@ -132,6 +132,18 @@ def row(term: Terminal, step: str) -> list[str]:
     raise AssertionError(f"no row for {step}:\n{term.text()}")
 
 
+def seconds_at_least(step: str, seconds: float) -> Callable[[Terminal], bool]:
+    """The step's seconds on screen reached `seconds` (False while the table is half drawn)."""
+
+    def check(term: Terminal) -> bool:
+        try:
+            return float(row(term, step)[5] or 0) >= seconds
+        except (AssertionError, IndexError, ValueError):
+            return False
+
+    return check
+
+
 def shows(step: str, status: str) -> Callable[[Terminal], bool]:
     def check(term: Terminal) -> bool:
         try:
@@ -178,7 +190,7 @@ def test_live_table_shows_queued_steps_foreach_progress_elapsed_time_and_a_total
     # one slot: `first` holds it, the foreach waits for it without counting seconds
     term.wait_for(shows("first", "running"))
     assert row(term, "fan")[1:] == ["queued", "", "", "", ""]
-    term.wait_for(lambda t: float(row(t, "first")[5] or 0) >= 2.0)  # its time runs on screen
+    term.wait_for(seconds_at_least("first", 2.0))  # its time runs on screen
     assert row(term, "all steps")[1] == "0/2 done"
 
     (gates / "first").touch()
