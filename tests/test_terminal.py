@@ -132,6 +132,18 @@ def row(term: Terminal, step: str) -> list[str]:
     raise AssertionError(f"no row for {step}:\n{term.text()}")
 
 
+def shows_cells(step: str, cells: list[str]) -> Callable[[Terminal], bool]:
+    """The step's row shows exactly `cells` after its name (False while half drawn)."""
+
+    def check(term: Terminal) -> bool:
+        try:
+            return row(term, step)[1:] == cells
+        except AssertionError:
+            return False
+
+    return check
+
+
 def seconds_at_least(step: str, seconds: float) -> Callable[[Terminal], bool]:
     """The step's seconds on screen reached `seconds` (False while the table is half drawn)."""
 
@@ -189,14 +201,14 @@ def test_live_table_shows_queued_steps_foreach_progress_elapsed_time_and_a_total
 
     # one slot: `first` holds it, the foreach waits for it without counting seconds
     term.wait_for(shows("first", "running"))
-    assert row(term, "fan")[1:] == ["queued", "", "", "", ""]
+    term.wait_for(shows_cells("fan", ["queued", "", "", "", ""]))
     term.wait_for(seconds_at_least("first", 2.0))  # its time runs on screen
-    assert row(term, "all steps")[1] == "0/2 done"
+    term.wait_for(shows("all steps", "0/2 done"))
 
     (gates / "first").touch()
     term.wait_for(shows("first", "completed"))
     term.wait_for(shows("fan", "running 1/2"))  # one item done of two
-    assert row(term, "all steps")[1] == "1/2 done"
+    term.wait_for(shows("all steps", "1/2 done"))
     (gates / "second").touch()
     assert term.finish() == 0
 
