@@ -4,9 +4,8 @@
 stdout and stderr, in the process group the engine made for it (`start_new_session`). The
 server must not outlive the run, even one killed with `kill -9`, which runs no cleanup:
 
-- on Linux this launcher asks for SIGTERM when its parent (the engine) dies
-  (`prctl(PR_SET_PDEATHSIG)`), and the server for SIGKILL when the launcher dies;
-- elsewhere it polls its parent once a second;
+- the launcher polls its parent (the engine) every PARENT_POLL seconds: a portable check with
+  no call into the C library, at the cost of a wake-up a few times a second;
 - when the parent is gone, or the engine stops the group with SIGTERM, the launcher kills the
   whole group with SIGKILL: the server and anything the server started (an `npx` wrapper's
   node process, say).
@@ -22,16 +21,7 @@ import signal
 import subprocess
 import sys
 
-PR_SET_PDEATHSIG = 1
-LINUX = sys.platform.startswith("linux")
-
-
-def die_with_parent(signum: int) -> None:
-    """Ask the kernel to send `signum` when the parent dies (Linux only; a no-op elsewhere)."""
-    if LINUX:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+PARENT_POLL = 0.25  # seconds between checks that the engine is still there
 
 
 def kill_group(*_: object) -> None:
@@ -42,12 +32,10 @@ def main(argv: list[str]) -> int:
     parent, command = int(argv[0]), argv[1:]
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(signum, kill_group)
-    die_with_parent(signal.SIGTERM)
-    if os.getppid() != parent:  # the engine died before the signal was armed
+    if os.getppid() != parent:  # the engine died before this started
         return 1
     try:
-        # preexec_fn is safe here: this process has a single thread
-        server = subprocess.Popen(command, preexec_fn=lambda: die_with_parent(signal.SIGKILL))
+        server = subprocess.Popen(command)
     except OSError as exc:
         print(f"cannot start {command[0]}: {exc.strerror or exc}", file=sys.stderr, flush=True)
         return 127
@@ -58,7 +46,7 @@ def main(argv: list[str]) -> int:
     os.close(null)
     while True:
         try:
-            code = server.wait(None if LINUX else 1.0)
+            code = server.wait(PARENT_POLL)
         except subprocess.TimeoutExpired:
             if os.getppid() != parent:
                 kill_group()

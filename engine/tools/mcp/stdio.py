@@ -13,7 +13,7 @@ transport speaks the same newline-delimited JSON-RPC through the SDK's public pi
 - **Its stderr is kept as a tail.** It is read as it comes and only its last bytes are kept
   (quoted, masked, in errors), so a server flooding stderr fills neither memory nor disk.
 - **The server is tied to the run.** It starts through `launcher.py` in a process group of its
-  own, with a parent-death signal: a `kill -9` of the engine takes the server and its children
+  own, which polls the engine's process: a `kill -9` of the engine takes the server and its children
   with it. Stopping follows the SDK (and the MCP spec): close stdin, wait, then SIGTERM and
   SIGKILL the group, every wait bounded.
 """
